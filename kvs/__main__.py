@@ -1,0 +1,5 @@
+import sys
+
+from kvs.cli import main
+
+sys.exit(main())

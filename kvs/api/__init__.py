@@ -1,0 +1,63 @@
+"""The HTTP API: a Quart-Trio app built per node from one blueprint per area."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from kvs.api.errors import ApiError, error_response
+from kvs.api.kv import kv_blueprint
+from kvs.api.ops import ops_blueprint
+from kvs.model import InvalidKey, validate_key
+
+if TYPE_CHECKING:
+    from kvs.node import Node
+
+log = logging.getLogger(__name__)
+
+
+def create_app(node: Node) -> QuartTrio:
+    app = QuartTrio(__name__)
+    # Keys are paths: `a//b` must reach the handler (and be refused as a bad key), not be
+    # redirected to `a/b`, and `/kv/x/` must not be redirected either.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    app.config["MAX_CONTENT_LENGTH"] = node.config.max_json_size
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.register_blueprint(kv_blueprint(node))
+    app.register_blueprint(ops_blueprint(node))
+
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message, exc.headers, **exc.extra)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 404 and request.path.startswith("/kv/"):
+            # The router refuses some malformed keys itself (`/kv//a`): say why, as a 400.
+            key = request.path[len("/kv/") :]
+            try:
+                validate_key(key)
+            except InvalidKey as bad:
+                return error_response(400, f"invalid key: {bad}", key=key)
+        if status == 413:
+            limit = request.max_content_length or node.config.max_json_size
+            return error_response(413, f"request body is too large; the limit is {limit} bytes")
+        headers = {}
+        if status == 405:
+            allowed = getattr(exc, "valid_methods", None)
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
+        return error_response(status, exc.description or exc.name, headers)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return error_response(500, "internal error; see the node's log")
+
+    return app

@@ -1,0 +1,41 @@
+"""JSON errors: every failure a client can cause answers `{"error": "..."}` with its status."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import Response
+
+
+class ApiError(Exception):
+    """Raised by handlers; rendered as a JSON error response."""
+
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return raw_json_response(data, status, headers)
+
+
+def raw_json_response(
+    data: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    response = Response(data, status=status, content_type="application/json")
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    return json_response({"error": message, **extra}, status, headers)

@@ -1,0 +1,364 @@
+"""The key-value endpoints: `/kv/{path}` (GET, PUT, DELETE, `_ls`, `_tree`), `/kv/_batch`,
+`/kv_changes` and `/api/data/{path}/history`."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from quart import Blueprint, Response, request
+
+from kvs import listing
+from kvs.api.errors import ApiError, json_response, raw_json_response
+from kvs.model import InvalidKey, Record, hlc_pack, parse_duration, validate_key
+from kvs.store import Conflict, Delete, NotFound, Put, Written
+
+if TYPE_CHECKING:
+    from kvs.node import Node
+
+MAX_BATCH_OPS = 1000
+TTL_HEADER = "X-KVS-TTL"
+_HISTORY = re.compile(r"^(?P<key>.+)/history(?:/(?P<n>[^/]+))?$")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_document(body: bytes) -> Any:
+    """Validate a client's JSON document. Raises ApiError(400) saying what is wrong."""
+    if not body.strip():
+        raise ApiError(400, "request body is empty; send a JSON document")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not UTF-8 encoded JSON") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400,
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def check_key(key: str) -> str:
+    try:
+        return validate_key(key)
+    except InvalidKey as exc:
+        raise ApiError(400, f"invalid key: {exc}", key=key) from None
+
+
+def parse_ttl(raw: Any, *, what: str = "ttl") -> float | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        seconds = parse_duration(raw, what=what)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    if seconds <= 0:
+        raise ApiError(400, f"{what} must be greater than zero")
+    return seconds
+
+
+def int_arg(name: str, default: int, maximum: int, minimum: int = 1) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ApiError(400, f"query parameter {name} must be at least {minimum}")
+    return min(value, maximum)
+
+
+def bool_arg(name: str) -> bool:
+    raw = request.args.get(name, "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ApiError(400, f"query parameter {name} must be true or false, got {raw!r}")
+
+
+def etag_value(raw: str) -> str:
+    """`If-Match` accepts the ETag as sent ("\"uuid\"", W/ prefix) or the bare uuid."""
+    value = raw.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+def stored_value_json(record: Record) -> bytes:
+    """The Go KVS StoredValue shape, spliced around the stored JSON bytes without re-parsing."""
+    v = record.version
+    assert record.value is not None
+    return b'{"uuid":"%s","timestamp":%d,"data":%s}' % (v.uuid.encode(), v.timestamp, record.value)
+
+
+def version_json(record: Record) -> dict[str, Any]:
+    out: dict[str, Any] = {"uuid": record.version.uuid, "timestamp": record.version.timestamp}
+    if record.deleted:
+        out["deleted"] = True
+    else:
+        out["data"] = record.data()
+    return out
+
+
+async def read_body(limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` (never fully buffered)."""
+    request.max_content_length = limit
+    return await request.get_data(cache=False, as_text=False)
+
+
+def kv_blueprint(node: Node) -> Blueprint:
+    bp = Blueprint("kv", __name__)
+    store = node.store
+    config = node.config
+
+    def require_writable() -> None:
+        mode = node.mode
+        if mode == "read-only":
+            raise ApiError(
+                503, "this node is read-only (read_only: true); writes are refused", mode=mode
+            )
+        if mode == "syncing":
+            raise ApiError(
+                503,
+                "this node is syncing its data from the cluster; writes are refused until it finishes",
+                mode=mode,
+            )
+
+    @bp.route("/kv", methods=["GET", "PUT", "DELETE", "POST"])
+    @bp.route("/kv/", methods=["GET", "PUT", "DELETE", "POST"])
+    async def kv_root() -> Response:
+        raise ApiError(
+            400, "invalid key: key is empty (use /kv/{key}, or /kv/_ls and /kv/_tree to list)"
+        )
+
+    @bp.route("/kv/<path:rest>", methods=["GET", "PUT", "DELETE", "POST"])
+    async def kv(rest: str) -> Response:
+        method = request.method
+        if rest == "_batch":
+            if method != "POST":
+                raise ApiError(405, "use POST for /kv/_batch", headers={"Allow": "POST"})
+            return await batch()
+        prefix, _, last = rest.rpartition("/")
+        if last in ("_ls", "_tree"):
+            if method not in ("GET", "HEAD"):
+                raise ApiError(405, f"use GET for {last}", headers={"Allow": "GET"})
+            if prefix:
+                check_key(prefix)
+            return ls(prefix) if last == "_ls" else tree(prefix)
+        if method in ("GET", "HEAD"):
+            return get_key(check_key(rest))
+        if method == "PUT":
+            return await put_key(check_key(rest))
+        if method == "DELETE":
+            return await delete_key(check_key(rest))
+        raise ApiError(
+            405, f"method {method} is not allowed on a key", headers={"Allow": "GET, PUT, DELETE"}
+        )
+
+    def get_key(key: str) -> Response:
+        record = store.get_live(key)
+        if record is None:
+            raise ApiError(404, "key not found", key=key)
+        etag = f'"{record.version.uuid}"'
+        inm = request.headers.get("If-None-Match")
+        if inm is not None and etag_value(inm) == record.version.uuid:
+            return Response(b"", status=304, headers={"ETag": etag})
+        return raw_json_response(stored_value_json(record), headers={"ETag": etag})
+
+    async def put_key(key: str) -> Response:
+        require_writable()
+        ttl = parse_ttl(request.args.get("ttl", request.headers.get(TTL_HEADER)))
+        raw_if_match = request.headers.get("If-Match")
+        if_match = etag_value(raw_if_match) if raw_if_match is not None else None
+        body = await read_body(config.max_json_size)
+        parse_json_document(body)
+        expires_at = node.clock.wall_ms() + int(ttl * 1000) if ttl else None
+        (outcome,) = await store.write([Put(key, body, expires_at, if_match)])
+        if isinstance(outcome, Conflict):
+            raise ApiError(
+                409,
+                "version conflict: If-Match does not name the current version"
+                if outcome.current_uuid
+                else "version conflict: the key does not exist",
+                key=key,
+                current_uuid=outcome.current_uuid,
+            )
+        assert isinstance(outcome, Written)
+        v = outcome.record.version
+        return json_response(
+            {"uuid": v.uuid, "timestamp": v.timestamp}, headers={"ETag": f'"{v.uuid}"'}
+        )
+
+    async def delete_key(key: str) -> Response:
+        require_writable()
+        (outcome,) = await store.write([Delete(key)])
+        if isinstance(outcome, NotFound):
+            raise ApiError(404, "key not found", key=key)
+        return Response(b"", status=204)
+
+    def ls(prefix: str) -> Response:
+        limit = int_arg("limit", 100, 1000)
+        include_metadata = bool_arg("include_metadata")
+        children, total = listing.list_children(store, prefix, limit, node.clock.wall_ms())
+        return json_response(
+            {
+                "path": prefix,
+                "children": [c.to_json(include_metadata) for c in children],
+                "total": total,
+                "truncated": total > len(children),
+            }
+        )
+
+    def tree(prefix: str) -> Response:
+        limit = int_arg("limit", 500, 5000)
+        depth = int_arg("depth", 1_000_000, 1_000_000)
+        fmt = request.args.get("format", "json")
+        if fmt not in ("json", "nested"):
+            raise ApiError(400, f"query parameter format must be json or nested, got {fmt!r}")
+        records, total = listing.list_tree(store, prefix, depth, limit, node.clock.wall_ms())
+        body: dict[str, Any] = {"path": prefix}
+        if fmt == "nested":
+            body["children"] = listing.nest(records, prefix)
+        else:
+            body["keys"] = [
+                {"key": r.key, "uuid": r.version.uuid, "timestamp": r.version.timestamp}
+                for r in records
+            ]
+        body["total"] = total
+        body["truncated"] = total > len(records)
+        return json_response(body)
+
+    async def batch() -> Response:
+        require_writable()
+        body = await read_body(max(config.max_json_size, 32 * 1024 * 1024))
+        document = parse_json_document(body)
+        ops = document.get("ops") if isinstance(document, dict) else None
+        if not isinstance(ops, list):
+            raise ApiError(400, 'batch body must be {"ops": [...]}')
+        if len(ops) > MAX_BATCH_OPS:
+            raise ApiError(400, f"a batch holds at most {MAX_BATCH_OPS} ops, got {len(ops)}")
+        now = node.clock.wall_ms()
+        store_ops: list[Put | Delete] = []
+        for index, op in enumerate(ops):
+            store_ops.append(batch_op(index, op, now))
+        outcomes = await store.write(store_ops) if store_ops else []
+        results: list[dict[str, Any]] = []
+        for op, outcome in zip(store_ops, outcomes, strict=True):
+            if isinstance(op, Delete):
+                results.append({"key": op.key, "deleted": isinstance(outcome, Written)})
+            else:
+                assert isinstance(outcome, Written)
+                v = outcome.record.version
+                results.append({"key": op.key, "uuid": v.uuid, "timestamp": v.timestamp})
+        return json_response({"results": results})
+
+    def batch_op(index: int, op: Any, now: int) -> Put | Delete:
+        if not isinstance(op, dict):
+            raise ApiError(400, f"op {index}: must be an object", index=index)
+        kind = op.get("op")
+        key = op.get("key")
+        if not isinstance(key, str):
+            raise ApiError(400, f"op {index}: key must be a string", index=index)
+        try:
+            validate_key(key)
+        except InvalidKey as exc:
+            raise ApiError(400, f"op {index}: invalid key: {exc}", index=index, key=key) from None
+        unknown = set(op) - ({"op", "key", "data", "ttl"} if kind == "put" else {"op", "key"})
+        if unknown:
+            raise ApiError(
+                400, f"op {index}: unknown field(s) {', '.join(sorted(unknown))}", index=index
+            )
+        if kind == "delete":
+            return Delete(key, must_exist=False)
+        if kind != "put":
+            raise ApiError(
+                400, f"op {index}: op must be 'put' or 'delete', got {kind!r}", index=index
+            )
+        if "data" not in op:
+            raise ApiError(400, f"op {index}: put needs a data field", index=index)
+        value = json.dumps(op["data"], separators=(",", ":"), ensure_ascii=False).encode()
+        if len(value) > config.max_json_size:
+            raise ApiError(
+                413,
+                f"op {index}: data is {len(value)} bytes; the limit is {config.max_json_size}",
+                index=index,
+            )
+        try:
+            ttl = parse_ttl(op.get("ttl"))
+        except ApiError as exc:
+            raise ApiError(400, f"op {index}: {exc.message}", index=index) from None
+        return Put(key, value, now + int(ttl * 1000) if ttl else None)
+
+    @bp.route("/kv_changes", methods=["GET"])
+    async def kv_changes() -> Response:
+        since = int_arg("since", 0, 2**47, minimum=0)
+        limit = int_arg("limit", 100, 1000)
+        after = hlc_pack(since + 1) - 1  # every entry in millisecond `since` or earlier
+        records = store.changes_after(after, None, limit + 1)
+        more = len(records) > limit
+        page = records[:limit]
+        if more and page[-1].version.timestamp == records[limit].version.timestamp:
+            # `since` is exclusive and in milliseconds, so a page must never end inside one:
+            # drop the trailing millisecond, or, if the page holds nothing else, take all of it.
+            last_ms = page[-1].version.timestamp
+            trimmed = [r for r in page if r.version.timestamp != last_ms]
+            if trimmed:
+                page = trimmed
+            else:
+                while True:
+                    tail = page[-1]
+                    following = store.changes_after(tail.version.hlc, tail.key, 1000)
+                    same = [r for r in following if r.version.timestamp == last_ms]
+                    page.extend(same)
+                    if len(same) < len(following) or not following:
+                        more = bool(following)
+                        break
+        changes = [
+            {
+                "key": r.key,
+                "uuid": r.version.uuid,
+                "timestamp": r.version.timestamp,
+                "deleted": r.deleted,
+            }
+            for r in page
+        ]
+        next_since = page[-1].version.timestamp if page else since
+        return json_response({"changes": changes, "next": next_since, "more": more})
+
+    @bp.route("/api/data/<path:rest>", methods=["GET"])
+    async def history(rest: str) -> Response:
+        match = _HISTORY.match(rest)
+        if match is None:
+            raise ApiError(
+                404, "not found: use /api/data/{key}/history or /api/data/{key}/history/{n}"
+            )
+        key = check_key(match.group("key"))
+        versions = store.history(key, limit=config.revision_history_depth)
+        n_raw = match.group("n")
+        if n_raw is None:
+            return json_response({"key": key, "versions": [version_json(r) for r in versions]})
+        try:
+            n = int(n_raw)
+        except ValueError:
+            raise ApiError(
+                400, f"history index must be a positive integer, got {n_raw!r}"
+            ) from None
+        if n < 1 or n > len(versions):
+            raise ApiError(
+                404,
+                f"key {key!r} has {len(versions)} previous version(s); {n} is past the end",
+                key=key,
+            )
+        return json_response({"key": key, "version": n, **version_json(versions[n - 1])})
+
+    return bp

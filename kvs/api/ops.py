@@ -1,0 +1,30 @@
+"""Operational endpoints: `/health` (open, no secrets: what launchers and checks poll)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from quart import Blueprint, Response
+
+from kvs.api.errors import json_response
+
+if TYPE_CHECKING:
+    from kvs.node import Node
+
+
+def ops_blueprint(node: Node) -> Blueprint:
+    bp = Blueprint("ops", __name__)
+
+    @bp.route("/health", methods=["GET"])
+    async def health() -> Response:
+        return json_response(
+            {
+                "status": "ok",
+                "node_id": node.node_id,
+                "mode": node.mode,
+                "keys": node.store.count(),
+                "uptime_s": round(node.uptime_s(), 3),
+            }
+        )
+
+    return bp

@@ -1,0 +1,193 @@
+"""The `kvs` command.
+
+    kvs [CONFIG]          run a node in the foreground (config.yaml, created if missing)
+    kvs init [PATH]       write a commented default config without starting
+
+Bad configuration ends with one line naming the key and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from kvs import config as config_mod
+from kvs.config import DEFAULT_CONFIG_NAME, Config, ConfigError
+from kvs.store import StoreError
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+log = logging.getLogger("kvs")
+
+
+def _fail(message: str) -> int:
+    print(f"kvs: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _setup_logging(level: str, node_id: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format=f"%(asctime)s %(levelname)s [{node_id}] %(name)s: %(message)s",
+    )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.path or DEFAULT_CONFIG_NAME)
+    try:
+        config_mod.write_default(path, port=args.port)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{path}: cannot write: {exc.strerror}")
+    print(f"wrote {path} (node_id and cluster_secret generated; file mode 0600)")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    path = Path(args.config or DEFAULT_CONFIG_NAME)
+    if args.config is None and not path.exists():
+        try:
+            config_mod.write_default(path)
+        except (ConfigError, OSError) as exc:
+            return _fail(f"cannot create {path}: {exc}")
+        print(f"kvs: created {path} with default settings", file=sys.stderr)
+    try:
+        config = config_mod.load(path)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    _setup_logging(config.log_level, config.node_id)
+    try:
+        trio.run(_serve, config)
+    except KeyboardInterrupt:  # a signal that arrived before the handler was installed
+        return EXIT_OK
+    except BaseException as exc:
+        config_error = _find_config_error(exc)
+        if config_error is None:
+            raise
+        return _fail(str(config_error))
+    return EXIT_OK
+
+
+def _find_config_error(exc: BaseException) -> ConfigError | None:
+    """Nurseries wrap errors in groups; a start-up ConfigError is what the user must see."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_config_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _serve(config: Config) -> None:
+    from kvs.node import Node  # imported late: `kvs init` should not pay for the web stack
+
+    if config.bind_address not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "listening on %s with no authentication: anyone who can reach this address can read and write",
+            config.bind_address,
+        )
+    node = Node(config)
+    try:
+        node.store = node.open_store()
+    except StoreError as exc:
+        raise ConfigError("data_dir", str(exc), config.source) from None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                count = 0
+                async for signum in signals:
+                    count += 1
+                    if count == 1:
+                        log.info(
+                            "received %s: shutting down gracefully (again to stop at once)",
+                            signal.Signals(signum).name,
+                        )
+                        node.request_shutdown()
+                    else:
+                        log.warning("received %s again: stopping now", signal.Signals(signum).name)
+                        node.stop_now()
+
+            async def run_node(
+                *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+            ) -> None:
+                await node.run(task_status=task_status)
+                nursery.cancel_scope.cancel()  # the node is done: stop watching for signals
+
+            nursery.start_soon(watch_signals)
+            try:
+                await nursery.start(run_node)
+            except OSError as exc:
+                raise _bind_error(config, exc) from None
+
+
+def _bind_error(config: Config, exc: OSError) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            "port", f"{config.bind_address}:{config.port} is already in use", config.source
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(
+            "bind_address",
+            f"{config.bind_address} is not an address of this machine",
+            config.source,
+        )
+    if exc.errno == errno.EACCES:
+        return ConfigError("port", f"not permitted to listen on port {config.port}", config.source)
+    return ConfigError(
+        "port",
+        f"cannot listen on {config.bind_address}:{config.port}: {exc.strerror}",
+        config.source,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvs", description="KVS: a distributed key-value store for JSON documents"
+    )
+    sub = parser.add_subparsers(dest="command")
+    init = sub.add_parser("init", help="write a commented default config")
+    init.add_argument("path", nargs="?", help=f"where to write it (default {DEFAULT_CONFIG_NAME})")
+    init.add_argument(
+        "--port", type=int, default=8080, help="HTTP port (gossip and sync use the next two)"
+    )
+    init.set_defaults(func=cmd_init)
+    serve = sub.add_parser("serve", help="run a node in the foreground (the default command)")
+    serve.add_argument(
+        "config",
+        nargs="?",
+        help=f"config file (default ./{DEFAULT_CONFIG_NAME}, created if missing)",
+    )
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+SUBCOMMANDS = {"init", "serve"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `kvs` and `kvs CONFIG.yaml` run a node, as in the Go KVS.
+    if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
+        argv = ["serve", *argv]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

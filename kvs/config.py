@@ -1,0 +1,391 @@
+"""Node configuration: one dataclass, loaded from YAML, validated with one-line errors.
+
+Key names and meanings follow the Go KVS where it has them, so its config files keep
+working; keys for features still being built are accepted and documented as such.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kvs.model import parse_duration
+
+DEFAULT_CONFIG_NAME = "config.yaml"
+
+
+class ConfigError(Exception):
+    """A bad config value. `str()` is one line naming the file and key."""
+
+    def __init__(self, key: str, message: str, path: str | os.PathLike[str] | None = None) -> None:
+        self.key = key
+        self.path = str(path) if path else None
+        where = f"{self.path}: " if self.path else ""
+        super().__init__(f"{where}{key}: {message}")
+
+
+@dataclass
+class Config:
+    node_id: str = ""
+    bind_address: str = "127.0.0.1"
+    port: int = 8080
+    gossip_port: int = 0  # 0: port + 1
+    sync_port: int = 0  # 0: port + 2
+    data_dir: str = "./data"
+    seed_nodes: list[str] = field(default_factory=list)
+    read_only: bool = False
+    log_level: str = "info"
+    cluster_secret: str = ""
+
+    # storage
+    max_json_size: int = 1024 * 1024
+    compression_level: int = 3
+    revision_history_enabled: bool = True
+    revision_history_depth: int = 3
+    tombstone_ttl: float = 7 * 86400.0
+    lmdb_map_size: int = 1 << 30
+    durability: str = "fsync"  # fsync: survives power loss; os: survives a process crash
+
+    # features of later milestones (accepted now; see README "Configuration")
+    sync_interval: float = 5.0
+    clustering_enabled: bool = True
+    auth_enabled: bool = False
+    tamper_logging_enabled: bool = False
+    rate_limiting_enabled: bool = False
+    allow_anonymous_read: bool = False
+    allow_anonymous_write: bool = False
+
+    # where the config came from: data_dir is resolved relative to it
+    source: str | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def data_path(self) -> Path:
+        base = Path(self.source).resolve().parent if self.source else Path.cwd()
+        return (base / self.data_dir).resolve()
+
+    @property
+    def effective_gossip_port(self) -> int:
+        return self.gossip_port or self.port + 1
+
+    @property
+    def effective_sync_port(self) -> int:
+        return self.sync_port or self.port + 2
+
+    def __repr__(self) -> str:  # never let the secret reach a log line through repr()
+        shown = {
+            f.name: (
+                "<hidden>"
+                if f.name == "cluster_secret" and getattr(self, f.name)
+                else getattr(self, f.name)
+            )
+            for f in dataclasses.fields(self)
+            if f.repr
+        }
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an integer or a string like `1MiB`, `512KB`, `64GiB`."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size in bytes (1048576) or a string like '1MiB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value} is negative")
+        return value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+        if match and match.group(2).lower() in _SIZE_UNITS:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    raise ValueError(
+        f"{value!r} is not a size: use bytes (1048576) or a number with a unit (1MiB, 512KB, 64GiB)"
+    )
+
+
+def _check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _check_int(lo: int, hi: int) -> Any:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return check
+
+
+def _check_port(allow_zero: bool) -> Any:
+    return _check_int(0 if allow_zero else 1, 65535)
+
+
+def _check_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    return value
+
+
+def _check_node_id(value: Any) -> str:
+    value = _check_str(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise ValueError(f"{value!r} is not a node id: use 1-64 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def _check_address(value: Any) -> str:
+    value = _check_str(value)
+    if value in ("localhost", ""):
+        return value or "127.0.0.1"
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an IP address (for example 127.0.0.1 or 0.0.0.0)"
+        ) from None
+    return value
+
+
+def _check_seeds(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError("must be a list of host:port entries")
+    for entry in value:
+        if not isinstance(entry, str) or not re.fullmatch(
+            r"[^\s:]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", entry
+        ):
+            raise ValueError(f"{entry!r} is not host:port")
+    return list(value)
+
+
+def _check_duration(value: Any) -> float:
+    return parse_duration(value, what="value")
+
+
+def _check_positive_duration(value: Any) -> float:
+    seconds = parse_duration(value, what="value")
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+def _check_choice(*choices: str) -> Any:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _check_size(lo: int) -> Any:
+    def check(value: Any) -> int:
+        size = parse_size(value)
+        if size < lo:
+            raise ValueError(f"must be at least {lo} bytes")
+        return size
+
+    return check
+
+
+_CHECKS: dict[str, Any] = {
+    "node_id": _check_node_id,
+    "bind_address": _check_address,
+    "port": _check_port(False),
+    "gossip_port": _check_port(True),
+    "sync_port": _check_port(True),
+    "data_dir": lambda v: _check_str(v) or ".",
+    "seed_nodes": _check_seeds,
+    "read_only": _check_bool,
+    "log_level": _check_choice("debug", "info", "warning", "error"),
+    "cluster_secret": _check_str,
+    "max_json_size": _check_size(2),
+    "compression_level": _check_int(1, 22),
+    "revision_history_enabled": _check_bool,
+    "revision_history_depth": _check_int(0, 1000),
+    "tombstone_ttl": _check_positive_duration,
+    "lmdb_map_size": _check_size(1 << 20),
+    "durability": _check_choice("fsync", "os"),
+    "sync_interval": _check_positive_duration,
+    "clustering_enabled": _check_bool,
+    "auth_enabled": _check_bool,
+    "tamper_logging_enabled": _check_bool,
+    "rate_limiting_enabled": _check_bool,
+    "allow_anonymous_read": _check_bool,
+    "allow_anonymous_write": _check_bool,
+}
+
+# Go KVS keys whose feature does not exist here yet: accepted so old files load, then ignored.
+_ACCEPTED_FOR_COMPATIBILITY = {
+    "gossip_interval_min",
+    "gossip_interval_max",
+    "catchup_interval",
+    "bootstrap_max_age_hours",
+    "throttle_delay_ms",
+    "fetch_delay_ms",
+    "compression_enabled",
+    "default_ttl",
+    "rate_limit_requests",
+    "rate_limit_window",
+    "tamper_log_actions",
+    "backup_enabled",
+    "backup_schedule",
+    "backup_path",
+    "backup_retention",
+}
+
+# Enabled security features that are not built yet refuse to start rather than pretend.
+_NOT_YET_BUILT = {
+    "auth_enabled": "authentication is not implemented in this release; set auth_enabled: false and keep the node on a trusted network",
+    "tamper_logging_enabled": "the tamper-evident log is not implemented in this release; set it to false",
+    "rate_limiting_enabled": "rate limiting is not implemented in this release; set it to false",
+}
+
+
+def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Config:
+    """Validate a parsed YAML mapping into a Config; raise ConfigError on the first problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("(top level)", "the config file must be a mapping of key: value", path)
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(str(key), "config keys must be strings", path)
+        if key in _ACCEPTED_FOR_COMPATIBILITY:
+            continue
+        check = _CHECKS.get(key)
+        if check is None:
+            raise ConfigError(
+                key, "unknown config key (see the README's configuration table)", path
+            )
+        try:
+            values[key] = check(raw)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc), path) from None
+    for key, why in _NOT_YET_BUILT.items():
+        if values.get(key):
+            raise ConfigError(key, why, path)
+    config = Config(**values, source=str(path) if path else None)
+    if not config.node_id:
+        raise ConfigError("node_id", "is required (run `kvs init` to generate a config)", path)
+    ports = {
+        "port": config.port,
+        "gossip_port": config.effective_gossip_port,
+        "sync_port": config.effective_sync_port,
+    }
+    for name, value in ports.items():
+        if value > 65535:
+            raise ConfigError(name, f"derived port {value} is above 65535; set it explicitly", path)
+    if len(set(ports.values())) != len(ports):
+        raise ConfigError(
+            "gossip_port", f"port, gossip_port and sync_port must differ, got {ports}", path
+        )
+    return config
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("(file)", "config file not found", path) from None
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read: {exc.strerror}", path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError("(file)", f"is not valid YAML{where}", path) from None
+    return from_mapping(data, path)
+
+
+def generate_node_id() -> str:
+    return "node-" + secrets.token_hex(4)
+
+
+def default_config_text(
+    *, node_id: str | None = None, port: int = 8080, cluster_secret: str | None = None
+) -> str:
+    """A commented default config, with a fresh node id and cluster secret."""
+    node_id = node_id or generate_node_id()
+    cluster_secret = cluster_secret or secrets.token_urlsafe(32)
+    return f"""\
+# KVS node configuration. Every key is documented in the README ("Configuration").
+# Durations take seconds (30) or a unit (500ms, 30s, 5m, 24h, 7d); sizes take bytes or a unit (1MiB).
+
+# Identity and network
+node_id: {node_id}
+bind_address: 127.0.0.1       # 0.0.0.0 to serve other machines
+port: {port}                    # HTTP API
+gossip_port: {port + 1}             # UDP, cluster membership
+sync_port: {port + 2}               # TCP, replication
+seed_nodes: []                # HTTP host:port of existing nodes to join
+cluster_secret: "{cluster_secret}"   # shared by every node of a cluster; keep it private
+
+# Storage
+data_dir: ./data              # relative to this file's directory
+durability: fsync             # fsync: a write is acknowledged once on disk; os: once in the OS cache
+max_json_size: 1MiB
+compression_level: 3          # zstd, 1-22, for values over 256 bytes
+revision_history_enabled: true
+revision_history_depth: 3
+tombstone_ttl: 7d             # how long deletes are remembered for replicas that were away
+lmdb_map_size: 1GiB           # initial; grows automatically
+read_only: false
+
+# Cluster
+clustering_enabled: true
+sync_interval: 5s
+
+# Security (authentication arrives in a later release: keep these false for now)
+auth_enabled: false
+allow_anonymous_read: false
+allow_anonymous_write: false
+tamper_logging_enabled: false
+rate_limiting_enabled: false
+
+log_level: info               # debug, info, warning, error
+"""
+
+
+def write_default(path: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """Create a default config at `path` (mode 0600: it holds the cluster secret)."""
+    target = Path(path)
+    if target.exists():
+        raise ConfigError("(file)", "already exists; refusing to overwrite it", path)
+    text = default_config_text(**kwargs)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return target

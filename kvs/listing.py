@@ -1,0 +1,131 @@
+"""Directory-style views of the key space (`_ls`, `_tree`) as range scans over sorted keys.
+
+Keys sort as UTF-8 bytes, so every key under `a/b/` lies in one contiguous range. A listing
+only ever walks that range, and `_ls` jumps over each child's subtree once it has seen a live
+key in it (seek to `prefix/child` + "0", the byte after "/"), so its cost grows with the
+number of children, not the number of keys below them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvs.model import Record
+from kvs.store import Store
+
+_AFTER_SLASH = "0"  # chr(ord("/") + 1): the first key past a "x/..." subtree is "x0"
+
+
+def _range(prefix: str) -> tuple[str, str]:
+    """The half-open key range holding every key strictly below `prefix`."""
+    if not prefix:
+        return "", "\U0010ffff" * 2
+    return prefix + "/", prefix + _AFTER_SLASH
+
+
+@dataclass
+class Child:
+    subkey: str
+    record: Record | None = None  # set when the child is itself a live key
+    has_children: bool = False
+
+    def to_json(self, include_metadata: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"subkey": self.subkey}
+        if self.record is not None:
+            out["timestamp"] = self.record.version.timestamp
+        if include_metadata:
+            out["is_key"] = self.record is not None
+            out["has_children"] = self.has_children
+            if self.record is not None:
+                out["uuid"] = self.record.version.uuid
+                out["size"] = len(self.record.value or b"")
+                if self.record.expires_at is not None:
+                    out["expires_at"] = self.record.expires_at
+        return out
+
+
+def list_children(store: Store, prefix: str, limit: int, now_ms: int) -> tuple[list[Child], int]:
+    """Direct children of `prefix` (sorted), up to `limit`, and the total number of children."""
+    start, end = _range(prefix)
+    base = len(start)
+    children: dict[str, Child] = {}
+    position = start
+    while True:
+        found = False
+        for record in store.scan(position, end):
+            found = True
+            if not record.live(now_ms):
+                continue
+            rest = record.key[base:]
+            name, slash, _ = rest.partition("/")
+            child = children.setdefault(name, Child(name))
+            if not slash:
+                child.record = record
+                continue
+            child.has_children = True
+            # Skip the rest of this child's subtree: one live key is enough to list it.
+            position = start + name + _AFTER_SLASH
+            break
+        else:
+            break
+        if not found:
+            break
+    ordered = sorted(children.values(), key=lambda c: c.subkey.encode())
+    return ordered[:limit], len(ordered)
+
+
+@dataclass
+class TreeNode:
+    subkey: str
+    record: Record | None = None
+    children: dict[str, TreeNode] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"subkey": self.subkey}
+        if self.record is not None:
+            out["timestamp"] = self.record.version.timestamp
+        if self.children:
+            out["children"] = [c.to_json() for c in self.children.values()]
+        return out
+
+
+def list_tree(
+    store: Store, prefix: str, depth: int, limit: int, now_ms: int
+) -> tuple[list[Record], int]:
+    """Live keys below `prefix` at most `depth` levels down, in key order: (first `limit`, total)."""
+    start, end = _range(prefix)
+    base = len(start)
+    keys: list[Record] = []
+    total = 0
+    position = start
+    while True:
+        skipped = False
+        for record in store.scan(position, end):
+            rest = record.key[base:]
+            if rest.count("/") >= depth:
+                # Deeper than asked: jump past the ancestor at the depth limit.
+                ancestor = "/".join(rest.split("/")[:depth])
+                position = start + ancestor + _AFTER_SLASH
+                skipped = True
+                break
+            if not record.live(now_ms):
+                continue
+            total += 1
+            if len(keys) < limit:
+                keys.append(record)
+        if not skipped:
+            break
+    return keys, total
+
+
+def nest(records: list[Record], prefix: str) -> list[dict[str, Any]]:
+    """Turn a flat key list into the nested `{"subkey", "children"}` form."""
+    base = len(prefix) + 1 if prefix else 0
+    root = TreeNode("")
+    for record in records:
+        node = root
+        for part in record.key[base:].split("/"):
+            node = node.children.setdefault(part, TreeNode(part))
+        node.record = record
+    return [c.to_json() for c in root.children.values()]

@@ -1,0 +1,262 @@
+"""The data model: keys, versions, records and the conflict rule.
+
+Pure functions and frozen dataclasses only -- no I/O, no clocks, no randomness -- so that
+every replica (and every test) computes exactly the same answers from the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgpack
+import zstandard
+
+MAX_KEY_BYTES = 1024
+
+# A hybrid-logical-clock reading packs wall milliseconds and a logical counter into one
+# integer, so it sorts as a number and fits a fixed-width big-endian index key.
+HLC_LOGICAL_BITS = 16
+HLC_LOGICAL_MASK = (1 << HLC_LOGICAL_BITS) - 1
+
+DEFAULT_PERMISSIONS = 0xF31  # owner: all, group: write+read, others: read (issue 5)
+
+# Values at or below this many bytes are stored raw: zstd's frame header would eat the gain.
+COMPRESS_THRESHOLD = 256
+
+
+class InvalidKey(ValueError):
+    """A key that cannot be stored; the message says why, for the client."""
+
+
+def hlc_pack(ms: int, logical: int = 0) -> int:
+    return (ms << HLC_LOGICAL_BITS) | logical
+
+
+def hlc_ms(hlc: int) -> int:
+    return hlc >> HLC_LOGICAL_BITS
+
+
+def validate_key(key: str, *, allow_reserved: bool = False) -> str:
+    """Return the key unchanged if it is storable, else raise InvalidKey saying why.
+
+    Rules: 1..1024 UTF-8 bytes, `/`-separated non-empty segments, no `.`/`..` segments,
+    no NUL or control characters, and no segment starting with `_` (reserved for endpoints
+    such as `_ls` and for system data) unless `allow_reserved`.
+    """
+    if not key:
+        raise InvalidKey("key is empty")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidKey("key is not valid UTF-8") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidKey(f"key is {size} bytes long; the limit is {MAX_KEY_BYTES} UTF-8 bytes")
+    for ch in key:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            raise InvalidKey(f"key contains control character U+{ord(ch):04X}")
+    for index, segment in enumerate(key.split("/")):
+        if segment == "":
+            raise InvalidKey(
+                f"key has an empty segment at position {index} ('a//b', or a leading or trailing '/')"
+            )
+        if segment in (".", ".."):
+            raise InvalidKey(f"key segment {segment!r} is not allowed")
+        if segment.startswith("_") and not allow_reserved:
+            raise InvalidKey(
+                f"key segment {segment!r} is reserved: segments starting with '_' name endpoints and system data"
+            )
+    return key
+
+
+def parse_json_value(body: bytes) -> Any:
+    """Parse a client's JSON document; raise ValueError with a client-facing message."""
+    if not body or not body.strip():
+        raise ValueError("request body is empty; send a JSON document")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise ValueError("request body is not UTF-8 encoded JSON") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+def canonical_json(value: Any) -> bytes:
+    """The bytes we store for a JSON value: compact, so equal documents cost the same."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """Identifies one write. Ordered by `resolve`'s rule (see `Version.order_key`)."""
+
+    hlc: int
+    origin_joined: int  # joined_timestamp (ms) of the node that made the write
+    origin: str  # that node's id: informational, not part of the order
+    uuid: str
+
+    @property
+    def timestamp(self) -> int:
+        """Milliseconds since the epoch, as the API reports it."""
+        return hlc_ms(self.hlc)
+
+    def order_key(self) -> tuple[int, int, str]:
+        # Newer HLC wins; on equal HLC the earliest-joined node wins; then the larger UUID.
+        return (self.hlc, -self.origin_joined, self.uuid)
+
+    def newer_than(self, other: Version) -> bool:
+        return self.order_key() > other.order_key()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One key's current (or historic) state; `value is None` means a tombstone."""
+
+    key: str
+    value: bytes | None  # the JSON document's bytes, uncompressed
+    version: Version
+    expires_at: int | None = None  # absolute ms since the epoch
+    owner: str = ""
+    group: str = ""
+    permissions: int = DEFAULT_PERMISSIONS
+    created_at: int = 0  # ms; when the key was first written (survives updates)
+
+    @property
+    def deleted(self) -> bool:
+        return self.value is None
+
+    def expired(self, now_ms: int) -> bool:
+        return self.expires_at is not None and self.expires_at <= now_ms
+
+    def live(self, now_ms: int) -> bool:
+        """True when a read should see this record."""
+        return self.value is not None and not self.expired(now_ms)
+
+    def data(self) -> Any:
+        assert self.value is not None
+        return json.loads(self.value)
+
+    def with_version(self, version: Version) -> Record:
+        return replace(self, version=version)
+
+
+def resolve(a: Record, b: Record) -> Record:
+    """The winner of two versions of the same key: a total order, so merge order never matters."""
+    return a if a.version.order_key() >= b.version.order_key() else b
+
+
+# --- encoding -------------------------------------------------------------------------------
+# A record is stored as a msgpack array; the value is zstd-compressed when that pays off.
+# Field 0 is a format number so the layout can evolve without a migration of old data.
+
+_FORMAT = 1
+
+
+class RecordCodec:
+    """Encodes and decodes records. zstd contexts are not thread-safe: one codec per thread."""
+
+    def __init__(self, compression_level: int = 3) -> None:
+        self._compressor = zstandard.ZstdCompressor(level=compression_level)
+        self._decompressor = zstandard.ZstdDecompressor()
+
+    def encode(self, record: Record) -> bytes:
+        value = record.value
+        compressed = False
+        if value is not None and len(value) > COMPRESS_THRESHOLD:
+            packed = self._compressor.compress(value)
+            if len(packed) < len(value):
+                value, compressed = packed, True
+        v = record.version
+        return msgpack.packb(
+            [
+                _FORMAT,
+                record.key,
+                value,
+                compressed,
+                v.hlc,
+                v.origin_joined,
+                v.origin,
+                v.uuid,
+                record.expires_at,
+                record.owner,
+                record.group,
+                record.permissions,
+                record.created_at,
+            ],
+            use_bin_type=True,
+        )
+
+    def decode(self, raw: bytes) -> Record:
+        fields = msgpack.unpackb(raw, raw=False)
+        if not isinstance(fields, list) or len(fields) != 13 or fields[0] != _FORMAT:
+            raise ValueError("unknown record format")
+        (
+            _,
+            key,
+            value,
+            compressed,
+            hlc,
+            joined,
+            origin,
+            uid,
+            expires_at,
+            owner,
+            group,
+            perms,
+            created,
+        ) = fields
+        if compressed and value is not None:
+            value = self._decompressor.decompress(value)
+        return Record(
+            key=key,
+            value=value,
+            version=Version(hlc=hlc, origin_joined=joined, origin=origin, uuid=uid),
+            expires_at=expires_at,
+            owner=owner,
+            group=group,
+            permissions=perms,
+            created_at=created,
+        )
+
+
+def parse_duration(value: Any, *, what: str = "duration") -> float:
+    """Seconds from a number of seconds or a string like `500ms`, `30s`, `5m`, `24h`, `7d`.
+
+    Raises ValueError with a message naming the accepted forms. Negative values are refused.
+    """
+    if isinstance(value, bool):
+        raise ValueError(
+            f"{what} must be a number of seconds or a string like '30s', not a boolean"
+        )
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        units = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("d", 86400.0))
+        seconds = None
+        for suffix, scale in units:
+            if text.endswith(suffix):
+                number = text[: -len(suffix)].strip()
+                # "5m" must not be read as "5" + "m" when the text is "5ms": ms is tried first.
+                try:
+                    seconds = float(number) * scale
+                except ValueError:
+                    seconds = None
+                break
+        if seconds is None:
+            try:
+                seconds = float(text)
+            except ValueError:
+                raise ValueError(
+                    f"{what} {value!r} is not a duration: use seconds (30) or a number with a unit ms, s, m, h or d (500ms, 30s, 5m, 24h)"
+                ) from None
+    else:
+        raise ValueError(f"{what} must be a number of seconds or a string like '30s'")
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(f"{what} {value!r} is not a finite duration")
+    if seconds < 0:
+        raise ValueError(f"{what} {value!r} is negative")
+    return seconds

@@ -1,0 +1,592 @@
+"""LMDB storage: records, indexes, history, and the group-commit writer.
+
+Layout (one LMDB environment, named databases):
+
+    records    key                      -> encoded Record (the current version, or a tombstone)
+    changes    hlc(8) + key             -> b""   one entry per key: its current version's HLC
+    history    key + 0x00 + hlc(8)      -> encoded Record (previous versions, newest kept)
+    expiry     expires_at(8) + key      -> b""   keys with a TTL, soonest first
+    tombstones hlc(8) + key             -> b""   deletes, oldest first, for garbage collection
+    system     name                     -> msgpack value (node identity, persisted HLC, schema)
+
+Every write goes through one writer task (group commit): it drains all pending requests,
+applies them in one write transaction -- in a worker thread, so a slow fsync never blocks
+the event loop -- and answers each caller only after the commit is durable. Reads open a
+short read transaction in the event loop and never hold it across an await.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+import trio
+
+from kvs.clock import HybridLogicalClock
+from kvs.model import Record, RecordCodec, Version, hlc_pack
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MAX_OPS_PER_TRANSACTION = 20_000
+_U64 = struct.Struct(">Q")
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used (bad data dir, wrong schema, disk trouble)."""
+
+
+# --- write requests ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+    expires_at: int | None = None
+    if_match: str | None = None  # compare-and-set against the current version's uuid
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+    must_exist: bool = True  # False: deleting an absent key is a no-op (batch semantics)
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """A record from another replica: stored only if it wins under `resolve`."""
+
+    record: Record
+
+
+Op = Put | Delete | Merge
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    key: str
+    current_uuid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """A Merge that lost to the version already stored, or a no-op delete."""
+
+    key: str
+
+
+Outcome = Written | NotFound | Conflict | Unchanged
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one committed op did; handed to listeners (Merkle tree, watchers, replication)."""
+
+    old: Record | None
+    new: Record | None  # None: the record was removed (TTL sweep or tombstone GC)
+    local: bool
+
+
+@dataclass
+class _Request:
+    ops: list[Op]
+    versions: list[Version | None] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    error: BaseException | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class _Maintenance:
+    """Marker ops the writer runs itself: TTL sweep and tombstone GC."""
+
+    def __init__(self, now_ms: int, tombstone_before_hlc: int, limit: int) -> None:
+        self.now_ms = now_ms
+        self.tombstone_before_hlc = tombstone_before_hlc
+        self.limit = limit
+        self.removed = 0
+
+
+class _GrowMap(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    node_id: str
+    joined_timestamp: int
+
+
+def _hlc_key(hlc: int, key: bytes) -> bytes:
+    return _U64.pack(hlc) + key
+
+
+def _history_prefix(key: bytes) -> bytes:
+    return key + b"\x00"
+
+
+class Store:
+    """The node's LMDB store. Construct, then run `writer` inside the node's nursery."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: HybridLogicalClock,
+        new_uuid: Callable[[], str],
+        map_size: int = 1 << 30,
+        durability: str = "fsync",
+        compression_level: int = 3,
+        history_depth: int = 3,
+        in_thread: bool = True,
+        max_pending: int = 65_536,
+    ) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self._new_uuid = new_uuid
+        self.history_depth = history_depth
+        self._in_thread = in_thread
+        self._sync = durability == "fsync"
+        self._read_codec = RecordCodec(compression_level)
+        self._write_codec = RecordCodec(compression_level)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=8,
+                sync=self._sync,
+                metasync=self._sync,
+                max_readers=256,
+            )
+        except (OSError, lmdb.Error) as exc:
+            raise StoreError(f"cannot open the LMDB store in {self.path}: {exc}") from None
+        env = self._env
+        self._records = env.open_db(b"records")
+        self._changes = env.open_db(b"changes")
+        self._history = env.open_db(b"history")
+        self._expiry = env.open_db(b"expiry")
+        self._tombstones = env.open_db(b"tombstones")
+        self._system = env.open_db(b"system")
+        self._send, self._receive = trio.open_memory_channel[_Request | _Maintenance](max_pending)
+        self.listeners: list[Callable[[list[Change]], None]] = []
+        self.identity: Identity | None = None
+        self.stats = {"transactions": 0, "ops": 0, "map_grows": 0, "last_batch": 0, "max_batch": 0}
+        self._check_schema()
+        persisted = self._get_system("hlc")
+        if persisted:
+            clock.observe(persisted)
+
+    # --- identity and schema ----------------------------------------------------------------
+
+    def _get_system(self, name: str) -> Any:
+        with self._env.begin(db=self._system) as txn:
+            raw = txn.get(name.encode())
+        return None if raw is None else msgpack.unpackb(raw)
+
+    def _check_schema(self) -> None:
+        schema = self._get_system("schema")
+        if schema is None:
+            with self._env.begin(write=True, db=self._system) as txn:
+                txn.put(b"schema", msgpack.packb(SCHEMA_VERSION))
+        elif schema != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} holds schema version {schema}; this release reads version {SCHEMA_VERSION}"
+            )
+
+    def ensure_identity(self, node_id: str, now_ms: int) -> Identity:
+        """The node's persisted identity; joined_timestamp is set on the very first start only."""
+        stored = self._get_system("identity")
+        if stored is None:
+            stored = {"node_id": node_id, "joined_timestamp": now_ms}
+        elif stored.get("node_id") != node_id:
+            log.warning(
+                "data_dir %s was last used by node %s; continuing as %s with the same joined_timestamp",
+                self.path,
+                stored.get("node_id"),
+                node_id,
+            )
+            stored = {"node_id": node_id, "joined_timestamp": stored["joined_timestamp"]}
+        with self._env.begin(write=True, db=self._system) as txn:
+            txn.put(b"identity", msgpack.packb(stored))
+        self.identity = Identity(
+            node_id=stored["node_id"], joined_timestamp=stored["joined_timestamp"]
+        )
+        return self.identity
+
+    def close(self) -> None:
+        self._env.close()
+
+    # --- reads (event loop, short transactions) ------------------------------------------------
+
+    def get(self, key: str) -> Record | None:
+        """The stored record, tombstones and expired records included (callers decide)."""
+        with self._env.begin(db=self._records) as txn:
+            raw = txn.get(key.encode())
+        return None if raw is None else self._read_codec.decode(raw)
+
+    def get_live(self, key: str) -> Record | None:
+        record = self.get(key)
+        if record is None or not record.live(self.clock.wall_ms()):
+            return None
+        return record
+
+    def history(self, key: str, limit: int | None = None) -> list[Record]:
+        """Previous versions of a key, newest first."""
+        prefix = _history_prefix(key.encode())
+        out: list[Record] = []
+        with self._env.begin(db=self._history) as txn:
+            cursor = txn.cursor()
+            # Seek just past this key's entries and walk backwards: newest first.
+            end = key.encode() + b"\x01"
+            positioned = cursor.set_range(end)
+            if not positioned:
+                positioned = cursor.last()
+            elif positioned:
+                positioned = cursor.prev()
+            while positioned:
+                k = cursor.key()
+                if not k.startswith(prefix):
+                    break
+                out.append(self._read_codec.decode(cursor.value()))
+                if limit is not None and len(out) >= limit:
+                    break
+                positioned = cursor.prev()
+        return out
+
+    def count(self) -> int:
+        """Stored keys that are not tombstones (expired-but-unswept keys included)."""
+        with self._env.begin() as txn:
+            records = txn.stat(self._records)["entries"]
+            tombstones = txn.stat(self._tombstones)["entries"]
+        return records - tombstones
+
+    def info(self) -> dict[str, int]:
+        env_info = self._env.info()
+        stat = self._env.stat()
+        return {
+            "map_size": env_info["map_size"],
+            "used_bytes": (env_info["last_pgno"] + 1) * stat["psize"],
+        }
+
+    def scan(self, start: str, end: str | None = None) -> Iterator[Record]:
+        """Records with start <= key < end in key order. Re-opens the read transaction per chunk
+        so a slow consumer never pins old pages for long."""
+        position = start.encode()
+        end_b = end.encode() if end is not None else None
+        inclusive = True
+        while True:
+            chunk: list[Record] = []
+            with self._env.begin(db=self._records) as txn:
+                cursor = txn.cursor()
+                ok = cursor.set_range(position)
+                if ok and not inclusive and cursor.key() == position:
+                    ok = cursor.next()
+                while ok and len(chunk) < 256:
+                    k = cursor.key()
+                    if end_b is not None and k >= end_b:
+                        ok = False
+                        break
+                    chunk.append(self._read_codec.decode(cursor.value()))
+                    ok = cursor.next()
+            yield from chunk
+            if not ok or not chunk:
+                return
+            position = chunk[-1].key.encode()
+            inclusive = False
+
+    def seek(self, start: str) -> Record | None:
+        """The first record whose key is >= start, or None."""
+        with self._env.begin(db=self._records) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(start.encode()):
+                return None
+            return self._read_codec.decode(cursor.value())
+
+    def changes_after(self, after_hlc: int, after_key: str | None, limit: int) -> list[Record]:
+        """Current versions in time-index order, strictly after the position `(after_hlc,
+        after_key)` -- or after every entry with `after_hlc` when `after_key` is None."""
+        if after_key is None:
+            position, skip = _U64.pack(after_hlc + 1), None
+        else:
+            position = skip = _hlc_key(after_hlc, after_key.encode())
+        out: list[Record] = []
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._changes)
+            ok = cursor.set_range(position)
+            if ok and cursor.key() == skip:
+                ok = cursor.next()
+            while ok and len(out) < limit:
+                raw = txn.get(cursor.key()[8:], db=self._records)
+                if raw is not None:
+                    out.append(self._read_codec.decode(raw))
+                ok = cursor.next()
+        return out
+
+    # --- writes (through the writer task) ---------------------------------------------------------
+
+    async def write(self, ops: list[Op]) -> list[Outcome]:
+        """Apply ops atomically in the next group commit; returns once durable."""
+        request = _Request(ops=ops)
+        await self._send.send(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.outcomes
+
+    async def maintain(self, *, tombstone_ttl_ms: int, limit: int = 10_000) -> int:
+        """Remove expired records and old tombstones; returns how many were removed."""
+        now = self.clock.wall_ms()
+        request = _Maintenance(now, hlc_pack(max(0, now - tombstone_ttl_ms)), limit)
+        done = _Request(ops=[])
+        await self._send.send(request)
+        await self._send.send(done)  # answered after the maintenance transaction committed
+        await done.done.wait()
+        return request.removed
+
+    async def writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The group-commit loop. Runs until cancelled; in-flight transactions finish first."""
+        task_status.started()
+        receive = self._receive
+        while True:
+            batch = [await receive.receive()]
+            ops = len(getattr(batch[0], "ops", ()))
+            while ops < MAX_OPS_PER_TRANSACTION:
+                try:
+                    item = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(item)
+                ops += len(getattr(item, "ops", ()))
+            self._assign_versions(batch)
+            changes: list[Change] = []
+            while True:
+                try:
+                    if self._in_thread:
+                        changes = await trio.to_thread.run_sync(self._apply, batch)
+                    else:
+                        changes = self._apply(batch)
+                    break
+                except _GrowMap:
+                    self._grow_map()
+                except BaseException as exc:  # answer every caller, then keep serving
+                    if isinstance(exc, trio.Cancelled):
+                        raise
+                    log.error("write transaction failed: %s", exc)
+                    for item in batch:
+                        if isinstance(item, _Request):
+                            item.error = StoreError(f"write failed: {exc}")
+                            item.done.set()
+                    changes = []
+                    batch = []
+                    break
+            self.stats["transactions"] += 1
+            self.stats["ops"] += ops
+            self.stats["last_batch"] = ops
+            self.stats["max_batch"] = max(self.stats["max_batch"], ops)
+            for item in batch:
+                if isinstance(item, _Request):
+                    item.done.set()
+            if changes:
+                for listener in self.listeners:
+                    listener(changes)
+
+    def _assign_versions(self, batch: list[_Request | _Maintenance]) -> None:
+        identity = self.identity
+        assert identity is not None, "ensure_identity() before writing"
+        for item in batch:
+            if isinstance(item, _Request) and not item.versions:
+                item.versions = [
+                    None
+                    if isinstance(op, Merge)
+                    else Version(
+                        self.clock.now(),
+                        identity.joined_timestamp,
+                        identity.node_id,
+                        self._new_uuid(),
+                    )
+                    for op in item.ops
+                ]
+            if isinstance(item, _Request):
+                for op in item.ops:
+                    if isinstance(op, Merge):
+                        self.clock.observe(op.record.version.hlc)
+
+    def _grow_map(self) -> None:
+        # Runs in the event loop between transactions: no write transaction is open, and no read
+        # transaction is either (reads never span an await), as LMDB requires.
+        current = self._env.info()["map_size"]
+        new_size = int(current * 2)
+        log.info("LMDB map full at %d MiB; growing to %d MiB", current >> 20, new_size >> 20)
+        self._env.set_mapsize(new_size)
+        self.stats["map_grows"] += 1
+
+    def _apply(self, batch: list[_Request | _Maintenance]) -> list[Change]:
+        """One write transaction for the whole batch. Runs in a worker thread (or inline)."""
+        changes: list[Change] = []
+        try:
+            with self._env.begin(write=True) as txn:
+                writer = _TransactionWriter(self, txn)
+                for item in batch:
+                    if isinstance(item, _Maintenance):
+                        writer.maintain(item, changes)
+                        continue
+                    item.outcomes = []
+                    for op, version in zip(item.ops, item.versions, strict=True):
+                        item.outcomes.append(writer.apply(op, version, changes))
+                txn.put(b"hlc", msgpack.packb(self.clock.last), db=self._system)
+        except lmdb.MapFullError:
+            raise _GrowMap() from None
+        return changes
+
+    def sync_to_disk(self) -> None:
+        """Flush to disk (durability: os mode calls this periodically)."""
+        self._env.sync(True)
+
+
+class _TransactionWriter:
+    """Applies ops inside one open write transaction."""
+
+    def __init__(self, store: Store, txn: lmdb.Transaction) -> None:
+        self.store = store
+        self.txn = txn
+        self.codec = store._write_codec
+        self.now_ms = store.clock.wall_ms()
+
+    def _current(self, key_b: bytes) -> Record | None:
+        raw = self.txn.get(key_b, db=self.store._records)
+        return None if raw is None else self.codec.decode(raw)
+
+    def apply(self, op: Op, version: Version | None, changes: list[Change]) -> Outcome:
+        key_b = op.record.key.encode() if isinstance(op, Merge) else op.key.encode()
+        current = self._current(key_b)
+        live = current is not None and current.live(self.now_ms)
+        if isinstance(op, Merge):
+            incoming = op.record
+            if current is not None and not incoming.version.newer_than(current.version):
+                return Unchanged(incoming.key)
+            self._replace(key_b, current, incoming)
+            changes.append(Change(current, incoming, local=False))
+            return Written(incoming)
+        assert version is not None
+        if isinstance(op, Put):
+            if op.if_match is not None and (
+                not live or current is None or current.version.uuid != op.if_match
+            ):
+                return Conflict(op.key, current.version.uuid if live and current else None)
+            keep = current if live else None
+            record = Record(
+                key=op.key,
+                value=op.value,
+                version=version,
+                expires_at=op.expires_at,
+                owner=keep.owner if keep else "",
+                group=keep.group if keep else "",
+                permissions=keep.permissions
+                if keep
+                else Record.__dataclass_fields__["permissions"].default,
+                created_at=keep.created_at if keep else version.timestamp,
+            )
+        else:
+            if not live:
+                return NotFound(op.key) if op.must_exist else Unchanged(op.key)
+            assert current is not None
+            record = Record(
+                key=op.key,
+                value=None,
+                version=version,
+                owner=current.owner,
+                group=current.group,
+                permissions=current.permissions,
+                created_at=current.created_at,
+            )
+        self._replace(key_b, current, record)
+        changes.append(Change(current, record, local=True))
+        return Written(record)
+
+    def _replace(self, key_b: bytes, current: Record | None, record: Record) -> None:
+        s, txn = self.store, self.txn
+        if current is not None:
+            self._unindex(key_b, current)
+            if s.history_depth > 0:
+                txn.put(
+                    _history_prefix(key_b) + _U64.pack(current.version.hlc),
+                    self.codec.encode(current),
+                    db=s._history,
+                )
+                self._trim_history(key_b)
+        txn.put(key_b, self.codec.encode(record), db=s._records)
+        txn.put(_hlc_key(record.version.hlc, key_b), b"", db=s._changes)
+        if record.deleted:
+            txn.put(_hlc_key(record.version.hlc, key_b), b"", db=s._tombstones)
+        elif record.expires_at is not None:
+            txn.put(_hlc_key(record.expires_at, key_b), b"", db=s._expiry)
+
+    def _unindex(self, key_b: bytes, record: Record) -> None:
+        s, txn = self.store, self.txn
+        txn.delete(_hlc_key(record.version.hlc, key_b), db=s._changes)
+        if record.deleted:
+            txn.delete(_hlc_key(record.version.hlc, key_b), db=s._tombstones)
+        elif record.expires_at is not None:
+            txn.delete(_hlc_key(record.expires_at, key_b), db=s._expiry)
+
+    def _trim_history(self, key_b: bytes) -> None:
+        prefix = _history_prefix(key_b)
+        cursor = self.txn.cursor(db=self.store._history)
+        entries: list[bytes] = []
+        ok = cursor.set_range(prefix)
+        while ok and cursor.key().startswith(prefix):
+            entries.append(cursor.key())
+            ok = cursor.next()
+        for old in entries[: max(0, len(entries) - self.store.history_depth)]:
+            self.txn.delete(old, db=self.store._history)
+
+    def _remove(self, key_b: bytes, record: Record, changes: list[Change]) -> None:
+        s, txn = self.store, self.txn
+        self._unindex(key_b, record)
+        txn.delete(key_b, db=s._records)
+        prefix = _history_prefix(key_b)
+        cursor = txn.cursor(db=s._history)
+        while cursor.set_range(prefix) and cursor.key().startswith(prefix):
+            cursor.delete()
+        changes.append(Change(record, None, local=True))
+
+    def maintain(self, job: _Maintenance, changes: list[Change]) -> None:
+        s, txn = self.store, self.txn
+        job.removed = 0
+        for index, limit in ((s._expiry, job.now_ms), (s._tombstones, job.tombstone_before_hlc)):
+            due: list[bytes] = []
+            cursor = txn.cursor(db=index)
+            ok = cursor.first()
+            while ok and len(due) < job.limit:
+                k = cursor.key()
+                if _U64.unpack(k[:8])[0] > limit:
+                    break
+                due.append(k[8:])
+                ok = cursor.next()
+            for key_b in due:
+                record = self._current(key_b)
+                if record is None:
+                    continue
+                if index is s._expiry and not record.expired(job.now_ms):
+                    continue
+                self._remove(key_b, record, changes)
+                job.removed += 1
