@@ -128,8 +128,25 @@ async def _serve(config: Config) -> None:
             nursery.start_soon(watch_signals)
             try:
                 await nursery.start(run_node)
-            except OSError as exc:
-                raise _bind_error(config, exc) from None
+            except BaseException as exc:
+                # Hypercorn binds inside nested nurseries, so a bind failure arrives wrapped
+                # in exception groups, not as a bare OSError: dig it out to report `port`.
+                os_error = _find_os_error(exc)
+                if os_error is None:
+                    raise
+                raise _bind_error(config, os_error) from None
+
+
+def _find_os_error(exc: BaseException) -> OSError | None:
+    """The OSError (a failed bind) inside `exc` or its nested exception groups, if any."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _bind_error(config: Config, exc: OSError) -> ConfigError:

@@ -29,7 +29,8 @@ class ConfigError(Exception):
         self.key = key
         self.path = str(path) if path else None
         where = f"{self.path}: " if self.path else ""
-        super().__init__(f"{where}{key}: {message}")
+        shown = key if key.isprintable() else repr(key)  # a key with a line break stays one line
+        super().__init__(f"{where}{shown}: {message}")
 
 
 @dataclass
@@ -306,10 +307,15 @@ def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Confi
     for name, value in ports.items():
         if value > 65535:
             raise ConfigError(name, f"derived port {value} is above 65535; set it explicitly", path)
-    if len(set(ports.values())) != len(ports):
-        raise ConfigError(
-            "gossip_port", f"port, gossip_port and sync_port must differ, got {ports}", path
-        )
+    seen: dict[int, str] = {}
+    for name, value in ports.items():
+        if value in seen:
+            # Blame the key the user set: not `port`, and not a port derived from it (0).
+            blamed = seen[value] if getattr(config, name) == 0 else name
+            raise ConfigError(
+                blamed, f"port, gossip_port and sync_port must differ, got {ports}", path
+            )
+        seen[value] = name
     return config
 
 
@@ -318,6 +324,8 @@ def load(path: str | os.PathLike[str]) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("(file)", "config file not found", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("(file)", "is not UTF-8 text", path) from None
     except OSError as exc:
         raise ConfigError("(file)", f"cannot read: {exc.strerror}", path) from None
     try:

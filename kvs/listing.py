@@ -17,10 +17,10 @@ from kvs.store import Store
 _AFTER_SLASH = "0"  # chr(ord("/") + 1): the first key past a "x/..." subtree is "x0"
 
 
-def _range(prefix: str) -> tuple[str, str]:
-    """The half-open key range holding every key strictly below `prefix`."""
+def _range(prefix: str) -> tuple[str, str | None]:
+    """The half-open key range holding every key strictly below `prefix` (None: no end)."""
     if not prefix:
-        return "", "\U0010ffff" * 2
+        return "", None
     return prefix + "/", prefix + _AFTER_SLASH
 
 
@@ -86,14 +86,22 @@ class TreeNode:
         if self.record is not None:
             out["timestamp"] = self.record.version.timestamp
         if self.children:
-            out["children"] = [c.to_json() for c in self.children.values()]
+            out["children"] = _sorted_json(self.children)
         return out
+
+
+def _sorted_json(children: dict[str, TreeNode]) -> list[dict[str, Any]]:
+    # Siblings in subkey order, as `_ls` lists them: key order differs when a parent is not a
+    # key itself ("a!b" < "a/x", yet as siblings "a" < "a!b").
+    return [children[name].to_json() for name in sorted(children, key=str.encode)]
 
 
 def list_tree(
     store: Store, prefix: str, depth: int, limit: int, now_ms: int
 ) -> tuple[list[Record], int]:
     """Live keys below `prefix` at most `depth` levels down, in key order: (first `limit`, total)."""
+    if depth < 1:
+        return [], 0  # nothing lies less than one level down (and the skip below needs depth >= 1)
     start, end = _range(prefix)
     base = len(start)
     keys: list[Record] = []
@@ -128,4 +136,4 @@ def nest(records: list[Record], prefix: str) -> list[dict[str, Any]]:
         for part in record.key[base:].split("/"):
             node = node.children.setdefault(part, TreeNode(part))
         node.record = record
-    return [c.to_json() for c in root.children.values()]
+    return _sorted_json(root.children)

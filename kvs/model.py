@@ -54,7 +54,8 @@ def validate_key(key: str, *, allow_reserved: bool = False) -> str:
     if size > MAX_KEY_BYTES:
         raise InvalidKey(f"key is {size} bytes long; the limit is {MAX_KEY_BYTES} UTF-8 bytes")
     for ch in key:
-        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+        # C0 controls, DEL and the C1 controls (U+0080-U+009F): Unicode category Cc.
+        if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F:
             raise InvalidKey(f"key contains control character U+{ord(ch):04X}")
     for index, segment in enumerate(key.split("/")):
         if segment == "":
@@ -103,9 +104,10 @@ class Version:
         """Milliseconds since the epoch, as the API reports it."""
         return hlc_ms(self.hlc)
 
-    def order_key(self) -> tuple[int, int, str]:
-        # Newer HLC wins; on equal HLC the earliest-joined node wins; then the larger UUID.
-        return (self.hlc, -self.origin_joined, self.uuid)
+    def order_key(self) -> tuple[int, int, str, str]:
+        # Newer HLC wins; on equal HLC the earliest-joined node wins; then the larger UUID;
+        # then the origin's id, so that even a duplicated UUID cannot make the order partial.
+        return (self.hlc, -self.origin_joined, self.uuid, self.origin)
 
     def newer_than(self, other: Version) -> bool:
         return self.order_key() > other.order_key()
@@ -153,6 +155,21 @@ def resolve(a: Record, b: Record) -> Record:
 # Field 0 is a format number so the layout can evolve without a migration of old data.
 
 _FORMAT = 1
+_FIELD_TYPES: tuple[type | tuple[type, ...], ...] = (
+    int,  # format
+    str,  # key
+    (bytes, type(None)),  # value
+    bool,  # compressed
+    int,  # hlc
+    int,  # origin_joined
+    str,  # origin
+    str,  # uuid
+    (int, type(None)),  # expires_at
+    str,  # owner
+    str,  # group
+    int,  # permissions
+    int,  # created_at
+)
 
 
 class RecordCodec:
@@ -190,9 +207,16 @@ class RecordCodec:
         )
 
     def decode(self, raw: bytes) -> Record:
-        fields = msgpack.unpackb(raw, raw=False)
+        """Raises ValueError for anything that is not a record we encoded (corrupt or foreign
+        bytes), never a record with fields of the wrong type."""
+        try:
+            fields = msgpack.unpackb(raw, raw=False)
+        except ValueError as exc:  # msgpack's errors (and UnicodeDecodeError) are ValueErrors
+            raise ValueError(f"record is not valid msgpack: {exc}") from None
         if not isinstance(fields, list) or len(fields) != 13 or fields[0] != _FORMAT:
             raise ValueError("unknown record format")
+        if not all(isinstance(f, t) for f, t in zip(fields, _FIELD_TYPES, strict=True)):
+            raise ValueError("record has a field of the wrong type")
         (
             _,
             key,
@@ -209,7 +233,10 @@ class RecordCodec:
             created,
         ) = fields
         if compressed and value is not None:
-            value = self._decompressor.decompress(value)
+            try:
+                value = self._decompressor.decompress(value)
+            except zstandard.ZstdError as exc:
+                raise ValueError(f"record value does not decompress: {exc}") from None
         return Record(
             key=key,
             value=value,
@@ -232,7 +259,10 @@ def parse_duration(value: Any, *, what: str = "duration") -> float:
             f"{what} must be a number of seconds or a string like '30s', not a boolean"
         )
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float: not finite either
+            seconds = float("inf")
     elif isinstance(value, str):
         text = value.strip().lower()
         units = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("d", 86400.0))

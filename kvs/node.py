@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -30,6 +30,98 @@ from kvs.store import Store
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 1.0
+
+
+ASGIMessage = dict[str, Any]
+ASGISend = Callable[[ASGIMessage], Awaitable[None]]
+ASGIReceive = Callable[[], Awaitable[ASGIMessage]]
+ASGIApp = Callable[[dict[str, Any], ASGIReceive, ASGISend], Awaitable[None]]
+
+HTTP_GRACE = 10.0  # a graceful shutdown waits this long at most for requests in flight
+FINAL_SEND_GRACE = 5.0  # bound on the shielded last send of a response (see HttpFront)
+
+
+class HttpFront:
+    """The ASGI app as Hypercorn sees it: counts requests in flight and lets each one finish.
+
+    Why each part is here (all found with real processes, see tests/integration):
+
+    - Hypercorn finishes an HTTP/1.1 exchange inside the app's last `http.response.body`
+      send: it tells the app `http.disconnect`, then recycles the keep-alive connection
+      (restarting its idle timer) or closes the socket when the request body was not read to
+      the end (an early 413). Quart-Trio cancels the task making that send as soon as it sees
+      `http.disconnect`, which cut Hypercorn off half-way: idle keep-alive connections never
+      timed out, and after a 413 on a chunked body the connection hung, answering nothing.
+      So that one send runs shielded (bounded by FINAL_SEND_GRACE).
+    - Hypercorn hands body chunks to the app through a small bounded queue and puts
+      `http.disconnect` on the same queue during that last send. An app that answers without
+      reading the whole body (a 413) and stops calling `receive()` could leave the queue full
+      and that send blocked for ever; so while it runs, the rest of the body is drained.
+    - Graceful shutdown waits for requests in flight (`wait_idle`), not for Hypercorn's
+      connection tasks: one of those can miss its wake-up when a client sends more bytes at
+      the moment the server stops (Hypercorn's h11 `PAUSED` handling), and then a stop
+      under load took the whole 10 s `graceful_timeout`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no HTTP request is being answered."""
+        while self.in_flight:
+            await self._idle.wait()
+
+    async def __call__(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.in_flight += 1
+        if self.in_flight == 1:
+            self._idle = trio.Event()
+        body_done = False
+
+        async def tracked_receive() -> ASGIMessage:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def drain_body() -> None:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+
+        async def guarded_send(message: ASGIMessage) -> None:
+            if message["type"] != "http.response.body" or message.get("more_body", False):
+                await send(message)
+                return
+            with trio.CancelScope(shield=True) as scope_:
+                scope_.deadline = trio.current_time() + FINAL_SEND_GRACE
+                if body_done or not _has_body(scope):
+                    await send(message)
+                    return
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(drain_body)
+                    await send(message)
+                    nursery.cancel_scope.cancel()
+
+        try:
+            await self.app(scope, tracked_receive, guarded_send)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+
+def _has_body(scope: dict[str, Any]) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
 
 
 class Node:
@@ -52,6 +144,7 @@ class Node:
         self._started_at = 0.0
         self._shutdown = trio.Event()
         self._cancel_scope: trio.CancelScope | None = None
+        self._http_front: HttpFront | None = None
 
     # --- state the API reads ------------------------------------------------------------------
 
@@ -105,6 +198,9 @@ class Node:
         self._started_at = trio.current_time()
         if self.store is None:
             self.store = self.open_store()
+        # "stopped" is logged only after "ready": a node that fails to bind must leave just
+        # the CLI's one-line error on stderr, not a misleading lifecycle line before it.
+        ready = False
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel_scope = nursery.cancel_scope
@@ -121,15 +217,20 @@ class Node:
                     self.config.data_path,
                 )
                 task_status.started(self)
+                ready = True
                 await self._shutdown.wait()
                 log.info("node %s shutting down", self.node_id)
-                if not http:
-                    nursery.cancel_scope.cancel()
-                # else _serve_http returns once hypercorn has drained, and stops the rest.
+                if http and self._http_front is not None:
+                    # Hypercorn stops accepting (the same event is its shutdown trigger);
+                    # answer every request already in flight, then stop everything.
+                    with trio.move_on_after(HTTP_GRACE):
+                        await self._http_front.wait_idle()
+                nursery.cancel_scope.cancel()
         finally:
             self.store.close()
             self.store = None
-            log.info("node %s stopped", self.node_id)
+            if ready:
+                log.info("node %s stopped", self.node_id)
 
     async def _serve_http(
         self, app: Any, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -138,9 +239,12 @@ class Node:
         hc.bind = [f"{self.config.bind_address}:{self.config.port}"]
         hc.accesslog = None
         hc.errorlog = logging.getLogger("kvs.http")
-        hc.graceful_timeout = 10.0
+        hc.graceful_timeout = HTTP_GRACE
         hc.keep_alive_timeout = 75.0
-        await serve(app, hc, shutdown_trigger=self._shutdown.wait, task_status=task_status)
+        self._http_front = HttpFront(app)
+        await serve(
+            self._http_front, hc, shutdown_trigger=self._shutdown.wait, task_status=task_status
+        )
         # Hypercorn has stopped accepting and drained in-flight requests: end the node.
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()

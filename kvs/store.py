@@ -9,6 +9,9 @@ Layout (one LMDB environment, named databases):
     tombstones hlc(8) + key             -> b""   deletes, oldest first, for garbage collection
     system     name                     -> msgpack value (node identity, persisted HLC, schema)
 
+`key` is the key's UTF-8 bytes, or for a key too long for LMDB a fixed-size stand-in (see
+`_storage_key`).
+
 Every write goes through one writer task (group commit): it drains all pending requests,
 applies them in one write transaction -- in a worker thread, so a slow fsync never blocks
 the event loop -- and answers each caller only after the commit is durable. Reads open a
@@ -17,6 +20,7 @@ short read transaction in the event loop and never hold it across an await.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
 from collections.abc import Callable, Iterator
@@ -36,6 +40,42 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MAX_OPS_PER_TRANSACTION = 20_000
 _U64 = struct.Struct(">Q")
+_SCAN_CHUNK = 256
+
+# LMDB refuses keys over 511 bytes and the indexes add up to 9 bytes to a key (history: key +
+# 0x00 + hlc), but a KVS key may be 1024 bytes. A key of up to _RAW_KEY_BYTES is stored as
+# itself; a longer one as its first _RAW_KEY_BYTES bytes + 0xFF + a hash of the whole key.
+# 0xFF never occurs in UTF-8, so storage order is still key order, except among long keys
+# that share their first _RAW_KEY_BYTES bytes (a "group", contiguous in LMDB): `scan` sorts
+# those itself.
+_LMDB_MAX_KEY = 511
+_INDEX_OVERHEAD = 9
+_HASH_BYTES = 16
+_RAW_KEY_BYTES = _LMDB_MAX_KEY - _INDEX_OVERHEAD - 1 - _HASH_BYTES
+_LONG_MARK = b"\xff"
+
+
+def _storage_key(key: str) -> bytes:
+    raw = key.encode()
+    if len(raw) <= _RAW_KEY_BYTES:
+        return raw
+    digest = hashlib.blake2b(raw, digest_size=_HASH_BYTES).digest()
+    return raw[:_RAW_KEY_BYTES] + _LONG_MARK + digest
+
+
+def _same_long_group(a: bytes, b: bytes) -> bool:
+    return (
+        len(a) > _RAW_KEY_BYTES
+        and len(b) > _RAW_KEY_BYTES
+        and a[:_RAW_KEY_BYTES] == b[:_RAW_KEY_BYTES]
+    )
+
+
+def _scan_stop(end: bytes) -> bytes:
+    """The storage position at and after which every key is >= `end`."""
+    if len(end) <= _RAW_KEY_BYTES:
+        return end
+    return end[:_RAW_KEY_BYTES] + _LONG_MARK * (_HASH_BYTES + 2)
 
 
 class StoreError(Exception):
@@ -178,6 +218,8 @@ class Store:
         except (OSError, lmdb.Error) as exc:
             raise StoreError(f"cannot open the LMDB store in {self.path}: {exc}") from None
         env = self._env
+        if env.max_key_size() < _LMDB_MAX_KEY:
+            raise StoreError(f"this LMDB build takes keys of {env.max_key_size()} bytes at most")
         self._records = env.open_db(b"records")
         self._changes = env.open_db(b"changes")
         self._history = env.open_db(b"history")
@@ -238,7 +280,7 @@ class Store:
     def get(self, key: str) -> Record | None:
         """The stored record, tombstones and expired records included (callers decide)."""
         with self._env.begin(db=self._records) as txn:
-            raw = txn.get(key.encode())
+            raw = txn.get(_storage_key(key))
         return None if raw is None else self._read_codec.decode(raw)
 
     def get_live(self, key: str) -> Record | None:
@@ -249,18 +291,19 @@ class Store:
 
     def history(self, key: str, limit: int | None = None) -> list[Record]:
         """Previous versions of a key, newest first."""
-        prefix = _history_prefix(key.encode())
+        key_b = _storage_key(key)
+        prefix = _history_prefix(key_b)
         out: list[Record] = []
         with self._env.begin(db=self._history) as txn:
             cursor = txn.cursor()
             # Seek just past this key's entries and walk backwards: newest first.
-            end = key.encode() + b"\x01"
+            end = key_b + b"\x01"
             positioned = cursor.set_range(end)
             if not positioned:
                 positioned = cursor.last()
             elif positioned:
                 positioned = cursor.prev()
-            while positioned:
+            while positioned and (limit is None or len(out) < limit):
                 k = cursor.key()
                 if not k.startswith(prefix):
                     break
@@ -288,44 +331,49 @@ class Store:
     def scan(self, start: str, end: str | None = None) -> Iterator[Record]:
         """Records with start <= key < end in key order. Re-opens the read transaction per chunk
         so a slow consumer never pins old pages for long."""
-        position = start.encode()
+        start_b = start.encode()
         end_b = end.encode() if end is not None else None
-        inclusive = True
+        stop = _scan_stop(end_b) if end_b is not None else None
+        position, inclusive = start_b[:_RAW_KEY_BYTES], True
         while True:
-            chunk: list[Record] = []
+            entries: list[tuple[bytes, bytes]] = []
             with self._env.begin(db=self._records) as txn:
                 cursor = txn.cursor()
                 ok = cursor.set_range(position)
                 if ok and not inclusive and cursor.key() == position:
                     ok = cursor.next()
-                while ok and len(chunk) < 256:
+                while ok:
                     k = cursor.key()
-                    if end_b is not None and k >= end_b:
+                    if stop is not None and k >= stop:
                         ok = False
                         break
-                    chunk.append(self._read_codec.decode(cursor.value()))
+                    # A chunk never splits a long-key group: it is sorted as a whole below.
+                    if len(entries) >= _SCAN_CHUNK and not _same_long_group(entries[-1][0], k):
+                        break
+                    entries.append((k, cursor.value()))
                     ok = cursor.next()
-            yield from chunk
-            if not ok or not chunk:
+            records = [self._read_codec.decode(value) for _, value in entries]
+            records.sort(key=lambda r: r.key.encode())
+            for record in records:
+                key_b = record.key.encode()
+                if key_b >= start_b and (end_b is None or key_b < end_b):
+                    yield record
+            if not ok or not entries:
                 return
-            position = chunk[-1].key.encode()
-            inclusive = False
+            position, inclusive = entries[-1][0], False
 
     def seek(self, start: str) -> Record | None:
         """The first record whose key is >= start, or None."""
-        with self._env.begin(db=self._records) as txn:
-            cursor = txn.cursor()
-            if not cursor.set_range(start.encode()):
-                return None
-            return self._read_codec.decode(cursor.value())
+        return next(self.scan(start), None)
 
     def changes_after(self, after_hlc: int, after_key: str | None, limit: int) -> list[Record]:
         """Current versions in time-index order, strictly after the position `(after_hlc,
-        after_key)` -- or after every entry with `after_hlc` when `after_key` is None."""
+        after_key)` -- or after every entry with `after_hlc` when `after_key` is None. Entries
+        with equal HLCs are in storage-key order (key order, but for very long keys)."""
         if after_key is None:
             position, skip = _U64.pack(after_hlc + 1), None
         else:
-            position = skip = _hlc_key(after_hlc, after_key.encode())
+            position = skip = _hlc_key(after_hlc, _storage_key(after_key))
         out: list[Record] = []
         with self._env.begin() as txn:
             cursor = txn.cursor(db=self._changes)
@@ -377,28 +425,20 @@ class Store:
                 batch.append(item)
                 ops += len(getattr(item, "ops", ()))
             self._assign_versions(batch)
-            changes: list[Change] = []
-            while True:
-                try:
-                    if self._in_thread:
-                        changes = await trio.to_thread.run_sync(self._apply, batch)
-                    else:
-                        changes = self._apply(batch)
-                    break
-                except _GrowMap:
-                    self._grow_map()
-                except BaseException as exc:  # answer every caller, then keep serving
-                    if isinstance(exc, trio.Cancelled):
-                        raise
-                    log.error("write transaction failed: %s", exc)
-                    for item in batch:
+            try:
+                changes = await self._commit(batch)
+            except Exception as exc:
+                # One bad op must not fail the other callers that shared its transaction:
+                # apply each request on its own, and fail only those that fail alone.
+                log.error("write transaction failed: %s; retrying its requests one by one", exc)
+                changes = []
+                for item in batch:
+                    try:
+                        changes += await self._commit([item])
+                    except Exception as item_exc:
+                        log.error("write failed: %s", item_exc)
                         if isinstance(item, _Request):
-                            item.error = StoreError(f"write failed: {exc}")
-                            item.done.set()
-                    changes = []
-                    batch = []
-                    break
-            self.stats["transactions"] += 1
+                            item.error = StoreError(f"write failed: {item_exc}")
             self.stats["ops"] += ops
             self.stats["last_batch"] = ops
             self.stats["max_batch"] = max(self.stats["max_batch"], ops)
@@ -407,7 +447,24 @@ class Store:
                     item.done.set()
             if changes:
                 for listener in self.listeners:
-                    listener(changes)
+                    try:
+                        listener(changes)
+                    except Exception:  # a broken observer must not stop every write
+                        log.exception("store listener %r failed", listener)
+
+    async def _commit(self, batch: list[_Request | _Maintenance]) -> list[Change]:
+        """Apply `batch` in one write transaction, growing the map until it fits."""
+        while True:
+            try:
+                if self._in_thread:
+                    changes = await trio.to_thread.run_sync(self._apply, batch)
+                else:
+                    changes = self._apply(batch)
+            except _GrowMap:
+                self._grow_map()
+                continue
+            self.stats["transactions"] += 1
+            return changes
 
     def _assign_versions(self, batch: list[_Request | _Maintenance]) -> None:
         identity = self.identity
@@ -476,7 +533,7 @@ class _TransactionWriter:
         return None if raw is None else self.codec.decode(raw)
 
     def apply(self, op: Op, version: Version | None, changes: list[Change]) -> Outcome:
-        key_b = op.record.key.encode() if isinstance(op, Merge) else op.key.encode()
+        key_b = _storage_key(op.record.key if isinstance(op, Merge) else op.key)
         current = self._current(key_b)
         live = current is not None and current.live(self.now_ms)
         if isinstance(op, Merge):
@@ -532,7 +589,7 @@ class _TransactionWriter:
                     self.codec.encode(current),
                     db=s._history,
                 )
-                self._trim_history(key_b)
+            self._trim_history(key_b)  # also drops what a larger depth kept before a restart
         txn.put(key_b, self.codec.encode(record), db=s._records)
         txn.put(_hlc_key(record.version.hlc, key_b), b"", db=s._changes)
         if record.deleted:

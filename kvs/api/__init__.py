@@ -10,7 +10,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from kvs.api.errors import ApiError, error_response
-from kvs.api.kv import kv_blueprint
+from kvs.api.keys import KeyRoutes
+from kvs.api.kv import allowed_methods, batch_body_limit, kv_blueprint
 from kvs.api.ops import ops_blueprint
 from kvs.model import InvalidKey, validate_key
 
@@ -26,7 +27,8 @@ def create_app(node: Node) -> QuartTrio:
     # redirected to `a/b`, and `/kv/x/` must not be redirected either.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
-    app.config["MAX_CONTENT_LENGTH"] = node.config.max_json_size
+    # The largest body any endpoint takes; each endpoint enforces its own limit (read_body).
+    app.config["MAX_CONTENT_LENGTH"] = batch_body_limit(node.config)
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.register_blueprint(kv_blueprint(node))
     app.register_blueprint(ops_blueprint(node))
@@ -51,7 +53,10 @@ def create_app(node: Node) -> QuartTrio:
         headers = {}
         if status == 405:
             allowed = getattr(exc, "valid_methods", None)
-            if allowed:
+            if request.path.startswith("/kv/"):
+                # The router would list every method of the shared /kv/ rule (POST included).
+                headers["Allow"] = allowed_methods(request.path[len("/kv/") :])
+            elif allowed:
                 headers["Allow"] = ", ".join(sorted(allowed))
         return error_response(status, exc.description or exc.name, headers)
 
@@ -60,4 +65,5 @@ def create_app(node: Node) -> QuartTrio:
         log.exception("unhandled error serving %s %s", request.method, request.path)
         return error_response(500, "internal error; see the node's log")
 
+    app.asgi_app = KeyRoutes(app.asgi_app, node)  # type: ignore[method-assign]
     return app

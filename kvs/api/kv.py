@@ -4,26 +4,56 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
+import trio
 from quart import Blueprint, Response, request
+from werkzeug.exceptions import RequestTimeout
 
 from kvs import listing
-from kvs.api.errors import ApiError, json_response, raw_json_response
-from kvs.model import InvalidKey, Record, hlc_pack, parse_duration, validate_key
-from kvs.store import Conflict, Delete, NotFound, Put, Written
+from kvs.api.errors import ApiError, json_response
+from kvs.model import InvalidKey, Record, hlc_ms, hlc_pack, parse_duration, validate_key
+from kvs.store import Delete, Put, Written
 
 if TYPE_CHECKING:
+    from kvs.config import Config
     from kvs.node import Node
 
 MAX_BATCH_OPS = 1000
+MIN_BATCH_BODY = 32 * 1024 * 1024
+MAX_TTL_SECONDS = 100 * 365 * 86400  # far beyond any real use, far inside the u64 ms index
 TTL_HEADER = "X-KVS-TTL"
+KEY_METHODS = "GET, HEAD, PUT, DELETE"
 _HISTORY = re.compile(r"^(?P<key>.+)/history(?:/(?P<n>[^/]+))?$")
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    """Refuse numbers that overflow a double: they would be re-serialised as `Infinity`
+    (invalid JSON) by the batch path and read back as infinity by most clients."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text} is out of range (it overflows a 64-bit float)")
+    return value
+
+
+def batch_body_limit(config: Config) -> int:
+    """The largest body any endpoint accepts (a `_batch`); also the app-wide Quart limit."""
+    return max(config.max_json_size, MIN_BATCH_BODY)
+
+
+def allowed_methods(rest: str) -> str:
+    """The `Allow` header for `/kv/{rest}`, the same whether the router or a handler refuses."""
+    if rest == "_batch":
+        return "POST"
+    if rest.rpartition("/")[2] in ("_ls", "_tree"):
+        return "GET, HEAD"
+    return KEY_METHODS
 
 
 def parse_json_document(body: bytes) -> Any:
@@ -35,7 +65,7 @@ def parse_json_document(body: bytes) -> Any:
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8 encoded JSON") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise ApiError(
             400,
@@ -59,8 +89,11 @@ def parse_ttl(raw: Any, *, what: str = "ttl") -> float | None:
         seconds = parse_duration(raw, what=what)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    if seconds <= 0:
-        raise ApiError(400, f"{what} must be greater than zero")
+    # Under 1 ms rounds to an already-expired key; a huge TTL overflowed the expiry index (500).
+    if seconds < 0.001:
+        raise ApiError(400, f"{what} must be at least 1ms")
+    if seconds > MAX_TTL_SECONDS:
+        raise ApiError(400, f"{what} must be at most {MAX_TTL_SECONDS} seconds (100 years)")
     return seconds
 
 
@@ -111,28 +144,47 @@ def version_json(record: Record) -> dict[str, Any]:
 
 
 async def read_body(limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` (never fully buffered)."""
+    """The request body, refused with 413 as soon as it passes `limit` (never fully buffered).
+
+    Quart fixes a body's limit when the request is created (app-wide MAX_CONTENT_LENGTH, set
+    to the largest per-endpoint limit), so the per-endpoint limit is enforced here, chunk by
+    chunk, whether or not the client sent a Content-Length."""
     request.max_content_length = limit
-    return await request.get_data(cache=False, as_text=False)
+    too_large = ApiError(413, f"request body is too large; the limit is {limit} bytes")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large
+    body = bytearray()
+    timeout = request.body_timeout if request.body_timeout is not None else math.inf
+    with trio.move_on_after(timeout) as scope:
+        async for chunk in request.body:
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    if scope.cancelled_caught:
+        raise RequestTimeout()
+    return bytes(body)
+
+
+def require_writable(node: Node) -> None:
+    """Writes are refused (503) on a read-only node and on one still bootstrapping."""
+    mode = node.mode
+    if mode == "read-only":
+        raise ApiError(
+            503, "this node is read-only (read_only: true); writes are refused", mode=mode
+        )
+    if mode == "syncing":
+        raise ApiError(
+            503,
+            "this node is syncing its data from the cluster; writes are refused until it finishes",
+            mode=mode,
+        )
 
 
 def kv_blueprint(node: Node) -> Blueprint:
     bp = Blueprint("kv", __name__)
     store = node.store
     config = node.config
-
-    def require_writable() -> None:
-        mode = node.mode
-        if mode == "read-only":
-            raise ApiError(
-                503, "this node is read-only (read_only: true); writes are refused", mode=mode
-            )
-        if mode == "syncing":
-            raise ApiError(
-                503,
-                "this node is syncing its data from the cluster; writes are refused until it finishes",
-                mode=mode,
-            )
 
     @bp.route("/kv", methods=["GET", "PUT", "DELETE", "POST"])
     @bp.route("/kv/", methods=["GET", "PUT", "DELETE", "POST"])
@@ -141,70 +193,25 @@ def kv_blueprint(node: Node) -> Blueprint:
             400, "invalid key: key is empty (use /kv/{key}, or /kv/_ls and /kv/_tree to list)"
         )
 
+    # Single keys (GET/HEAD/PUT/DELETE /kv/{key}) are served by the KeyRoutes middleware in
+    # front of this app (kvs/api/keys.py); everything else under /kv/ is routed here.
     @bp.route("/kv/<path:rest>", methods=["GET", "PUT", "DELETE", "POST"])
     async def kv(rest: str) -> Response:
         method = request.method
         if rest == "_batch":
             if method != "POST":
-                raise ApiError(405, "use POST for /kv/_batch", headers={"Allow": "POST"})
+                raise ApiError(
+                    405, "use POST for /kv/_batch", headers={"Allow": allowed_methods(rest)}
+                )
             return await batch()
         prefix, _, last = rest.rpartition("/")
-        if last in ("_ls", "_tree"):
-            if method not in ("GET", "HEAD"):
-                raise ApiError(405, f"use GET for {last}", headers={"Allow": "GET"})
-            if prefix:
-                check_key(prefix)
-            return ls(prefix) if last == "_ls" else tree(prefix)
-        if method in ("GET", "HEAD"):
-            return get_key(check_key(rest))
-        if method == "PUT":
-            return await put_key(check_key(rest))
-        if method == "DELETE":
-            return await delete_key(check_key(rest))
-        raise ApiError(
-            405, f"method {method} is not allowed on a key", headers={"Allow": "GET, PUT, DELETE"}
-        )
-
-    def get_key(key: str) -> Response:
-        record = store.get_live(key)
-        if record is None:
-            raise ApiError(404, "key not found", key=key)
-        etag = f'"{record.version.uuid}"'
-        inm = request.headers.get("If-None-Match")
-        if inm is not None and etag_value(inm) == record.version.uuid:
-            return Response(b"", status=304, headers={"ETag": etag})
-        return raw_json_response(stored_value_json(record), headers={"ETag": etag})
-
-    async def put_key(key: str) -> Response:
-        require_writable()
-        ttl = parse_ttl(request.args.get("ttl", request.headers.get(TTL_HEADER)))
-        raw_if_match = request.headers.get("If-Match")
-        if_match = etag_value(raw_if_match) if raw_if_match is not None else None
-        body = await read_body(config.max_json_size)
-        parse_json_document(body)
-        expires_at = node.clock.wall_ms() + int(ttl * 1000) if ttl else None
-        (outcome,) = await store.write([Put(key, body, expires_at, if_match)])
-        if isinstance(outcome, Conflict):
-            raise ApiError(
-                409,
-                "version conflict: If-Match does not name the current version"
-                if outcome.current_uuid
-                else "version conflict: the key does not exist",
-                key=key,
-                current_uuid=outcome.current_uuid,
-            )
-        assert isinstance(outcome, Written)
-        v = outcome.record.version
-        return json_response(
-            {"uuid": v.uuid, "timestamp": v.timestamp}, headers={"ETag": f'"{v.uuid}"'}
-        )
-
-    async def delete_key(key: str) -> Response:
-        require_writable()
-        (outcome,) = await store.write([Delete(key)])
-        if isinstance(outcome, NotFound):
-            raise ApiError(404, "key not found", key=key)
-        return Response(b"", status=204)
+        if last not in ("_ls", "_tree"):
+            raise ApiError(404, "not found")  # unreachable behind KeyRoutes
+        if method not in ("GET", "HEAD"):
+            raise ApiError(405, f"use GET for {last}", headers={"Allow": allowed_methods(rest)})
+        if prefix:
+            check_key(prefix)
+        return ls(prefix) if last == "_ls" else tree(prefix)
 
     def ls(prefix: str) -> Response:
         limit = int_arg("limit", 100, 1000)
@@ -239,8 +246,8 @@ def kv_blueprint(node: Node) -> Blueprint:
         return json_response(body)
 
     async def batch() -> Response:
-        require_writable()
-        body = await read_body(max(config.max_json_size, 32 * 1024 * 1024))
+        require_writable(node)
+        body = await read_body(batch_body_limit(config))
         document = parse_json_document(body)
         ops = document.get("ops") if isinstance(document, dict) else None
         if not isinstance(ops, list):
@@ -304,7 +311,12 @@ def kv_blueprint(node: Node) -> Blueprint:
         since = int_arg("since", 0, 2**47, minimum=0)
         limit = int_arg("limit", 100, 1000)
         after = hlc_pack(since + 1) - 1  # every entry in millisecond `since` or earlier
-        records = store.changes_after(after, None, limit + 1)
+        # The current millisecond is still open: a write may land in it after this read, and
+        # `since` is exclusive, so listing it now would skip that write for good. Hold it back.
+        open_ms = max(node.clock.wall_ms(), hlc_ms(node.clock.last))
+        records = [
+            r for r in store.changes_after(after, None, limit + 1) if r.version.timestamp < open_ms
+        ]
         more = len(records) > limit
         page = records[:limit]
         if more and page[-1].version.timestamp == records[limit].version.timestamp:
@@ -321,7 +333,8 @@ def kv_blueprint(node: Node) -> Blueprint:
                     same = [r for r in following if r.version.timestamp == last_ms]
                     page.extend(same)
                     if len(same) < len(following) or not following:
-                        more = bool(following)
+                        rest = following[len(same) :]
+                        more = bool(rest) and rest[0].version.timestamp < open_ms
                         break
         changes = [
             {
@@ -350,10 +363,10 @@ def kv_blueprint(node: Node) -> Blueprint:
         try:
             n = int(n_raw)
         except ValueError:
-            raise ApiError(
-                400, f"history index must be a positive integer, got {n_raw!r}"
-            ) from None
-        if n < 1 or n > len(versions):
+            n = 0
+        if n < 1:  # not an index at all (0, negative, text): a bad request, not "past the end"
+            raise ApiError(400, f"history index must be a positive integer, got {n_raw!r}")
+        if n > len(versions):
             raise ApiError(
                 404,
                 f"key {key!r} has {len(versions)} previous version(s); {n} is past the end",

@@ -1,0 +1,206 @@
+"""Helpers for tests that run the real `kvs` process: ports, configs, start, poll, kill.
+
+Every process started here is killed when its `running()` block ends, whatever happened,
+so a failing test never leaves a node behind holding a port or an LMDB lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+READY_TIMEOUT = 30.0  # generous: a loaded 2-core CI machine can be slow to import the stack
+EXIT_TIMEOUT = 30.0
+POLL_INTERVAL = 0.02
+
+KVS = [sys.executable, "-m", "kvs"]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports that were free a moment ago on 127.0.0.1 (UDP too, mostly).
+
+    The sockets are held open together so the kernel hands out distinct ports, then closed;
+    another process could take one in between, which is rare enough for tests."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def run_kvs(
+    *args: str, cwd: Path | str, timeout: float = EXIT_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run a `kvs` command to completion (init, or a node expected to fail at start-up)."""
+    return subprocess.run(
+        [*KVS, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def set_keys(path: Path, **values: object) -> None:
+    """Rewrite `key: value` lines of a generated config in place, keeping its comments.
+
+    Keys not in the file are appended. Values are written as YAML scalars."""
+    text = path.read_text(encoding="utf-8")
+    for key, value in values.items():
+        scalar = yaml_scalar(value)
+        pattern = re.compile(rf"^{re.escape(key)}:[^\n#]*", re.MULTILINE)
+        if pattern.search(text):
+            text = pattern.sub(lambda _m, k=key, s=scalar: f"{k}: {s} ", text, count=1)
+        else:
+            text += f"{key}: {scalar}\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def yaml_scalar(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def config_value(path: Path, key: str) -> str:
+    """The raw value of `key` in a config file (quotes stripped), for secrets and node ids."""
+    match = re.search(rf"^{re.escape(key)}:\s*(\"[^\"]*\"|[^\s#]+)", path.read_text(), re.M)
+    assert match, f"{key} not in {path}"
+    return match.group(1).strip('"')
+
+
+def init_config(directory: Path, name: str = "config.yaml", **overrides: object) -> Path:
+    """`kvs init PATH --port P` on free ports, then gossip/sync moved to free ports too.
+
+    The generated file puts gossip and sync on P+1 and P+2, which may be taken; the node
+    binds them once clustering lands, so they are pointed at ports known to be free."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port, gossip_port, sync_port = free_ports(3)
+    path = directory / name
+    result = run_kvs("init", str(path), "--port", str(port), cwd=directory)
+    assert result.returncode == 0, result.stderr
+    set_keys(path, gossip_port=gossip_port, sync_port=sync_port, **overrides)
+    return path
+
+
+class KvsProcess:
+    """One real `kvs` node process; stdout and stderr go to files (a pipe could fill up)."""
+
+    def __init__(self, args: list[str], cwd: Path, port: int, log_dir: Path) -> None:
+        self.args = args
+        self.cwd = cwd
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.monotonic_ns()
+        self.stdout_path = log_dir / f"kvs-{port}-{stamp}.out"
+        self.stderr_path = log_dir / f"kvs-{port}-{stamp}.err"
+        self.started_at = time.monotonic()
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.popen = subprocess.Popen(
+                [*KVS, *args], cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def health(self, timeout: float = 2.0) -> httpx.Response | None:
+        """GET /health, or None while nothing answers on the port yet."""
+        try:
+            return httpx.get(f"{self.base_url}/health", timeout=timeout)
+        except httpx.TransportError:
+            return None
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
+        """Poll /health until 200; return seconds since start. Fails if the process exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.popen.poll()
+            if code is not None:
+                raise AssertionError(
+                    f"kvs exited with status {code} before it was ready:\n{self.stderr()}"
+                )
+            response = self.health()
+            if response is not None and response.status_code == 200:
+                return time.monotonic() - self.started_at
+            if time.monotonic() > deadline:
+                raise AssertionError(f"kvs not ready after {timeout}s:\n{self.stderr()}")
+            time.sleep(POLL_INTERVAL)
+
+    def send_signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.pid, signum)
+
+    def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"kvs still running {timeout}s after being asked to stop:\n{self.stderr()}"
+            ) from None
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = EXIT_TIMEOUT) -> int:
+        """Send `signum` and return the exit status."""
+        self.send_signal(signum)
+        return self.wait_exit(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL and reap (kill -9: no chance to flush or close anything)."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(timeout=EXIT_TIMEOUT)
+
+
+@contextlib.contextmanager
+def running(
+    config: Path | None,
+    *,
+    cwd: Path | None = None,
+    port: int | None = None,
+    wait: bool = True,
+) -> Iterator[KvsProcess]:
+    """Start `kvs CONFIG` (or bare `kvs` when config is None), ready; kill it on the way out."""
+    if cwd is None:
+        assert config is not None
+        cwd = config.parent
+    if port is None:
+        assert config is not None
+        port = int(config_value(config, "port"))
+    args = [] if config is None else [str(config)]
+    proc = KvsProcess(args, cwd=cwd, port=port, log_dir=cwd / "logs")
+    try:
+        if wait:
+            proc.wait_ready()
+        yield proc
+    finally:
+        proc.kill()
+
+
+def assert_clean_stderr(text: str, secret: str | None = None) -> None:
+    """No traceback, and never the cluster secret, anywhere in a node's stderr."""
+    assert "Traceback" not in text, text
+    assert "Exception Group" not in text, text
+    if secret:
+        assert secret not in text, "the cluster secret appeared on stderr"
