@@ -1,0 +1,112 @@
+"""The membership protocol's vocabulary: what nodes say to each other, as plain values.
+
+The SWIM core (`kvs.net.swim`) consumes and produces these; the wire codec
+(`kvs.net.wire`) turns them into authenticated msgpack and back, validating every field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+Address = tuple[str, int]
+
+
+class State(StrEnum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """Who a member is and where to reach it; `incarnation` orders claims about it."""
+
+    node_id: str
+    joined_timestamp: int  # ms; persisted on first start, stable across restarts
+    incarnation: int
+    gossip: Address  # UDP datagrams and TCP push-pull
+    sync: Address  # TCP replication
+    http: Address  # the HTTP API
+
+
+# --- datagram messages (UDP; several may share one datagram) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    seq: int
+    source: str
+    target: str  # the node the sender means to reach (a restarted address may be someone else)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """Ask the receiver to probe `target` at `target_address` on the sender's behalf."""
+
+    seq: int
+    source: str
+    target: str
+    target_address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """An indirect prober's "I asked, but got no answer": proves the requester is reachable."""
+
+    seq: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    member: MemberInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    node_id: str
+    incarnation: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    node_id: str
+    incarnation: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    node_id: str
+    incarnation: int
+
+
+Message = Ping | Ack | PingReq | Nack | Alive | Suspect | Dead | Leave
+Gossip = Alive | Suspect | Dead | Leave  # the kinds that are disseminated by piggybacking
+
+
+# --- stream messages (TCP push-pull) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemberState:
+    member: MemberInfo
+    state: State
+
+
+@dataclass(frozen=True, slots=True)
+class PushPull:
+    """A full member table; `join` marks the first exchange of a joining node."""
+
+    source: str
+    members: tuple[MemberState, ...]
+    join: bool = False

@@ -1,0 +1,697 @@
+"""A simulated network for many nodes inside one `trio.run`, driven by one seeded RNG.
+
+Membership and sync only ever see a `Transport`; here every node gets a `SimTransport` onto one
+shared `SimNetwork`, which injects latency, jitter (hence reordering), loss, duplication,
+partitions and host crashes. Run it under `trio.testing.MockClock(autojump_threshold=0)` and
+with Trio's scheduler pinned (`kvs.net.simharness.run_simulation` does both): then a seed
+replays exactly, and a simulated minute costs milliseconds.
+
+Delivery is done by one task owned by the network (`run`, or `async with net.running()`): a
+heap of (arrival time, sequence number, action). The sequence number breaks ties, so equal
+arrival times deliver in send order and nothing depends on memory addresses or hashes.
+
+Stream semantics (TCP without its corner cases): a connection costs one round trip; bytes
+arrive in order after the link latency (jitter, never loss or duplication). A partition between
+the two hosts (either direction) or a crash of either host *severs* the connection for good:
+from then on nothing is delivered in either direction, the survivor's `send_all` succeeds and
+its bytes vanish, and its `receive_some` blocks until the caller's own timeout fires, exactly
+like a TCP peer that went silent. The crashed side's own stream ends raise
+`trio.BrokenResourceError`. A healed partition does not revive a severed connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, fields, replace
+
+import trio
+
+from kvs.net.transport import MAX_DATAGRAM, Address, StreamHandler
+
+__all__ = [
+    "HostCounters",
+    "LinkFaults",
+    "SimDatagramEndpoint",
+    "SimNetwork",
+    "SimStream",
+    "SimTransport",
+    "TraceEvent",
+]
+
+FIRST_EPHEMERAL_PORT = 49152
+LAST_PORT = 65535
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+DEFAULT_RECEIVE_SIZE = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFaults:
+    """How a directed link treats traffic; the network default applies where no link is set."""
+
+    latency: float = 0.001  # seconds, one way
+    jitter: float = 0.0  # extra delay, uniform in [0, jitter), drawn per datagram / stream chunk
+    loss: float = 0.0  # probability that a datagram is dropped (streams never lose bytes)
+    duplicate: float = 0.0  # probability that a datagram is delivered twice
+
+    def __post_init__(self) -> None:
+        if not (self.latency >= 0 and self.jitter >= 0):
+            raise ValueError("latency and jitter must be >= 0 seconds")
+        if not (0 <= self.loss <= 1 and 0 <= self.duplicate <= 1):
+            raise ValueError("loss and duplicate are probabilities in [0, 1]")
+
+
+_FAULT_FIELDS = tuple(f.name for f in fields(LinkFaults))
+
+
+@dataclass(slots=True)
+class HostCounters:
+    """Traffic seen by one host. Datagrams: sent + duplicated == delivered + dropped + in flight,
+    where `dropped` is charged to the sender and `delivered` to the receiver."""
+
+    datagrams_sent: int = 0
+    bytes_sent: int = 0
+    datagrams_duplicated: int = 0  # extra copies the network made of this host's datagrams
+    datagrams_dropped: int = 0  # this host's datagrams (copies) that never reached a queue
+    datagrams_delivered: int = 0  # datagrams put into this host's receive queues
+    bytes_delivered: int = 0
+    receive_overflows: int = 0  # datagrams for this host dropped because a queue was full
+    streams_opened: int = 0  # successful connect_stream calls from this host
+    stream_connect_failures: int = 0
+    stream_bytes_sent: int = 0
+    stream_bytes_delivered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    """One datagram's fate (or one connect's), for debugging and replay comparison."""
+
+    time: float
+    kind: str  # "datagram" or "connect"
+    src: Address
+    dst: Address
+    size: int
+    outcome: str  # "delivered", "connected", or the drop / failure reason
+
+
+@dataclass(eq=False, slots=True)
+class _Host:
+    name: str
+    counters: HostCounters = field(default_factory=HostCounters)
+    up: bool = True
+    boot: int = 0
+    next_port: int = FIRST_EPHEMERAL_PORT
+    datagrams: dict[int, SimDatagramEndpoint] = field(default_factory=dict)
+    listeners: dict[int, _Listener] = field(default_factory=dict)
+    scopes: list[trio.CancelScope] = field(default_factory=list)
+
+    def allocate_port(self, in_use: Container[int]) -> int:
+        """Deterministic ephemeral ports: count upwards, wrap, skip what is taken."""
+        span = LAST_PORT - FIRST_EPHEMERAL_PORT + 1
+        for _ in range(span):
+            port = self.next_port
+            self.next_port = FIRST_EPHEMERAL_PORT + (port + 1 - FIRST_EPHEMERAL_PORT) % span
+            if port not in in_use:
+                return port
+        raise OSError(errno.EADDRINUSE, f"no free port on {self.name}")
+
+
+@dataclass(eq=False, slots=True)
+class _Listener:
+    handler: StreamHandler
+    nursery: trio.Nursery
+
+
+class SimNetwork:
+    """Many hosts, one wire. Hosts are plain strings ("10.0.0.7") and appear on first use.
+
+    Every random choice (delays, loss, duplication) comes from `rng`, and always draws the same
+    number of values per event, so changing a fault setting does not shift unrelated draws.
+    """
+
+    def __init__(
+        self,
+        rng: random.Random,
+        *,
+        latency: float = 0.001,
+        jitter: float = 0.0,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        queue_size: int = 256,
+        connect_timeout: float = 2.0,
+        trace: bool = False,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be >= 1")
+        if connect_timeout < 0:
+            raise ValueError("connect_timeout must be >= 0")
+        self._rng = rng
+        self._defaults = LinkFaults(latency, jitter, loss, duplicate)
+        self._links: dict[tuple[str, str], dict[str, float]] = {}
+        self._blocked: set[tuple[str, str]] = set()  # membership tests only, never iterated
+        self._hosts: dict[str, _Host] = {}
+        self._connections: dict[int, _Connection] = {}
+        self._ids = itertools.count()
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._wakeup = trio.Event()
+        self._running = False
+        self._stopped = False
+        self.queue_size = queue_size
+        self.connect_timeout = connect_timeout
+        self.drops: dict[str, int] = {}  # datagram drops by reason, network-wide
+        self.trace: list[TraceEvent] | None = [] if trace else None
+
+    # --- running the wire ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver scheduled traffic until cancelled. Start it with `nursery.start(net.run)`."""
+        if self._running:
+            raise RuntimeError("this SimNetwork is already running")
+        self._running = True
+        try:
+            task_status.started()
+            while True:
+                now = trio.current_time()
+                while self._queue and self._queue[0][0] <= now:
+                    _, _, action = heapq.heappop(self._queue)
+                    action()
+                self._wakeup = trio.Event()
+                with trio.move_on_at(self._queue[0][0] if self._queue else math.inf):
+                    await self._wakeup.wait()
+        finally:
+            self._running = False
+            self._stopped = True
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[SimNetwork]:
+        """`async with net.running():` — the wire runs for the body, and stops after it."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run)
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+
+    def _schedule(self, at: float, action: Callable[[], None]) -> None:
+        if not self._running:
+            if self._stopped:
+                return  # the simulation is over; late traffic goes nowhere
+            raise RuntimeError("SimNetwork is not running: use `async with net.running()`")
+        if not self._queue or at < self._queue[0][0]:
+            self._wakeup.set()
+        heapq.heappush(self._queue, (at, next(self._ids), action))
+
+    def fork_rng(self) -> random.Random:
+        """A new RNG seeded from the network's, for a node: its draws then cannot shift ours."""
+        return random.Random(self._rng.getrandbits(64))
+
+    # --- hosts --------------------------------------------------------------------------------
+
+    def _host(self, name: str) -> _Host:
+        host = self._hosts.get(name)
+        if host is None:
+            host = self._hosts[name] = _Host(name)
+        return host
+
+    def transport(self, host: str) -> SimTransport:
+        """The transport of the current boot of `host` (which must be up)."""
+        state = self._host(host)
+        if not state.up:
+            raise RuntimeError(f"host {host} is crashed; restart() it first")
+        return SimTransport(self, state, state.boot)
+
+    @contextmanager
+    def host_scope(self, host: str) -> Iterator[trio.CancelScope]:
+        """A cancel scope that `crash(host)` cancels: run a node's tasks inside it, so that a
+        crash stops the node before its sockets close and it never sees the closed sockets."""
+        state = self._host(host)
+        if not state.up:
+            raise RuntimeError(f"host {host} is crashed; restart() it first")
+        scope = trio.CancelScope()
+        state.scopes.append(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            if scope in state.scopes:
+                state.scopes.remove(scope)
+
+    def is_up(self, host: str) -> bool:
+        return self._host(host).up
+
+    def counters(self, host: str) -> HostCounters:
+        return self._host(host).counters
+
+    @property
+    def hosts(self) -> list[str]:
+        """Every host seen so far, in order of first appearance."""
+        return list(self._hosts)
+
+    def crash(self, host: str) -> None:
+        """Kill `host` at once: cancel its `host_scope`s, close its datagram endpoints and
+        listeners, sever its connections. Traffic to it vanishes until `restart(host)`."""
+        state = self._host(host)
+        if not state.up:
+            raise RuntimeError(f"host {host} is already crashed")
+        for scope in list(state.scopes):
+            scope.cancel()
+        state.scopes.clear()
+        state.up = False
+        endpoints = list(state.datagrams.values())
+        state.datagrams.clear()
+        state.listeners.clear()
+        for endpoint in endpoints:
+            endpoint._crash()
+        for conn in list(self._connections.values()):
+            if host in (conn.a.host, conn.b.host):
+                conn.sever(crashed=host)
+
+    def restart(self, host: str) -> None:
+        """Bring a crashed host back with nothing bound; get its new transport from
+        `transport(host)` (a transport from before the crash stays dead)."""
+        state = self._host(host)
+        if state.up:
+            raise RuntimeError(f"host {host} is not crashed")
+        state.up = True
+        state.boot += 1
+
+    # --- faults -------------------------------------------------------------------------------
+
+    @property
+    def defaults(self) -> LinkFaults:
+        return self._defaults
+
+    def set_faults(self, **faults: float) -> None:
+        """Change the default faults (`latency`, `jitter`, `loss`, `duplicate`) of every link."""
+        self._defaults = replace(self._defaults, **self._check_faults(faults))
+
+    def set_link(self, a: str, b: str, **faults: float) -> None:
+        """Override some faults on the directed link a → b; the rest follow the defaults."""
+        merged = {**self._links.get((a, b), {}), **self._check_faults(faults)}
+        replace(self._defaults, **merged)  # validate now, not at the next send
+        self._links[(a, b)] = merged
+
+    def clear_link(self, a: str, b: str) -> None:
+        self._links.pop((a, b), None)
+
+    def link_faults(self, a: str, b: str) -> LinkFaults:
+        override = self._links.get((a, b))
+        return self._defaults if override is None else replace(self._defaults, **override)
+
+    @staticmethod
+    def _check_faults(faults: dict[str, float]) -> dict[str, float]:
+        unknown = [name for name in faults if name not in _FAULT_FIELDS]
+        if unknown:
+            raise TypeError(f"unknown fault setting(s): {', '.join(unknown)}")
+        return {name: float(value) for name, value in faults.items()}
+
+    def partition(
+        self, group_a: Iterable[str], group_b: Iterable[str], one_way: bool = False
+    ) -> None:
+        """Block traffic a → b (and b → a unless `one_way`) for every a in A, b in B.
+        Partitions add up until `heal()`. Datagrams in flight across it are lost, and
+        connections between the groups are severed (in both directions, even if one_way)."""
+        side_a, side_b = list(group_a), list(group_b)
+        for a in side_a:
+            for b in side_b:
+                if a == b:
+                    raise ValueError(f"host {a} is on both sides of the partition")
+                self._blocked.add((a, b))
+                if not one_way:
+                    self._blocked.add((b, a))
+        for conn in list(self._connections.values()):
+            if not self._path_open(conn.a.host, conn.b.host):
+                conn.sever()
+
+    def heal(self) -> None:
+        """Remove every partition (severed connections stay severed)."""
+        self._blocked.clear()
+
+    def _blocked_path(self, src: str, dst: str) -> bool:
+        return (src, dst) in self._blocked
+
+    def _path_open(self, a: str, b: str) -> bool:
+        """Both directions, as a TCP connection needs."""
+        return (a, b) not in self._blocked and (b, a) not in self._blocked
+
+    def _sample_delay(self, faults: LinkFaults) -> float:
+        return faults.latency + faults.jitter * self._rng.random()
+
+    # --- datagrams ----------------------------------------------------------------------------
+
+    def _record(self, kind: str, src: Address, dst: Address, size: int, outcome: str) -> None:
+        if self.trace is not None:
+            self.trace.append(TraceEvent(trio.current_time(), kind, src, dst, size, outcome))
+
+    def _drop(self, sender: _Host, src: Address, dst: Address, size: int, reason: str) -> None:
+        sender.counters.datagrams_dropped += 1
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        self._record("datagram", src, dst, size, reason)
+
+    def _send_datagram(self, sender: _Host, port: int, data: bytes, to: Address) -> None:
+        src: Address = (sender.name, port)
+        dst_name = sender.name if to[0] in LOOPBACK_HOSTS else to[0]
+        dst: Address = (dst_name, to[1])
+        counters = sender.counters
+        counters.datagrams_sent += 1
+        counters.bytes_sent += len(data)
+        faults = self.link_faults(sender.name, dst_name)
+        lost = self._rng.random() < faults.loss
+        doubled = self._rng.random() < faults.duplicate
+        delays = (self._sample_delay(faults), self._sample_delay(faults))
+        if self._blocked_path(sender.name, dst_name):
+            self._drop(sender, src, dst, len(data), "partition")
+        elif lost:
+            self._drop(sender, src, dst, len(data), "loss")
+        else:
+            now = trio.current_time()
+            copies = 2 if doubled else 1
+            counters.datagrams_duplicated += copies - 1
+            for delay in delays[:copies]:
+                self._schedule(now + delay, lambda: self._deliver_datagram(sender, src, dst, data))
+
+    def _deliver_datagram(self, sender: _Host, src: Address, dst: Address, data: bytes) -> None:
+        if self._blocked_path(src[0], dst[0]):
+            self._drop(sender, src, dst, len(data), "partition")
+            return
+        receiver = self._hosts.get(dst[0])
+        if receiver is None or not receiver.up:
+            self._drop(sender, src, dst, len(data), "host-down")
+            return
+        endpoint = receiver.datagrams.get(dst[1])
+        if endpoint is None:
+            self._drop(sender, src, dst, len(data), "no-endpoint")
+            return
+        try:
+            endpoint._inbox_send.send_nowait((data, src))
+        except trio.WouldBlock:
+            receiver.counters.receive_overflows += 1
+            self._drop(sender, src, dst, len(data), "overflow")
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._drop(sender, src, dst, len(data), "no-endpoint")
+            return
+        receiver.counters.datagrams_delivered += 1
+        receiver.counters.bytes_delivered += len(data)
+        self._record("datagram", src, dst, len(data), "delivered")
+
+    # --- streams ------------------------------------------------------------------------------
+
+    async def _connect(self, client: _Host, boot: int, to: Address) -> SimStream:
+        dst_name = client.name if to[0] in LOOPBACK_HOSTS else to[0]
+        src_port = client.allocate_port(())
+        src: Address = (client.name, src_port)
+        dst: Address = (dst_name, to[1])
+        there = self.link_faults(client.name, dst_name)
+        back = self.link_faults(dst_name, client.name)
+        rtt = self._sample_delay(there) + self._sample_delay(back)
+        target = self._hosts.get(dst_name)
+        reachable = target is not None and target.up and self._path_open(client.name, dst_name)
+        waited = 0.0
+        if reachable:
+            await trio.sleep(rtt)
+            waited = rtt
+        if not (client.up and client.boot == boot):
+            raise OSError(errno.ENETDOWN, f"host {client.name} is down")
+        target = self._hosts.get(dst_name)
+        if target is None or not target.up or not self._path_open(client.name, dst_name):
+            client.counters.stream_connect_failures += 1
+            self._record("connect", src, dst, 0, "timeout")
+            await trio.sleep(max(0.0, self.connect_timeout - waited))
+            raise OSError(errno.ETIMEDOUT, f"connect to {dst_name}:{to[1]} timed out")
+        listener = target.listeners.get(to[1])
+        if listener is None:
+            client.counters.stream_connect_failures += 1
+            self._record("connect", src, dst, 0, "refused")
+            raise OSError(errno.ECONNREFUSED, f"nothing listens on {dst_name}:{to[1]}")
+        conn = _Connection(self, next(self._ids), src, dst)
+        self._connections[conn.id] = conn
+        client.counters.streams_opened += 1
+        self._record("connect", src, dst, 0, "connected")
+        listener.nursery.start_soon(_serve_one, listener.handler, conn.b, src)
+        return conn.a
+
+    def _send_stream(self, end: SimStream, data: bytes) -> None:
+        conn = end._conn
+        peer = end._peer
+        self._host(end.host).counters.stream_bytes_sent += len(data)
+        if conn.severed:
+            return  # a silent peer: the bytes vanish, the sender's read timeout will tell
+        self._schedule(self._stream_arrival(end), lambda: peer._arrive(data))
+
+    def _stream_arrival(self, end: SimStream) -> float:
+        """When bytes sent now from `end` arrive: after the link delay, and never before bytes
+        sent earlier (TCP delivers in order, so jitter must not reorder a stream)."""
+        delay = self._sample_delay(self.link_faults(end.host, end._peer.host))
+        end._last_arrival = max(trio.current_time() + delay, end._last_arrival)
+        return end._last_arrival
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    net: SimNetwork
+    id: int
+    a_address: Address
+    b_address: Address
+    a: SimStream = field(init=False)
+    b: SimStream = field(init=False)
+    severed: bool = False
+
+    def __post_init__(self) -> None:
+        self.a = SimStream(self, self.a_address[0], self.b_address)
+        self.b = SimStream(self, self.b_address[0], self.a_address)
+        self.a._peer = self.b
+        self.b._peer = self.a
+
+    def sever(self, crashed: str | None = None) -> None:
+        """Stop all delivery for good; the ends on a crashed host break."""
+        self.severed = True
+        for end in (self.a, self.b):
+            if end.host == crashed:
+                end._broken = True
+                end._lot.unpark_all()
+        self.forget_if_done()
+
+    def forget_if_done(self) -> None:
+        if self.severed or (self.a._closed and self.b._closed):
+            self.net._connections.pop(self.id, None)
+
+
+class SimStream(trio.abc.Stream):
+    """One end of a simulated TCP connection; see the module docstring for failure semantics."""
+
+    def __init__(self, conn: _Connection, host: str, peer_address: Address) -> None:
+        self._conn = conn
+        self.host = host
+        self.peer_address = peer_address
+        self._peer: SimStream = self
+        self._inbox = bytearray()
+        self._eof = False
+        self._closed = False
+        self._broken = False
+        self._sending = False
+        self._receiving = False
+        self._last_arrival = -math.inf
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        if self._broken:
+            raise trio.BrokenResourceError(f"host {self.host} crashed")
+
+    def _arrive(self, data: bytes | None) -> None:
+        """Called by the wire at arrival time; None is the peer's close (EOF)."""
+        if self._conn.severed or self._closed or self._broken:
+            return
+        if data is None:
+            self._eof = True
+        else:
+            self._inbox += data
+            self._conn.net._host(self.host).counters.stream_bytes_delivered += len(data)
+        self._lot.unpark_all()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            self._check_usable()
+            if self._peer._closed and not self._conn.severed:
+                raise trio.BrokenResourceError("the peer closed the connection")
+            if data:
+                self._conn.net._send_stream(self, bytes(data))
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_usable()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint()
+            while True:
+                self._check_usable()
+                if self._inbox:
+                    chunk = bytes(self._inbox[:max_bytes])
+                    del self._inbox[:max_bytes]
+                    return chunk
+                if self._eof:
+                    return b""
+                await self._lot.park()
+        finally:
+            self._receiving = False
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._lot.unpark_all()  # a blocked receive_some in another task raises Closed
+            conn = self._conn
+            if not (conn.severed or self._broken or self._peer._closed):
+                net = conn.net
+                net._schedule(net._stream_arrival(self), lambda: self._peer._arrive(None))
+            conn.forget_if_done()
+        await trio.lowlevel.checkpoint()
+
+
+async def _serve_one(handler: StreamHandler, stream: SimStream, peer: Address) -> None:
+    """As in RealTransport: a peer going away is never a reason to crash the node."""
+    try:
+        async with stream:
+            await handler(stream, peer)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+class SimDatagramEndpoint:
+    """A bound simulated UDP socket with a bounded receive queue (overflow drops and counts).
+
+    After `close()` both calls raise `trio.ClosedResourceError`. After a crash of its host,
+    `send` silently drops (a dead host emits nothing, even from cleanup code) and `receive`
+    raises `trio.ClosedResourceError` unless the task was already cancelled by `host_scope`.
+    """
+
+    def __init__(self, net: SimNetwork, host: _Host, port: int) -> None:
+        self._net = net
+        self._host = host
+        self._address: Address = (host.name, port)
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[bytes, Address]](
+            net.queue_size
+        )
+        self._closed = False
+        self._crashed = False
+
+    @property
+    def address(self) -> Address:
+        return self._address
+
+    async def send(self, data: bytes, to: Address) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("datagram endpoint was closed")
+        if len(data) > MAX_DATAGRAM:
+            raise OSError(errno.EMSGSIZE, f"datagram of {len(data)} bytes is too long")
+        if self._crashed:
+            self._host.counters.datagrams_sent += 1
+            self._host.counters.bytes_sent += len(data)
+            self._net._drop(self._host, self._address, to, len(data), "sender-down")
+            return
+        self._net._send_datagram(self._host, self._address[1], bytes(data), to)
+
+    async def receive(self) -> tuple[bytes, Address]:
+        return await self._inbox.receive()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._host.datagrams.get(self._address[1]) is self:
+            del self._host.datagrams[self._address[1]]
+        self._inbox.close()
+        self._inbox_send.close()
+
+    def _crash(self) -> None:
+        self._crashed = True
+        self._inbox.close()  # wakes a blocked receive with ClosedResourceError
+        self._inbox_send.close()
+
+
+class SimTransport:
+    """The `Transport` of one boot of one simulated host. Binding to the host's own name, a
+    wildcard or loopback is allowed; loopback destinations mean the host itself."""
+
+    def __init__(self, net: SimNetwork, host: _Host, boot: int) -> None:
+        self._net = net
+        self._host = host
+        self._boot = boot
+
+    @property
+    def host(self) -> str:
+        return self._host.name
+
+    def _check_up(self) -> _Host:
+        host = self._host
+        if not host.up or host.boot != self._boot:
+            raise OSError(errno.ENETDOWN, f"host {host.name} crashed (this transport is stale)")
+        return host
+
+    def _local_port(self, address: Address, in_use: Container[int]) -> int:
+        host = self._host
+        if address[0] not in (host.name, *WILDCARD_HOSTS, *LOOPBACK_HOSTS):
+            raise OSError(errno.EADDRNOTAVAIL, f"{address[0]} is not an address of {host.name}")
+        port = address[1]
+        if port == 0:
+            return host.allocate_port(in_use)
+        if port in in_use:
+            raise OSError(errno.EADDRINUSE, f"{host.name}:{port} is already bound")
+        return port
+
+    async def bind_datagram(self, address: Address) -> SimDatagramEndpoint:
+        await trio.lowlevel.checkpoint()
+        host = self._check_up()
+        port = self._local_port(address, host.datagrams)
+        endpoint = SimDatagramEndpoint(self._net, host, port)
+        host.datagrams[port] = endpoint
+        return endpoint
+
+    async def serve_stream(
+        self,
+        address: Address,
+        handler: StreamHandler,
+        *,
+        task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        host = self._check_up()
+        port = self._local_port(address, host.listeners)
+        async with trio.open_nursery() as nursery:
+            listener = _Listener(handler, nursery)
+            host.listeners[port] = listener
+            try:
+                task_status.started((host.name, port))
+                await trio.sleep_forever()
+            finally:
+                if host.listeners.get(port) is listener:
+                    del host.listeners[port]
+
+    async def connect_stream(self, address: Address) -> SimStream:
+        """One round trip to a listener; ConnectionRefusedError when nothing listens there,
+        TimeoutError (an OSError) after `connect_timeout` when the host is down or cut off."""
+        await trio.lowlevel.checkpoint()
+        host = self._check_up()
+        return await self._net._connect(host, self._boot, address)

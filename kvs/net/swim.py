@@ -1,0 +1,639 @@
+"""SWIM membership with the Lifeguard refinements, as a state machine without I/O.
+
+Inputs are decoded messages, push-pull tables and the current time; outputs are datagrams to
+send, push-pull exchanges to start and membership events. A thin Trio layer
+(`kvs.net.membership`) feeds it from a `Transport`, and the simulator feeds it from a
+simulated network -- the core never sleeps, reads a clock or touches a socket.
+
+The protocol (SWIM, with memberlist's and Lifeguard's refinements):
+- every probe interval, ping the next member of a shuffled round-robin list; no ack within
+  the probe timeout: ask `indirect_checks` others to ping it (ping-req); no ack by the end
+  of the interval: suspect it;
+- a suspicion carries the suspect's incarnation; the suspect refutes it by raising its
+  incarnation; unrefuted, it becomes dead after a timeout that starts at
+  `suspicion_max_timeout_mult` times the minimum and shrinks towards the minimum as
+  independent confirmations arrive (Lifeguard);
+- "awareness" (Lifeguard local health): a node that misses nacks or must refute suspicions
+  about itself is probably the slow one, so it stretches its own probe interval and timeout
+  instead of accusing healthy peers;
+- updates ride on pings and acks (piggybacking) and on periodic gossip datagrams, each
+  retransmitted about `retransmit_mult * log10(N+1)` times, least-sent first;
+- a periodic TCP push-pull of whole member tables repairs what UDP lost and heals
+  partitions; joining is a push-pull with a seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from kvs.net.messages import (
+    Ack,
+    Address,
+    Alive,
+    Dead,
+    Gossip,
+    Leave,
+    MemberInfo,
+    MemberState,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    State,
+    Suspect,
+)
+
+# pack(first, more) -> (datagram, how many of `more` fit): the wire codec's packer.
+Packer = Callable[[Sequence[Message], Sequence[Message]], tuple[bytes, int]]
+
+
+@dataclass(frozen=True)
+class SwimConfig:
+    probe_interval: float = 1.0
+    probe_timeout: float = 0.5
+    indirect_checks: int = 3
+    suspicion_mult: int = 4
+    suspicion_max_timeout_mult: int = 6
+    gossip_interval: float = 0.2
+    gossip_nodes: int = 3
+    retransmit_mult: int = 4
+    push_pull_interval: float = 30.0
+    awareness_max: int = 8
+    dead_retention: float = 600.0  # keep dead/left members this long to refute stale gossip
+    gossip_to_the_dead: float = 30.0  # keep gossiping to recently dead nodes (they may refute)
+
+
+@dataclass
+class Member:
+    info: MemberInfo
+    state: State
+    last_change: float  # core time of the last state change
+
+    @property
+    def node_id(self) -> str:
+        return self.info.node_id
+
+    @property
+    def incarnation(self) -> int:
+        return self.info.incarnation
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendDatagram:
+    to: Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StartPushPull:
+    """Exchange member tables with this member over TCP (the driver does the I/O)."""
+
+    node_id: str
+    to: Address
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChanged:
+    member: MemberInfo
+    state: State
+    previous: State | None  # None: a member we had not known
+
+
+@dataclass(frozen=True, slots=True)
+class IncarnationChanged:
+    """Our own incarnation rose (a refutation): persist it so a restart never goes below."""
+
+    incarnation: int
+
+
+Action = SendDatagram | StartPushPull | MemberChanged | IncarnationChanged
+
+
+# --- internal state --------------------------------------------------------------------------
+
+
+@dataclass
+class _Probe:
+    target: str
+    seq: int
+    indirect_at: float
+    end_at: float
+    acked: bool = False
+    indirect_sent: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass
+class _IndirectProbe:
+    """A ping we send for someone else's ping-req: forward the ack, or nack at the deadline."""
+
+    requester: Address
+    requester_seq: int
+    target: str
+    deadline: float
+
+
+@dataclass
+class _Suspicion:
+    incarnation: int
+    start: float
+    min_timeout: float
+    max_timeout: float
+    expected: int  # confirmations that bring the timeout down to the minimum
+    confirmations: set[str] = field(default_factory=set)
+
+    def deadline(self) -> float:
+        c = len(self.confirmations)
+        if self.expected < 1:
+            timeout = self.min_timeout
+        else:
+            frac = math.log(c + 1) / math.log(self.expected + 1)
+            timeout = max(
+                self.min_timeout, self.max_timeout - (self.max_timeout - self.min_timeout) * frac
+            )
+        return self.start + timeout
+
+
+@dataclass
+class _Broadcast:
+    about: str
+    message: Gossip
+    order: int  # newer broadcasts first among equally-sent ones
+    transmits: int = 0
+
+
+class Swim:
+    """One node's view of the cluster. Call `tick(now)` at `next_deadline()` and after every
+    input; drain `take_actions()` after each call."""
+
+    def __init__(
+        self, me: MemberInfo, config: SwimConfig, rng: random.Random, packer: Packer
+    ) -> None:
+        self.config = config
+        self.rng = rng
+        self._pack = packer
+        self.me = me.node_id
+        self.members: dict[str, Member] = {me.node_id: Member(me, State.ALIVE, 0.0)}
+        self.awareness = 0
+        self._actions: list[Action] = []
+        self._seq = 0
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self._probe: _Probe | None = None
+        self._indirect: dict[int, _IndirectProbe] = {}
+        self._suspicions: dict[str, _Suspicion] = {}
+        self._broadcasts: dict[str, _Broadcast] = {}
+        self._broadcast_order = 0
+        self._started = False
+        self._next_probe_at = 0.0
+        self._next_gossip_at = 0.0
+        self._next_push_pull_at = 0.0
+        self._next_reap_at = 0.0
+        self.left = False
+        self.stats = {"probes": 0, "probe_failures": 0, "refutations": 0, "misdirected": 0}
+
+    # --- queries -------------------------------------------------------------------------------
+
+    @property
+    def me_info(self) -> MemberInfo:
+        return self.members[self.me].info
+
+    def live_count(self) -> int:
+        """Members (ourselves included) neither dead nor left: the N of the formulas."""
+        return sum(1 for m in self.members.values() if m.state in (State.ALIVE, State.SUSPECT))
+
+    def take_actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def next_deadline(self) -> float:
+        deadlines = [
+            self._next_probe_at,
+            self._next_gossip_at,
+            self._next_push_pull_at,
+            self._next_reap_at,
+        ]
+        if self._probe is not None:
+            deadlines.append(
+                self._probe.end_at if self._probe.indirect_sent else self._probe.indirect_at
+            )
+        deadlines.extend(p.deadline for p in self._indirect.values())
+        deadlines.extend(s.deadline() for s in self._suspicions.values())
+        return min(deadlines)
+
+    def local_state(self, *, join: bool = False) -> PushPull:
+        return PushPull(
+            source=self.me,
+            members=tuple(MemberState(m.info, m.state) for m in self._sorted_members()),
+            join=join,
+        )
+
+    def _sorted_members(self) -> list[Member]:
+        return [self.members[k] for k in sorted(self.members)]
+
+    # --- scaling -------------------------------------------------------------------------------
+
+    def _scale(self) -> int:
+        return self.awareness + 1
+
+    def _adjust_awareness(self, delta: int) -> None:
+        self.awareness = min(self.config.awareness_max - 1, max(0, self.awareness + delta))
+
+    def _retransmit_limit(self) -> int:
+        return self.config.retransmit_mult * max(1, math.ceil(math.log10(self.live_count() + 1)))
+
+    def _push_pull_interval(self) -> float:
+        # Larger clusters push-pull less often per node, so the cluster-wide rate stays flat.
+        n = self.live_count()
+        scale = max(1.0, math.ceil(math.log2(n) - math.log2(32))) if n > 32 else 1.0
+        return self.config.push_pull_interval * scale
+
+    # --- time ----------------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Begin the periodic work, each loop at a random phase so nodes don't move in step."""
+        self._started = True
+        c = self.config
+        self._next_probe_at = now + self.rng.random() * c.probe_interval
+        self._next_gossip_at = now + self.rng.random() * c.gossip_interval
+        self._next_push_pull_at = now + c.push_pull_interval * (0.5 + self.rng.random())
+        self._next_reap_at = now + c.dead_retention / 4
+
+    def tick(self, now: float) -> None:
+        if not self._started or self.left:
+            return
+        c = self.config
+        probe = self._probe
+        if probe is not None:
+            if not probe.acked and not probe.indirect_sent and now >= probe.indirect_at:
+                self._send_indirect(probe, now)
+            if now >= probe.end_at:
+                self._finish_probe(probe, now)
+        for seq, pending in list(self._indirect.items()):
+            if now >= pending.deadline:
+                del self._indirect[seq]
+                self._send(pending.requester, [Nack(pending.requester_seq, self.me)])
+        for node_id, suspicion in list(self._suspicions.items()):
+            if now >= suspicion.deadline():
+                self._declare_dead(node_id, suspicion.incarnation, now)
+        if now >= self._next_probe_at:
+            self._start_probe(now)
+            self._next_probe_at = now + c.probe_interval * self._scale()
+        if now >= self._next_gossip_at:
+            self._gossip(now)
+            self._next_gossip_at = now + c.gossip_interval
+        if now >= self._next_push_pull_at:
+            self._start_push_pull()
+            self._next_push_pull_at = now + self._push_pull_interval()
+        if now >= self._next_reap_at:
+            self._reap(now)
+            self._next_reap_at = now + c.dead_retention / 4
+
+    # --- probing -------------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _probe_candidates(self) -> list[str]:
+        return [
+            k
+            for k, m in sorted(self.members.items())
+            if k != self.me and m.state in (State.ALIVE, State.SUSPECT)
+        ]
+
+    def _pick_probe_target(self) -> str | None:
+        for _ in range(2):
+            while self._probe_index < len(self._probe_order):
+                node_id = self._probe_order[self._probe_index]
+                self._probe_index += 1
+                member = self.members.get(node_id)
+                if (
+                    member is not None
+                    and node_id != self.me
+                    and member.state in (State.ALIVE, State.SUSPECT)
+                ):
+                    return node_id
+            self._probe_order = self._probe_candidates()
+            self.rng.shuffle(self._probe_order)
+            self._probe_index = 0
+            if not self._probe_order:
+                return None
+        return None
+
+    def _start_probe(self, now: float) -> None:
+        if self._probe is not None:
+            self._finish_probe(self._probe, now)
+        target_id = self._pick_probe_target()
+        if target_id is None:
+            return
+        target = self.members[target_id]
+        seq = self._next_seq()
+        scale = self._scale()
+        self._probe = _Probe(
+            target=target_id,
+            seq=seq,
+            indirect_at=now + self.config.probe_timeout * scale,
+            end_at=now + self.config.probe_interval * scale,
+        )
+        self.stats["probes"] += 1
+        first: list[Message] = [Ping(seq, self.me, target_id)]
+        if target.state is State.SUSPECT:
+            # Tell the suspect it is suspected, so it can refute at once.
+            first.append(Suspect(target_id, target.incarnation, self.me))
+        self._send(target.info.gossip, first)
+
+    def _send_indirect(self, probe: _Probe, now: float) -> None:
+        probe.indirect_sent = True
+        target = self.members.get(probe.target)
+        if target is None:
+            return
+        helpers = [
+            k
+            for k in self._probe_candidates()
+            if k != probe.target and self.members[k].state is State.ALIVE
+        ]
+        self.rng.shuffle(helpers)
+        chosen = helpers[: self.config.indirect_checks]
+        probe.expected_nacks = len(chosen)
+        for helper in chosen:
+            self._send(
+                self.members[helper].info.gossip,
+                [PingReq(probe.seq, self.me, probe.target, target.info.gossip)],
+            )
+
+    def _finish_probe(self, probe: _Probe, now: float) -> None:
+        self._probe = None
+        if probe.acked:
+            return
+        self.stats["probe_failures"] += 1
+        # Lifeguard: if the helpers we asked did not even nack, the problem is likely ours.
+        if probe.expected_nacks > 0:
+            self._adjust_awareness(max(0, probe.expected_nacks - probe.nacks))
+        else:
+            self._adjust_awareness(1)
+        member = self.members.get(probe.target)
+        if member is not None and member.state is State.ALIVE:
+            self._suspect(probe.target, member.incarnation, self.me, now)
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def handle_messages(self, messages: Sequence[Message], source: Address, now: float) -> None:
+        """Apply every message of one datagram from `source`."""
+        if self.left:
+            return
+        for message in messages:
+            match message:
+                case Ping():
+                    self._on_ping(message, source)
+                case Ack():
+                    self._on_ack(message)
+                case PingReq():
+                    self._on_ping_req(message, source, now)
+                case Nack():
+                    if self._probe is not None and self._probe.seq == message.seq:
+                        self._probe.nacks += 1
+                case Alive():
+                    self._on_alive(message.member, now)
+                case Suspect():
+                    self._suspect(message.node_id, message.incarnation, message.source, now)
+                case Dead():
+                    self._on_dead(message, now)
+                case Leave():
+                    self._on_leave(message, now)
+
+    def _on_ping(self, ping: Ping, source: Address) -> None:
+        if ping.target != self.me:
+            self.stats["misdirected"] += 1  # an old address now used by someone else
+            return
+        self._send(source, [Ack(ping.seq, self.me)])
+
+    def _on_ack(self, ack: Ack) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == ack.seq:
+            if not probe.acked:
+                probe.acked = True
+                self._adjust_awareness(-1)
+            return
+        pending = self._indirect.pop(ack.seq, None)
+        if pending is not None:
+            self._send(pending.requester, [Ack(pending.requester_seq, pending.target)])
+
+    def _on_ping_req(self, req: PingReq, source: Address, now: float) -> None:
+        seq = self._next_seq()
+        self._indirect[seq] = _IndirectProbe(
+            source, req.seq, req.target, now + self.config.probe_timeout * self._scale()
+        )
+        self._send(req.target_address, [Ping(seq, self.me, req.target)])
+
+    def _on_alive(self, info: MemberInfo, now: float) -> None:
+        if info.node_id == self.me:
+            if info.incarnation > self.me_info.incarnation or (
+                info.incarnation == self.me_info.incarnation and info != self.me_info
+            ):
+                self._refute(info.incarnation, now)
+            return
+        member = self.members.get(info.node_id)
+        if member is None:
+            self.members[info.node_id] = Member(info, State.ALIVE, now)
+            self._insert_probe_target(info.node_id)
+            self._queue(info.node_id, Alive(info))
+            self._actions.append(MemberChanged(info, State.ALIVE, None))
+            return
+        if info.incarnation <= member.incarnation:
+            return
+        previous = member.state
+        member.info = info
+        if previous is not State.ALIVE:
+            member.state = State.ALIVE
+            member.last_change = now
+        self._suspicions.pop(info.node_id, None)
+        self._queue(info.node_id, Alive(info))
+        self._actions.append(MemberChanged(info, State.ALIVE, previous))
+
+    def _suspect(self, node_id: str, incarnation: int, source: str, now: float) -> None:
+        if node_id == self.me:
+            if incarnation >= self.me_info.incarnation:
+                self._adjust_awareness(1)
+                self._refute(incarnation, now)
+            return
+        member = self.members.get(node_id)
+        if member is None or incarnation < member.incarnation:
+            return
+        if member.state in (State.DEAD, State.LEFT):
+            return
+        if member.state is State.SUSPECT and incarnation == member.incarnation:
+            suspicion = self._suspicions.get(node_id)
+            if (
+                suspicion is not None
+                and source != self.me
+                and source not in suspicion.confirmations
+            ):
+                suspicion.confirmations.add(source)
+                self._queue(node_id, Suspect(node_id, incarnation, source))
+            return
+        previous = member.state
+        member.state = State.SUSPECT
+        member.info = replace(member.info, incarnation=incarnation)
+        member.last_change = now
+        n = self.live_count()
+        c = self.config
+        min_timeout = c.suspicion_mult * max(1.0, math.log10(max(1, n))) * c.probe_interval
+        expected = c.suspicion_mult - 2 if n - 2 >= c.suspicion_mult - 2 else 0
+        suspicion = _Suspicion(
+            incarnation, now, min_timeout, min_timeout * c.suspicion_max_timeout_mult, expected
+        )
+        if source != self.me:
+            suspicion.confirmations.add(source)
+        self._suspicions[node_id] = suspicion
+        self._queue(node_id, Suspect(node_id, incarnation, source))
+        self._actions.append(MemberChanged(member.info, State.SUSPECT, previous))
+
+    def _declare_dead(self, node_id: str, incarnation: int, now: float) -> None:
+        self._on_dead(Dead(node_id, incarnation, self.me), now)
+
+    def _on_dead(self, dead: Dead, now: float) -> None:
+        if dead.node_id == self.me:
+            if dead.incarnation >= self.me_info.incarnation:
+                self._refute(dead.incarnation, now)
+            return
+        member = self.members.get(dead.node_id)
+        if member is None or dead.incarnation < member.incarnation:
+            return
+        if member.state in (State.DEAD, State.LEFT):
+            return
+        self._set_down(member, State.DEAD, dead.incarnation, now)
+        self._queue(dead.node_id, dead)
+
+    def _on_leave(self, leave: Leave, now: float) -> None:
+        if leave.node_id == self.me:
+            if not self.left and leave.incarnation >= self.me_info.incarnation:
+                self._refute(leave.incarnation, now)  # a rumour from an earlier life
+            return
+        member = self.members.get(leave.node_id)
+        if member is None or leave.incarnation < member.incarnation or member.state is State.LEFT:
+            return
+        if member.state is State.DEAD and leave.incarnation == member.incarnation:
+            pass  # a node that left, seen as dead by some: "left" is the truer word
+        self._set_down(member, State.LEFT, leave.incarnation, now)
+        self._queue(leave.node_id, leave)
+
+    def _set_down(self, member: Member, state: State, incarnation: int, now: float) -> None:
+        previous = member.state
+        member.state = state
+        member.info = replace(member.info, incarnation=incarnation)
+        member.last_change = now
+        self._suspicions.pop(member.node_id, None)
+        self._actions.append(MemberChanged(member.info, state, previous))
+
+    def _refute(self, incarnation: int, now: float) -> None:
+        """Someone says we are suspect/dead/other: out-rank the claim with a higher incarnation."""
+        me = self.members[self.me]
+        me.info = replace(me.info, incarnation=max(me.incarnation, incarnation) + 1)
+        self.stats["refutations"] += 1
+        self._queue(self.me, Alive(me.info))
+        self._actions.append(IncarnationChanged(me.incarnation))
+
+    def _insert_probe_target(self, node_id: str) -> None:
+        # A new member goes to a random place in the probe order (memberlist does the same),
+        # so a burst of joins does not delay probing of the existing members.
+        position = self.rng.randint(self._probe_index, len(self._probe_order))
+        self._probe_order.insert(position, node_id)
+
+    # --- push-pull -----------------------------------------------------------------------------
+
+    def _start_push_pull(self) -> None:
+        candidates = [k for k in self._probe_candidates() if self.members[k].state is State.ALIVE]
+        if not candidates:
+            return
+        node_id = self.rng.choice(candidates)
+        self._actions.append(StartPushPull(node_id, self.members[node_id].info.gossip))
+
+    def merge_remote(self, remote: PushPull, now: float) -> None:
+        """Merge a peer's whole table. A remote "dead" only makes us suspect (we may still
+        reach the node), as in memberlist, so one confused peer cannot kill a healthy node."""
+        if self.left:
+            return
+        for entry in remote.members:
+            info = entry.member
+            if entry.state is State.ALIVE:
+                self._on_alive(info, now)
+            elif entry.state in (State.SUSPECT, State.DEAD):
+                if info.node_id not in self.members and info.node_id != self.me:
+                    # Learn about it (as alive at that incarnation), then apply the suspicion.
+                    self._on_alive(info, now)
+                self._suspect(info.node_id, info.incarnation, remote.source, now)
+            elif entry.state is State.LEFT:
+                if info.node_id not in self.members and info.node_id != self.me:
+                    continue  # never heard of it, and it is gone: nothing to learn
+                self._on_leave(Leave(info.node_id, info.incarnation), now)
+
+    # --- leaving -------------------------------------------------------------------------------
+
+    def leave(self, now: float) -> None:
+        """Announce a graceful leave to several members; the driver sends, then stops."""
+        me = self.members[self.me]
+        leave = Leave(self.me, me.incarnation)
+        targets = [k for k in self._probe_candidates() if self.members[k].state is State.ALIVE]
+        self.rng.shuffle(targets)
+        for node_id in targets[: max(1, self.config.gossip_nodes * 2)]:
+            self._send(self.members[node_id].info.gossip, [leave])
+        me.state = State.LEFT
+        me.last_change = now
+        self.left = True
+
+    # --- dissemination -------------------------------------------------------------------------
+
+    def _queue(self, about: str, message: Gossip) -> None:
+        self._broadcast_order += 1
+        self._broadcasts[about] = _Broadcast(about, message, self._broadcast_order)
+
+    def _pending_broadcasts(self) -> list[_Broadcast]:
+        return sorted(self._broadcasts.values(), key=lambda b: (b.transmits, -b.order))
+
+    def _send(self, to: Address, first: list[Message]) -> None:
+        pending = self._pending_broadcasts()
+        data, used = self._pack(first, [b.message for b in pending])
+        limit = self._retransmit_limit()
+        for broadcast in pending[:used]:
+            broadcast.transmits += 1
+            if broadcast.transmits >= limit:
+                del self._broadcasts[broadcast.about]
+        self._actions.append(SendDatagram(to, data))
+
+    def _gossip(self, now: float) -> None:
+        if not self._broadcasts:
+            return
+        targets = [
+            k
+            for k, m in sorted(self.members.items())
+            if k != self.me
+            and (
+                m.state in (State.ALIVE, State.SUSPECT)
+                or (m.state is State.DEAD and now - m.last_change < self.config.gossip_to_the_dead)
+            )
+        ]
+        self.rng.shuffle(targets)
+        for node_id in targets[: self.config.gossip_nodes]:
+            if not self._broadcasts:
+                break
+            self._send(self.members[node_id].info.gossip, [])
+
+    def _reap(self, now: float) -> None:
+        for node_id, member in list(self.members.items()):
+            if node_id == self.me:
+                continue
+            if (
+                member.state in (State.DEAD, State.LEFT)
+                and now - member.last_change >= self.config.dead_retention
+            ):
+                del self.members[node_id]
+                self._broadcasts.pop(node_id, None)
