@@ -10,6 +10,8 @@ import contextlib
 import http.client
 import json
 import os
+import resource
+import shlex
 import socket
 import subprocess
 import time
@@ -30,6 +32,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (all held open together while picked)."""
+    with contextlib.ExitStack() as stack:
+        socks = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for sock in socks:
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def http_request(
@@ -74,6 +88,7 @@ class Proc:
     port: int
     log: Path
     started_at: float
+    ready_s: float | None = None  # spawn to first ready answer, once wait_ready() saw it
 
     @property
     def pid(self) -> int:
@@ -96,14 +111,17 @@ def spawned(
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log.open("wb") as out:
         started = time.perf_counter()
-        popen = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=env,
-        )
+        try:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+            )
+        except OSError as exc:
+            raise BenchError(f"cannot start {name} ({shlex.join(argv)}): {exc}") from None
     try:
         yield Proc(name, popen, port, log, started)
     finally:
@@ -145,7 +163,8 @@ def wait_ready(
             last = str(exc)
         else:
             if status == 200:
-                return time.perf_counter() - proc.started_at
+                proc.ready_s = time.perf_counter() - proc.started_at
+                return proc.ready_s
             last = f"HTTP {status} {data[:200]!r}"
         time.sleep(interval)
     raise BenchError(
@@ -159,3 +178,52 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise BenchError(f"no VmRSS in /proc/{pid}/status")
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs, from the first line of /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already inside user
+    return total - idle, total
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy over `seconds` while this run is idle: other work on the
+    machine (a test suite, another benchmark) skews every figure, so the report says so."""
+    busy0, total0 = _cpu_times()
+    time.sleep(seconds)
+    busy1, total1 = _cpu_times()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+@dataclass(frozen=True)
+class CpuMark:
+    """A point to measure from: whole-machine CPU and this process tree's own CPU."""
+
+    machine_busy_s: float
+    machine_total_s: float
+    ours_s: float
+
+
+def cpu_mark() -> CpuMark:
+    """Take a mark; children count once they have been waited for (ours always are)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    busy, total = _cpu_times()
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    ours = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return CpuMark(busy / tick, total / tick, ours)
+
+
+def foreign_cpu(since: CpuMark) -> tuple[float, float]:
+    """CPU-seconds used by other processes since `since`, and that as a share of the machine.
+
+    An upper bound: kernel work done for our loopback traffic (softirq) is counted as theirs.
+    """
+    now = cpu_mark()
+    foreign = (now.machine_busy_s - since.machine_busy_s) - (now.ours_s - since.ours_s)
+    span = max(1e-9, now.machine_total_s - since.machine_total_s)
+    return max(0.0, foreign), max(0.0, foreign) / span

@@ -1,0 +1,527 @@
+#!/usr/bin/env python3
+"""Benchmarks for the KVS node: a runner that prints a report, not a test.
+
+    python scripts/bench.py setup          # apt-get install wrk etcd-server (run once, as root)
+    python scripts/bench.py http           # HTTP throughput/latency vs bare Hypercorn and etcd
+
+`http` measures, in one run and on this machine, a bare Hypercorn-on-Trio app (the
+ceiling of the stack the node is built on), a real KVS node (`python -m kvs CONFIG`) and,
+when `etcd` is on PATH, a single etcd through its JSON gateway; then bulk load, idle RSS
+and start-up time. Every server runs as its own process on 127.0.0.1 and is stopped on
+exit. Subcommands live in COMMANDS so later ones (gossip, sync, backup) slot in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench_support.load import (
+    LoadResult,
+    Request,
+    Workload,
+    have_wrk,
+    median_result,
+    run_python,
+    run_wrk,
+)
+from bench_support.procs import (
+    LOOPBACK,
+    BenchError,
+    cpu_mark,
+    foreign_cpu,
+    machine_busy,
+    rss_mb,
+)
+from bench_support.report import Bulk, HttpReport, machine_info, render, report_json
+from bench_support.targets import (
+    Sizes,
+    Target,
+    bare_target,
+    bulk_load,
+    etcd_target,
+    kvs_node,
+    kvs_target,
+    script_server,
+)
+
+SCRIPT = Path(__file__).resolve()
+REPO = SCRIPT.parent.parent
+
+# What the bare app answers to everything: about the size of a KVS PUT reply.
+BARE_BODY = b'{"uuid":"0192f3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d","timestamp":1732492800000}'
+
+OPS = ("GET", "PUT")
+TARGET_NAMES = ("bare-hypercorn", "kvs", "etcd")
+IDLE_SECONDS = 1.0
+# What a failing step may raise: the run notes it and goes on with the other targets.
+STEP_ERRORS = (BenchError, OSError, ValueError, KeyError, http.client.HTTPException)
+BUSY_WARN = 0.10  # of all CPUs, measured while this run is idle
+
+
+# ---------------------------------------------------------------- http
+
+
+def cmd_http(args: argparse.Namespace) -> int:
+    """The HTTP comparison; exits 1 when a step failed (the report still prints)."""
+    if args.loadgen == "auto":
+        args.loadgen = "wrk" if have_wrk() else "python"
+    elif args.loadgen == "wrk" and not have_wrk():
+        print(
+            "wrk is not on PATH: run `python scripts/bench.py setup`, or use --loadgen python",
+            file=sys.stderr,
+        )
+        return 2
+    if args.no_etcd:
+        args.skip.append("etcd")
+    with tempfile.TemporaryDirectory(prefix="kvs-bench-", dir=args.tmp_dir) as tmp_name:
+        tmp = Path(tmp_name)
+        report = HttpReport(
+            command=shlex.join([sys.executable, *sys.argv]),
+            machine=machine_info(tmp),
+            settings={k: v for k, v in vars(args).items() if k not in ("func", "command", "json")},
+        )
+        if args.loadgen == "wrk":
+            report.settings["loadgen"] = f"wrk, {args.threads} thread(s)"
+        else:
+            report.notes.append(
+                "wrk not found: the built-in Python generator was used; see its headroom lines."
+            )
+        _check_quiet(report, args.wait_quiet)
+        mark = cpu_mark()
+        failed = False
+        for name, step in (("loadgen-ceiling", measure_ceiling), ("kvs", measure_startup)):
+            if name not in args.skip:
+                failed |= _guarded(report, name, lambda step=step: step(report, args, tmp))
+        with contextlib.ExitStack() as servers:  # every target stays up, idle, until the end
+            targets, start_failed = start_targets(report, args, tmp, servers)
+            failed |= start_failed
+            failed |= measure_interleaved(report, targets, args, tmp)
+            for target in targets:
+                if target.bulk is not None:
+                    failed |= _guarded(
+                        report, target.name, lambda t=target: measure_bulk(report, t, args)
+                    )
+                report.loaded_rss_mb[target.name] = rss_mb(target.proc.pid)
+        # After every server of ours has been stopped and waited for, so their CPU is counted.
+        foreign_s, share = foreign_cpu(mark)
+        report.machine["other processes' CPU during the run"] = f"{foreign_s:.1f} s ({share:.0%})"
+        if share > BUSY_WARN:
+            report.notes.append(
+                f"other processes used {share:.0%} of the machine during the run: figures are low"
+                " and noisy; rerun on a quiet machine (see --wait-quiet)"
+            )
+    print(render(report))
+    if args.json:
+        dump = json.dumps(report_json(report), indent=2)
+        if args.json == "-":
+            print(dump)
+        else:
+            Path(args.json).write_text(dump + "\n")
+    return 1 if failed else 0
+
+
+def _check_quiet(report: HttpReport, wait: float) -> None:
+    """Note how busy the machine was without us: other load makes every figure low and noisy.
+
+    With `wait`, first give other work up to that many seconds to finish."""
+    deadline = time.monotonic() + wait
+    busy = machine_busy()
+    while busy > BUSY_WARN and time.monotonic() < deadline:
+        _log(f"machine {busy:.0%} busy with other work; waiting for it to quieten")
+        busy = machine_busy(2.0)
+    report.machine["CPU busy before the run"] = f"{busy:.0%}"
+    if busy > BUSY_WARN:
+        report.notes.append(
+            f"other work kept the machine {busy:.0%} busy before the run: figures may be low and noisy;"
+            " rerun on a quiet machine (see --wait-quiet)"
+        )
+        _log(f"warning: machine {busy:.0%} busy before the run")
+
+
+def _note_failure(report: HttpReport, name: str, exc: Exception) -> None:
+    """Record a failed step in the report (its row says why; the notes keep the detail)."""
+    _log(f"{name}: FAILED: {exc}")
+    if name in TARGET_NAMES and not report.row(name).note:
+        report.row(name).note = "failed: " + (str(exc) or repr(exc)).splitlines()[0][:80]
+    detail = str(exc) if isinstance(exc, BenchError) else repr(exc)
+    report.notes.append(f"{name} failed: {detail}")
+
+
+def _guarded(report: HttpReport, name: str, step: Callable[[], None]) -> bool:
+    """Run one step; a BenchError is noted in the report and True returned, not raised."""
+    try:
+        step()
+    except STEP_ERRORS as exc:
+        _note_failure(report, name, exc)
+        return True
+    return False
+
+
+def _run_load(
+    port: int, workload: Workload, args: argparse.Namespace, tmp: Path, seconds: float
+) -> LoadResult:
+    if args.loadgen == "wrk":
+        return run_wrk(
+            port,
+            workload,
+            connections=args.connections,
+            duration=seconds,
+            threads=args.threads,
+            workdir=tmp,
+        )
+    return run_python(port, workload, connections=args.connections, duration=seconds)
+
+
+def measure_ceiling(report: HttpReport, args: argparse.Namespace, tmp: Path) -> None:
+    """The load generator's own max rate, against a server far cheaper than Hypercorn."""
+    argv = [sys.executable, str(SCRIPT), "_canned"]
+    with script_server("canned", argv, tmp, args.ready_timeout) as proc:
+        workload = Workload("GET", (Request("GET", "/"),))
+        ceiling = _run_load(proc.port, workload, args, tmp, args.duration)
+        report.generator_ceiling = ceiling
+        _log(f"load generator ceiling (canned-answer server): {ceiling.rps:,.0f} req/s")
+
+
+def measure_startup(report: HttpReport, args: argparse.Namespace, tmp: Path) -> None:
+    """Spawn to first /health 200 on an empty store, `--startup-runs` times (nothing else running)."""
+    for i in range(args.startup_runs):
+        with kvs_node(args.kvs_cmd, tmp / f"kvs-start-{i}", args.ready_timeout, cwd=REPO) as proc:
+            assert proc.ready_s is not None
+            report.startup_s.append(proc.ready_s)
+    _log("kvs start-up: " + ", ".join(f"{s:.3f} s" for s in report.startup_s))
+
+
+def start_targets(
+    report: HttpReport, args: argparse.Namespace, tmp: Path, servers: contextlib.ExitStack
+) -> tuple[list[Target], bool]:
+    """Start and prepare every target not skipped; each is stopped when `servers` closes.
+
+    Returns the targets that came up, and whether any failed to."""
+    sizes = Sizes(args.get_keys, args.put_keys, args.bulk_batches)
+    starters: dict[str, Callable[[], AbstractContextManager[Target]]] = {
+        "bare-hypercorn": lambda: bare_target(
+            [sys.executable, str(SCRIPT), "_bare"], tmp, args.ready_timeout
+        ),
+        "kvs": lambda: kvs_target(args.kvs_cmd, tmp, sizes, args.ready_timeout, cwd=REPO),
+        "etcd": lambda: etcd_target(tmp, sizes, args.ready_timeout),
+    }
+    targets: list[Target] = []
+    failed = False
+    for name, start in starters.items():
+        if name in args.skip:
+            report.row(name).note = "skipped (--skip)"
+            continue
+        if name == "etcd" and shutil.which("etcd") is None:
+            report.row(name).note = "etcd not on PATH (python scripts/bench.py setup)"
+            continue
+
+        def up(start: Callable[[], AbstractContextManager[Target]] = start) -> None:
+            target = servers.enter_context(start())
+            time.sleep(IDLE_SECONDS)
+            report.idle_rss_mb[target.name] = rss_mb(target.proc.pid)
+            target.prepare()
+            targets.append(target)
+            rss = report.idle_rss_mb[target.name]
+            _log(f"{target.name}: ready (pid {target.proc.pid}, idle RSS {rss:.1f} MB)")
+
+        failed |= _guarded(report, name, up)
+    return targets, failed
+
+
+def measure_interleaved(
+    report: HttpReport, targets: list[Target], args: argparse.Namespace, tmp: Path
+) -> bool:
+    """GET then PUT on every target, round after round, so machine drift hits all alike.
+
+    One warm-up per target and operation first. Returns True if a target failed (it is
+    dropped from later rounds)."""
+    runs: dict[tuple[str, str], list[LoadResult]] = defaultdict(list)
+    live = list(targets)
+    failed = False
+
+    def run(target: Target, op: str, seconds: float, record: bool) -> None:
+        nonlocal failed
+        try:
+            result = _run_load(target.proc.port, target.workloads[op], args, tmp, seconds)
+        except STEP_ERRORS as exc:
+            failed = True
+            live.remove(target)
+            _note_failure(report, target.name, exc)
+            return
+        if record:
+            runs[target.name, op].append(result)
+            _log(
+                f"  {target.name} {op}: {result.rps:,.0f} req/s  p50 {result.p50_ms:.2f} ms"
+                f"  p99 {result.p99_ms:.2f} ms"
+                + (f"  errors {result.errors}" if result.errors else "")
+            )
+
+    if args.warmup > 0:
+        for op in OPS:
+            for target in list(live):
+                run(target, op, args.warmup, record=False)
+    for round_no in range(args.repeat):
+        _log(f"round {round_no + 1}/{args.repeat}:")
+        for op in OPS:
+            for target in list(live):
+                run(target, op, args.duration, record=True)
+    for (name, op), results in runs.items():
+        row = report.row(name)
+        row.runs[op] = results
+        row.results[op] = median_result(results)
+    return failed
+
+
+def measure_bulk(report: HttpReport, target: Target, args: argparse.Namespace) -> None:
+    """`--bulk-runs` timed bulk loads of fresh keys; the median goes in the table."""
+    assert target.bulk is not None
+    plan = target.bulk
+    rates: list[float] = []
+    failed_ops = 0
+    for run in range(args.bulk_runs):
+        rate, bad = bulk_load(target.proc.port, plan, plan.bodies(run), args.bulk_conns)
+        rates.append(rate)
+        failed_ops += bad
+    bulk = Bulk(target.name, f"{plan.how}, {args.bulk_conns} conns", rates, failed_ops)
+    report.bulk.append(bulk)
+    _log(
+        f"{target.name} bulk: {bulk.median:,.0f} keys/s (runs: {', '.join(f'{r:,.0f}' for r in rates)})"
+    )
+
+
+# ---------------------------------------------------------------- other subcommands
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    """Install the benchmark's external tools; kept out of tests so they never install things."""
+    if os.geteuid() != 0:
+        print("setup needs root (apt-get install); run it as root or with sudo", file=sys.stderr)
+        return 2
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", *args.packages]):
+        print("+", shlex.join(argv), flush=True)
+        if subprocess.run(argv, env=env, check=False, timeout=1800).returncode != 0:
+            return 1
+    return 0
+
+
+def cmd_bare(args: argparse.Namespace) -> int:
+    """The ceiling: Hypercorn on Trio, one worker, no access log, a raw ASGI app with a fixed answer."""
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(BARE_BODY)).encode()),
+    ]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:  # read the request body, as a real handler must
+            message = await receive()
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": BARE_BODY})
+
+    config = Config()
+    config.bind = [f"{LOOPBACK}:{args.port}"]
+    config.accesslog = None
+    config.workers = 1
+    trio.run(serve, app, config)
+    return 0
+
+
+def cmd_canned(args: argparse.Namespace) -> int:
+    """A server far cheaper than any HTTP stack (fixed answer per request head), to find the
+    load generator's own ceiling: what it reaches here is a floor for its capacity."""
+    import asyncio
+
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(BARE_BODY)).encode()
+        + b"\r\n\r\n"
+        + BARE_BODY
+    )
+
+    class Canned(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:  # bodiless requests only (GET)
+            self.buf += data
+            count = self.buf.count(b"\r\n\r\n")
+            if count:
+                self.buf = self.buf[self.buf.rfind(b"\r\n\r\n") + 4 :]
+                self.transport.write(answer * count)
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(Canned, LOOPBACK, args.port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+    return 0
+
+
+def _add_http_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per measurement (default 5)"
+    )
+    p.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of unrecorded load first (default 1)"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per measurement; the median is shown (default 3)",
+    )
+    p.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="wrk threads (default 1: 2 cores, one for the server)",
+    )
+    p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument("--get-keys", type=int, default=1000, help="keys pre-loaded for GET")
+    p.add_argument("--put-keys", type=int, default=10000, help="distinct keys PUT writes among")
+    p.add_argument("--bulk-runs", type=int, default=5, help="bulk-load runs; the median is shown")
+    p.add_argument("--bulk-batches", type=int, default=10, help="1000-key batches per bulk run")
+    p.add_argument("--bulk-conns", type=int, default=4, help="concurrent connections for bulk load")
+    p.add_argument("--startup-runs", type=int, default=3, help="cold starts timed (median shown)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this long for other work on the machine to finish before starting",
+    )
+    p.add_argument(
+        "--ready-timeout", type=float, default=20.0, help="seconds a server gets to become ready"
+    )
+    p.add_argument(
+        "--kvs-cmd",
+        default=f"{shlex.quote(sys.executable)} -m kvs",
+        help="command that runs a node; the config path is appended",
+    )
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=("loadgen-ceiling", "bare-hypercorn", "kvs", "etcd"),
+        help="skip a step (repeatable)",
+    )
+    p.add_argument("--no-etcd", action="store_true", help="same as --skip etcd")
+    p.add_argument(
+        "--tmp-dir", help="where the temporary data dirs go (default: the system temp dir)"
+    )
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="also dump raw results as JSON (to PATH, or stdout)",
+    )
+
+
+def _add_setup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--packages", nargs="+", default=["wrk", "etcd-server"], help="Debian packages to install"
+    )
+
+
+def _add_port_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, required=True)
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    hidden: bool = False
+
+
+# Subcommand name -> definition; add gossip/sync/backup here.
+COMMANDS: dict[str, Command] = {
+    "http": Command(
+        "HTTP GET/PUT and bulk load vs bare Hypercorn and etcd", _add_http_args, cmd_http
+    ),
+    "setup": Command("install wrk and etcd-server with apt-get (root)", _add_setup_args, cmd_setup),
+    "_bare": Command(
+        "internal: serve the bare Hypercorn app", _add_port_arg, cmd_bare, hidden=True
+    ),
+    "_canned": Command(
+        "internal: fixed-answer server for the load generator's ceiling",
+        _add_port_arg,
+        cmd_canned,
+        hidden=True,
+    ),
+}
+
+
+def _log(message: str) -> None:
+    """Progress goes to stderr so stdout holds only the report."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="{" + ",".join(c for c in COMMANDS if not c.startswith("_")) + "}",
+    )
+    for name, command in COMMANDS.items():
+        shown = {} if command.hidden else {"help": command.help}  # no "help" key: not listed
+        p = sub.add_parser(name, description=command.help, **shown)
+        command.add_args(p)
+    args = parser.parse_args(argv)
+    if not args.command.startswith("_"):  # so `finally` blocks stop our servers on SIGTERM too
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        return COMMANDS[args.command].run(args)
+    except KeyboardInterrupt:
+        print("interrupted; every process this run started has been stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
