@@ -38,6 +38,8 @@ def _setup_logging(level: str, node_id: str) -> None:
         level=getattr(logging, level.upper()),
         format=f"%(asctime)s %(levelname)s [{node_id}] %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO; a seed lookup is not news.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -92,11 +94,6 @@ def _find_config_error(exc: BaseException) -> ConfigError | None:
 async def _serve(config: Config) -> None:
     from kvs.node import Node  # imported late: `kvs init` should not pay for the web stack
 
-    if config.bind_address not in ("127.0.0.1", "localhost", "::1"):
-        log.warning(
-            "listening on %s with no authentication: anyone who can reach this address can read and write",
-            config.bind_address,
-        )
     node = Node(config)
     try:
         node.store = node.open_store()
@@ -135,6 +132,12 @@ async def _serve(config: Config) -> None:
                 if os_error is None:
                     raise
                 raise _bind_error(config, os_error) from None
+            # Warned only once actually listening: a bind failure must stay one line.
+            if config.bind_address not in ("127.0.0.1", "localhost", "::1"):
+                log.warning(
+                    "listening on %s with no authentication: anyone who can reach this address can read and write",
+                    config.bind_address,
+                )
 
 
 def _find_os_error(exc: BaseException) -> OSError | None:
@@ -150,10 +153,13 @@ def _find_os_error(exc: BaseException) -> OSError | None:
 
 
 def _bind_error(config: Config, exc: OSError) -> ConfigError:
+    """One line naming the config key whose port or address could not be bound."""
+    key = getattr(exc, "config_key", "port")
+    port = getattr(config, key, config.port) if key != "port" else config.port
+    if key == "gossip_port":
+        port = config.effective_gossip_port
     if exc.errno == errno.EADDRINUSE:
-        return ConfigError(
-            "port", f"{config.bind_address}:{config.port} is already in use", config.source
-        )
+        return ConfigError(key, f"{config.bind_address}:{port} is already in use", config.source)
     if exc.errno == errno.EADDRNOTAVAIL:
         return ConfigError(
             "bind_address",
@@ -161,11 +167,9 @@ def _bind_error(config: Config, exc: OSError) -> ConfigError:
             config.source,
         )
     if exc.errno == errno.EACCES:
-        return ConfigError("port", f"not permitted to listen on port {config.port}", config.source)
+        return ConfigError(key, f"not permitted to listen on port {port}", config.source)
     return ConfigError(
-        "port",
-        f"cannot listen on {config.bind_address}:{config.port}: {exc.strerror}",
-        config.source,
+        key, f"cannot listen on {config.bind_address}:{port}: {exc.strerror}", config.source
     )
 
 

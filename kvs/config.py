@@ -55,9 +55,22 @@ class Config:
     lmdb_map_size: int = 1 << 30
     durability: str = "fsync"  # fsync: survives power loss; os: survives a process crash
 
+    # cluster membership (SWIM over UDP on gossip_port; push-pull over TCP on the same port)
+    clustering_enabled: bool = True
+    advertise_address: str = ""  # what peers use to reach us; default: bind_address
+    probe_interval: float = 0.5
+    probe_timeout: float = 0.25
+    indirect_checks: int = 3
+    suspicion_mult: int = 4
+    suspicion_max_timeout_mult: int = 6
+    gossip_interval: float = 0.2
+    gossip_nodes: int = 3
+    retransmit_mult: int = 4
+    push_pull_interval: float = 30.0
+    dead_member_retention: float = 600.0
+
     # features of later milestones (accepted now; see README "Configuration")
     sync_interval: float = 5.0
-    clustering_enabled: bool = True
     auth_enabled: bool = False
     tamper_logging_enabled: bool = False
     rate_limiting_enabled: bool = False
@@ -71,6 +84,14 @@ class Config:
     def data_path(self) -> Path:
         base = Path(self.source).resolve().parent if self.source else Path.cwd()
         return (base / self.data_dir).resolve()
+
+    @property
+    def effective_advertise_address(self) -> str:
+        if self.advertise_address:
+            return self.advertise_address
+        if self.bind_address in ("0.0.0.0", "::"):
+            return _guess_reachable_address()
+        return "127.0.0.1" if self.bind_address == "localhost" else self.bind_address
 
     @property
     def effective_gossip_port(self) -> int:
@@ -91,6 +112,19 @@ class Config:
             if f.repr
         }
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+def _guess_reachable_address() -> str:
+    """This host's outward-facing address (a UDP "connect" only looks up a route; nothing is
+    sent). Falls back to loopback on a machine with no route at all."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed anywhere real
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
 
 
 _SIZE_UNITS = {
@@ -175,6 +209,13 @@ def _check_address(value: Any) -> str:
     return value
 
 
+def _check_advertise(value: Any) -> str:
+    value = _check_address(value)
+    if value in ("0.0.0.0", "::"):
+        raise ValueError("must be an address peers can reach, not a wildcard")
+    return value
+
+
 def _check_seeds(value: Any) -> list[str]:
     if value is None:
         return []
@@ -238,6 +279,17 @@ _CHECKS: dict[str, Any] = {
     "durability": _check_choice("fsync", "os"),
     "sync_interval": _check_positive_duration,
     "clustering_enabled": _check_bool,
+    "advertise_address": _check_advertise,
+    "probe_interval": _check_positive_duration,
+    "probe_timeout": _check_positive_duration,
+    "indirect_checks": _check_int(0, 16),
+    "suspicion_mult": _check_int(1, 100),
+    "suspicion_max_timeout_mult": _check_int(1, 100),
+    "gossip_interval": _check_positive_duration,
+    "gossip_nodes": _check_int(1, 64),
+    "retransmit_mult": _check_int(1, 100),
+    "push_pull_interval": _check_positive_duration,
+    "dead_member_retention": _check_positive_duration,
     "auth_enabled": _check_bool,
     "tamper_logging_enabled": _check_bool,
     "rate_limiting_enabled": _check_bool,
@@ -247,8 +299,6 @@ _CHECKS: dict[str, Any] = {
 
 # Go KVS keys whose feature does not exist here yet: accepted so old files load, then ignored.
 _ACCEPTED_FOR_COMPATIBILITY = {
-    "gossip_interval_min",
-    "gossip_interval_max",
     "catchup_interval",
     "bootstrap_max_age_hours",
     "throttle_delay_ms",
@@ -263,6 +313,9 @@ _ACCEPTED_FOR_COMPATIBILITY = {
     "backup_path",
     "backup_retention",
 }
+
+# The Go KVS's gossip period keys map onto push_pull_interval (see from_mapping).
+_GO_GOSSIP_INTERVALS = ("gossip_interval_min", "gossip_interval_max")
 
 # Enabled security features that are not built yet refuse to start rather than pretend.
 _NOT_YET_BUILT = {
@@ -279,10 +332,17 @@ def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Confi
     if not isinstance(data, dict):
         raise ConfigError("(top level)", "the config file must be a mapping of key: value", path)
     values: dict[str, Any] = {}
+    go_intervals: dict[str, float] = {}
     for key, raw in data.items():
         if not isinstance(key, str):
             raise ConfigError(str(key), "config keys must be strings", path)
         if key in _ACCEPTED_FOR_COMPATIBILITY:
+            continue
+        if key in _GO_GOSSIP_INTERVALS:
+            try:
+                go_intervals[key] = _check_positive_duration(raw)
+            except ValueError as exc:
+                raise ConfigError(key, str(exc), path) from None
             continue
         check = _CHECKS.get(key)
         if check is None:
@@ -296,6 +356,14 @@ def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Confi
     for key, why in _NOT_YET_BUILT.items():
         if values.get(key):
             raise ConfigError(key, why, path)
+    if go_intervals and "push_pull_interval" not in values:
+        # The Go KVS gossiped whole member lists every gossip_interval_min..max seconds: that
+        # is our push-pull. (Failure detection is SWIM's probe_interval, far shorter.)
+        values["push_pull_interval"] = sum(go_intervals.values()) / len(go_intervals)
+    if values.get("probe_timeout", Config.probe_timeout) >= values.get(
+        "probe_interval", Config.probe_interval
+    ):
+        raise ConfigError("probe_timeout", "must be shorter than probe_interval", path)
     config = Config(**values, source=str(path) if path else None)
     if not config.node_id:
         raise ConfigError("node_id", "is required (run `kvs init` to generate a config)", path)
@@ -373,6 +441,11 @@ read_only: false
 
 # Cluster
 clustering_enabled: true
+# advertise_address: 192.168.1.10   # how peers reach this node (default: bind_address)
+probe_interval: 500ms         # SWIM: ping one member this often
+probe_timeout: 250ms          # no ack by then: ask others to ping it
+suspicion_mult: 4             # suspicion timeout = suspicion_mult * log10(N) * probe_interval (and up to 6x that)
+push_pull_interval: 30s       # full member-table exchange with one random member
 sync_interval: 5s
 
 # Security (authentication arrives in a later release: keep these false for now)

@@ -2,6 +2,7 @@
 
     Node.run()
     ├── Store.writer      group-commit writer (LMDB)
+    ├── Membership        SWIM over UDP + TCP push-pull on gossip_port (kvs/net/)
     ├── HTTP API          Quart-Trio app served by hypercorn.trio.serve
     └── housekeeping      TTL sweep, tombstone GC, periodic flush (durability: os)
 
@@ -25,6 +26,11 @@ from hypercorn.trio import serve
 from kvs.api import create_app
 from kvs.clock import HybridLogicalClock, system_wall_ms
 from kvs.config import Config
+from kvs.net.membership import Membership, SeedResolver
+from kvs.net.messages import MemberInfo
+from kvs.net.seeds import http_seed_resolver
+from kvs.net.swim import SwimConfig
+from kvs.net.transport import RealTransport, Transport
 from kvs.store import Store
 
 log = logging.getLogger(__name__)
@@ -132,10 +138,20 @@ class Node:
         wall_ms: Callable[[], int] = system_wall_ms,
         rng: random.Random | None = None,
         store_in_thread: bool = True,
+        transport: Transport | None = None,
+        resolve_seed: SeedResolver | None = None,
     ) -> None:
         self.config = config
         self.node_id = config.node_id
+        # A node given an rng (tests, the simulator) takes every random choice from it, nonces
+        # included, so a seed replays exactly; a production node uses the OS's entropy.
         self.rng = rng or random.Random(os.urandom(16))
+        self._nonce: Callable[[], bytes] = (
+            (lambda: self.rng.randbytes(16)) if rng else (lambda: os.urandom(16))
+        )
+        self.transport: Transport = transport or RealTransport()
+        self._resolve_seed = resolve_seed
+        self.membership: Membership | None = None
         self.clock = HybridLogicalClock(wall_ms)
         self._store_in_thread = store_in_thread
         self.store: Store | Any = None
@@ -205,6 +221,13 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._cancel_scope = nursery.cancel_scope
                 await nursery.start(self.store.writer)
+                if self.config.clustering_enabled:
+                    self.membership = await self._make_membership()
+                    try:
+                        await nursery.start(self.membership.run)
+                    except OSError as exc:
+                        exc.config_key = "gossip_port"  # type: ignore[attr-defined]
+                        raise
                 self.app = create_app(self)
                 if http:
                     self.http_addresses = await nursery.start(self._serve_http, self.app)
@@ -220,6 +243,8 @@ class Node:
                 ready = True
                 await self._shutdown.wait()
                 log.info("node %s shutting down", self.node_id)
+                if self.membership is not None:
+                    await self.membership.leave()  # peers mark us "left", not failed
                 if http and self._http_front is not None:
                     # Hypercorn stops accepting (the same event is its shutdown trigger);
                     # answer every request already in flight, then stop everything.
@@ -231,6 +256,53 @@ class Node:
             self.store = None
             if ready:
                 log.info("node %s stopped", self.node_id)
+
+    async def _make_membership(self) -> Membership:
+        """Membership for this node. The incarnation rises on every start (and is persisted
+        first), so a restarted node out-ranks any lingering rumour that it is dead."""
+        c = self.config
+        incarnation = int(self.store.get_system("incarnation") or 0) + 1
+        await self.store.put_system("incarnation", incarnation)
+        host = c.effective_advertise_address
+        identity = self.store.identity
+        assert identity is not None
+        me = MemberInfo(
+            node_id=self.node_id,
+            joined_timestamp=identity.joined_timestamp,
+            incarnation=incarnation,
+            gossip=(host, c.effective_gossip_port),
+            sync=(host, c.effective_sync_port),
+            http=(host, c.port),
+        )
+        swim = SwimConfig(
+            probe_interval=c.probe_interval,
+            probe_timeout=c.probe_timeout,
+            indirect_checks=c.indirect_checks,
+            suspicion_mult=c.suspicion_mult,
+            suspicion_max_timeout_mult=c.suspicion_max_timeout_mult,
+            gossip_interval=c.gossip_interval,
+            gossip_nodes=c.gossip_nodes,
+            retransmit_mult=c.retransmit_mult,
+            push_pull_interval=c.push_pull_interval,
+            dead_retention=c.dead_member_retention,
+        )
+
+        async def persist_incarnation(value: int) -> None:
+            await self.store.put_system("incarnation", value)
+
+        return Membership(
+            me=me,
+            config=swim,
+            transport=self.transport,
+            bind=(c.bind_address, c.effective_gossip_port),
+            cluster_secret=c.cluster_secret,
+            rng=self.rng,
+            nonce=self._nonce,
+            seeds=c.seed_nodes,
+            resolve_seed=self._resolve_seed
+            or http_seed_resolver(c.cluster_secret, self.clock.wall_ms),
+            persist_incarnation=persist_incarnation,
+        )
 
     async def _serve_http(
         self, app: Any, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED

@@ -151,6 +151,7 @@ class _Request:
     outcomes: list[Outcome] = field(default_factory=list)
     error: BaseException | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    system: dict[str, Any] = field(default_factory=dict)  # system-db entries to write too
 
 
 class _Maintenance:
@@ -398,6 +399,18 @@ class Store:
             raise request.error
         return request.outcomes
 
+    def get_system(self, name: str) -> Any:
+        """A value from the system database (node identity, incarnation, ...), or None."""
+        return self._get_system(name)
+
+    async def put_system(self, name: str, value: Any) -> None:
+        """Durably store a system value, through the writer like every other write."""
+        request = _Request(ops=[], system={name: value})
+        await self._send.send(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+
     async def maintain(self, *, tombstone_ttl_ms: int, limit: int = 10_000) -> int:
         """Remove expired records and old tombstones; returns how many were removed."""
         now = self.clock.wall_ms()
@@ -509,6 +522,8 @@ class Store:
                     item.outcomes = []
                     for op, version in zip(item.ops, item.versions, strict=True):
                         item.outcomes.append(writer.apply(op, version, changes))
+                    for name, value in item.system.items():
+                        txn.put(name.encode(), msgpack.packb(value), db=self._system)
                 txn.put(b"hlc", msgpack.packb(self.clock.last), db=self._system)
         except lmdb.MapFullError:
             raise _GrowMap() from None

@@ -20,6 +20,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
         "data_dir": str(tmp_path / "data"),
         "cluster_secret": "test-secret",
         "durability": "os",  # tests do not need fsync; the process tests cover the real thing
+        "clustering_enabled": False,  # single-node tests; cluster tests opt in
     }
     values.update(overrides)
     return Config(**values)

@@ -9,6 +9,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from kvs.api.cluster import cluster_blueprint
 from kvs.api.errors import ApiError, error_response
 from kvs.api.keys import KeyRoutes
 from kvs.api.kv import allowed_methods, batch_body_limit, kv_blueprint
@@ -32,6 +33,7 @@ def create_app(node: Node) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.register_blueprint(kv_blueprint(node))
     app.register_blueprint(ops_blueprint(node))
+    app.register_blueprint(cluster_blueprint(node))
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:

@@ -17,14 +17,15 @@ def ops_blueprint(node: Node) -> Blueprint:
 
     @bp.route("/health", methods=["GET"])
     async def health() -> Response:
-        return json_response(
-            {
-                "status": "ok",
-                "node_id": node.node_id,
-                "mode": node.mode,
-                "keys": node.store.count(),
-                "uptime_s": round(node.uptime_s(), 3),
-            }
-        )
+        body = {
+            "status": "ok",
+            "node_id": node.node_id,
+            "mode": node.mode,
+            "keys": node.store.count(),
+            "uptime_s": round(node.uptime_s(), 3),
+        }
+        if node.membership is not None:
+            body["members_alive"] = node.membership.alive_count()
+        return json_response(body)
 
     return bp

@@ -144,11 +144,12 @@ class _IndirectProbe:
 @dataclass
 class _Suspicion:
     incarnation: int
+    accuser: str  # who raised it: its own suspicion is not an independent confirmation
     start: float
     min_timeout: float
     max_timeout: float
     expected: int  # confirmations that bring the timeout down to the minimum
-    confirmations: set[str] = field(default_factory=set)
+    confirmations: set[str] = field(default_factory=set)  # other accusers since
 
     def deadline(self) -> float:
         c = len(self.confirmations)
@@ -215,16 +216,21 @@ class Swim:
         return actions
 
     def next_deadline(self) -> float:
+        """When `tick` next has work; never in the past once `tick(now)` ran (a driver that
+        sleeps until this time would otherwise spin)."""
+        if not self._started or self.left:
+            return math.inf  # tick does nothing before start() or after leave()
         deadlines = [
             self._next_probe_at,
             self._next_gossip_at,
             self._next_push_pull_at,
             self._next_reap_at,
         ]
-        if self._probe is not None:
-            deadlines.append(
-                self._probe.end_at if self._probe.indirect_sent else self._probe.indirect_at
-            )
+        probe = self._probe
+        if probe is not None:
+            # An acked probe never sends its ping-reqs: its indirect_at is no deadline.
+            waiting_direct = not probe.acked and not probe.indirect_sent
+            deadlines.append(probe.indirect_at if waiting_direct else probe.end_at)
         deadlines.extend(p.deadline for p in self._indirect.values())
         deadlines.extend(s.deadline() for s in self._suspicions.values())
         return min(deadlines)
@@ -249,6 +255,18 @@ class Swim:
 
     def _retransmit_limit(self) -> int:
         return self.config.retransmit_mult * max(1, math.ceil(math.log10(self.live_count() + 1)))
+
+    def _nack_after(self) -> float:
+        """How long a ping-req helper waits for the target before it nacks.
+
+        The requester counts nacks only until its probe ends, (probe_interval - probe_timeout)
+        x its own scale after it sent the ping-req; a helper that waited probe_timeout x its
+        scale would nack just too late, and every failed probe would then cost the requester
+        `indirect_checks` awareness (Lifeguard paper, footnote 5). So: 80% of the shorter
+        window, unscaled, leaving the rest for two network hops.
+        """
+        c = self.config
+        return 0.8 * min(c.probe_timeout, c.probe_interval - c.probe_timeout)
 
     def _push_pull_interval(self) -> float:
         # Larger clusters push-pull less often per node, so the cluster-wide rate stays flat.
@@ -381,7 +399,8 @@ class Swim:
         else:
             self._adjust_awareness(1)
         member = self.members.get(probe.target)
-        if member is not None and member.state is State.ALIVE:
+        # Failing to reach a suspect is our independent confirmation (Lifeguard).
+        if member is not None and member.state in (State.ALIVE, State.SUSPECT):
             self._suspect(probe.target, member.incarnation, self.me, now)
 
     # --- inputs --------------------------------------------------------------------------------
@@ -429,9 +448,7 @@ class Swim:
 
     def _on_ping_req(self, req: PingReq, source: Address, now: float) -> None:
         seq = self._next_seq()
-        self._indirect[seq] = _IndirectProbe(
-            source, req.seq, req.target, now + self.config.probe_timeout * self._scale()
-        )
+        self._indirect[seq] = _IndirectProbe(source, req.seq, req.target, now + self._nack_after())
         self._send(req.target_address, [Ping(seq, self.me, req.target)])
 
     def _on_alive(self, info: MemberInfo, now: float) -> None:
@@ -474,7 +491,7 @@ class Swim:
             suspicion = self._suspicions.get(node_id)
             if (
                 suspicion is not None
-                and source != self.me
+                and source != suspicion.accuser
                 and source not in suspicion.confirmations
             ):
                 suspicion.confirmations.add(source)
@@ -489,10 +506,13 @@ class Swim:
         min_timeout = c.suspicion_mult * max(1.0, math.log10(max(1, n))) * c.probe_interval
         expected = c.suspicion_mult - 2 if n - 2 >= c.suspicion_mult - 2 else 0
         suspicion = _Suspicion(
-            incarnation, now, min_timeout, min_timeout * c.suspicion_max_timeout_mult, expected
+            incarnation,
+            source,
+            now,
+            min_timeout,
+            min_timeout * c.suspicion_max_timeout_mult,
+            expected,
         )
-        if source != self.me:
-            suspicion.confirmations.add(source)
         self._suspicions[node_id] = suspicion
         self._queue(node_id, Suspect(node_id, incarnation, source))
         self._actions.append(MemberChanged(member.info, State.SUSPECT, previous))

@@ -24,6 +24,7 @@ EXIT_TIMEOUT = 30.0
 POLL_INTERVAL = 0.02
 
 KVS = [sys.executable, "-m", "kvs"]
+KVS_SCRIPT = Path(sys.executable).with_name("kvs")  # the console script pip installed
 
 
 def free_ports(count: int) -> list[int]:
@@ -44,11 +45,14 @@ def free_ports(count: int) -> list[int]:
 
 
 def run_kvs(
-    *args: str, cwd: Path | str, timeout: float = EXIT_TIMEOUT
+    *args: str, cwd: Path | str, timeout: float = EXIT_TIMEOUT, console_script: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """Run a `kvs` command to completion (init, or a node expected to fail at start-up)."""
+    """Run a `kvs` command to completion (init, or a node expected to fail at start-up).
+
+    `python -m kvs` by default; `console_script=True` runs the installed `kvs` script."""
+    command = [str(KVS_SCRIPT)] if console_script else KVS
     return subprocess.run(
-        [*KVS, *args],
+        [*command, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -180,8 +184,11 @@ def running(
     cwd: Path | None = None,
     port: int | None = None,
     wait: bool = True,
+    log_dir: Path | None = None,
 ) -> Iterator[KvsProcess]:
-    """Start `kvs CONFIG` (or bare `kvs` when config is None), ready; kill it on the way out."""
+    """Start `kvs CONFIG` (or bare `kvs` when config is None), ready; kill it on the way out.
+
+    stdout/stderr go to files in `log_dir` (default: `logs` in the working directory)."""
     if cwd is None:
         assert config is not None
         cwd = config.parent
@@ -189,7 +196,7 @@ def running(
         assert config is not None
         port = int(config_value(config, "port"))
     args = [] if config is None else [str(config)]
-    proc = KvsProcess(args, cwd=cwd, port=port, log_dir=cwd / "logs")
+    proc = KvsProcess(args, cwd=cwd, port=port, log_dir=log_dir or cwd / "logs")
     try:
         if wait:
             proc.wait_ready()

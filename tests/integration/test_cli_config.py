@@ -58,20 +58,23 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *names: str)
 
 
 def test_init_in_empty_dir_then_bare_kvs_serves(tmp_path: Path) -> None:
-    result = run_kvs("init", cwd=tmp_path)
+    cwd = tmp_path / "empty"
+    cwd.mkdir()
+    result = run_kvs("init", cwd=cwd, console_script=True)
     assert result.returncode == 0, result.stderr
-    config = tmp_path / "config.yaml"
+    config = cwd / "config.yaml"
     assert_config_file(config)
     assert yaml.safe_load(config.read_text())["port"] == DEFAULT_PORT
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # nothing else yet
+    assert [p.name for p in cwd.iterdir()] == ["config.yaml"]  # nothing else yet
 
     port, gossip_port, sync_port = free_ports(3)
     set_keys(config, port=port, gossip_port=gossip_port, sync_port=sync_port)
-    with running(None, cwd=tmp_path, port=port) as node:  # bare `kvs`: ./config.yaml
+    # bare `kvs`: ./config.yaml
+    with running(None, cwd=cwd, port=port, log_dir=tmp_path / "logs") as node:
         health = node.health()
         assert health is not None
         assert health.json()["node_id"] == config_value(config, "node_id")
-        assert (tmp_path / "data").is_dir()  # data_dir ./data, beside the config
+        assert (cwd / "data").is_dir()  # data_dir ./data, beside the config
         assert node.stop(signal.SIGTERM) == 0
         assert_clean_stderr(node.stderr(), config_value(config, "cluster_secret"))
 
@@ -81,9 +84,11 @@ def test_bare_kvs_creates_config_yaml_then_serves_or_reports_busy_port(tmp_path:
 
     Port 8080 may be taken on a test machine; then the node must stop with status 2 and one
     line naming `port`. Either way config.yaml must have been created first."""
-    node = KvsProcess([], cwd=tmp_path, port=DEFAULT_PORT, log_dir=tmp_path / "logs")
+    cwd = tmp_path / "empty"
+    cwd.mkdir()
+    node = KvsProcess([], cwd=cwd, port=DEFAULT_PORT, log_dir=tmp_path / "logs")
     try:
-        config = tmp_path / "config.yaml"
+        config = cwd / "config.yaml"
         deadline = time.monotonic() + READY_TIMEOUT
         started = False
         while time.monotonic() < deadline:
@@ -166,6 +171,14 @@ def test_port_in_use_is_one_line_naming_port(tmp_path: Path) -> None:
         holder.listen()
         result = run_kvs(str(config), cwd=tmp_path)
     assert_one_line_error(result, "port", str(port), "in use")
+
+
+def test_address_not_on_this_machine_is_one_line_naming_bind_address(tmp_path: Path) -> None:
+    # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never assigned to a real interface. A
+    # non-local address also draws a no-authentication warning, but only once listening.
+    config = write_config(tmp_path, bind_address="192.0.2.1")
+    result = run_kvs(str(config), cwd=tmp_path)
+    assert_one_line_error(result, "bind_address", "192.0.2.1")
 
 
 def test_unwritable_data_dir_is_one_line_naming_data_dir(tmp_path: Path) -> None:

@@ -230,7 +230,7 @@ def test_second_sigint_stops_at_once_even_with_a_request_stuck(tmp_path: Path) -
             conn.putrequest("PUT", "/kv/never/finished")
             conn.putheader("Content-Length", "100")
             conn.endheaders(b"{")  # 99 bytes short: this request holds a graceful shutdown
-            time.sleep(0.2)  # let the node parse the head
+            time.sleep(0.5)  # no server-side signal to poll: give the node time to parse the head
             node.send_signal(signal.SIGINT)
             wait_until_refused(node.port)
             assert node.popen.poll() is None  # still waiting for the stuck request
@@ -271,7 +271,7 @@ def test_request_in_flight_at_sigterm_completes_and_is_durable(tmp_path: Path) -
             conn.putheader("Content-Type", "application/json")
             conn.putheader("Content-Length", str(len(body)))
             conn.endheaders(body[:10])
-            time.sleep(0.2)  # let the node parse the head; it now waits for the rest
+            time.sleep(0.5)  # no server-side signal to poll: give the node time to parse the head
             node.send_signal(signal.SIGTERM)
             wait_until_refused(node.port)  # shutdown has begun: no new connections
             assert node.popen.poll() is None  # ... but the node waits for this request

@@ -237,8 +237,6 @@ def test_a_key_with_a_line_break_still_gives_a_one_line_error() -> None:
 @pytest.mark.parametrize(
     "key",
     [
-        "gossip_interval_min",
-        "gossip_interval_max",
         "catchup_interval",
         "bootstrap_max_age_hours",
         "throttle_delay_ms",
@@ -256,6 +254,21 @@ def test_a_key_with_a_line_break_still_gives_a_one_line_error() -> None:
 )
 def test_go_kvs_compatibility_keys_are_accepted_and_ignored(key: str) -> None:
     assert config_with(**{key: "anything"}) == Config(node_id="node-1")
+
+
+def test_go_kvs_gossip_intervals_map_to_push_pull_interval() -> None:
+    # The Go KVS exchanged whole member lists every 60-120 s: our push-pull.
+    assert config_with(gossip_interval_min=60, gossip_interval_max=120).push_pull_interval == 90.0
+    assert config_with(gossip_interval_min="1m").push_pull_interval == 60.0
+    explicit = config_with(gossip_interval_min=60, push_pull_interval="10s")
+    assert explicit.push_pull_interval == 10.0
+    error = error_for({**BASE, "gossip_interval_max": "soon"})
+    assert "gossip_interval_max" in str(error)
+
+
+def test_probe_timeout_must_be_shorter_than_probe_interval() -> None:
+    error = error_for({**BASE, "probe_interval": "1s", "probe_timeout": "2s"})
+    assert "probe_timeout" in str(error)
 
 
 def test_a_go_kvs_config_file_loads(tmp_path: Path) -> None:

@@ -1,0 +1,347 @@
+"""The Trio layer around the SWIM core: sockets in, timers, datagrams and push-pulls out.
+
+Everything protocol-shaped lives in `kvs.net.swim`; this module only moves bytes between a
+`Transport` and the core, counts what it drops, runs push-pull exchanges over authenticated
+TCP frames, and joins through seeds. Nothing here decides who is alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from kvs.net.messages import Address, MemberInfo, PushPull, State
+from kvs.net.swim import (
+    IncarnationChanged,
+    MemberChanged,
+    SendDatagram,
+    StartPushPull,
+    Swim,
+    SwimConfig,
+)
+from kvs.net.transport import DatagramEndpoint, Transport
+from kvs.net.wire import (
+    DatagramCodec,
+    FrameStream,
+    WireError,
+    decode_push_pull,
+    derive_key,
+    encode_push_pull,
+)
+
+log = logging.getLogger(__name__)
+
+PUSH_PULL_TIMEOUT = 10.0
+RECONNECT_INTERVAL = 10.0
+JOIN_BACKOFF_MAX = 30.0
+
+SeedResolver = Callable[[str], Awaitable[Address]]
+MemberListener = Callable[[MemberChanged], None]
+
+
+class JoinError(Exception):
+    pass
+
+
+class Membership:
+    """One node's membership service. Run `run()` in the node's nursery."""
+
+    def __init__(
+        self,
+        *,
+        me: MemberInfo,
+        config: SwimConfig,
+        transport: Transport,
+        bind: Address,
+        cluster_secret: str,
+        rng: random.Random,
+        nonce: Callable[[], bytes],
+        seeds: Sequence[str] = (),
+        resolve_seed: SeedResolver | None = None,
+        persist_incarnation: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.bind = bind
+        self.rng = rng
+        self._nonce = nonce
+        self.codec = DatagramCodec(derive_key(cluster_secret, "gossip"))
+        self._stream_key = derive_key(cluster_secret, "pushpull")
+        self.core = Swim(me, config, rng, self.codec.pack)
+        self.seeds = list(seeds)
+        self._resolve_seed = resolve_seed
+        self._persist_incarnation = persist_incarnation
+        self.listeners: list[MemberListener] = []
+        self.counters: Counter[str] = Counter()
+        self.joined = trio.Event()
+        self._endpoint: DatagramEndpoint | None = None
+        self._nursery: trio.Nursery | None = None
+        self._push_pull_busy = False
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind UDP and TCP on the gossip address, report ready, then serve until cancelled."""
+        self._endpoint = await self.transport.bind_datagram(self.bind)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(
+                    self.transport.serve_stream, self._endpoint.address, self._serve_push_pull
+                )
+                self.core.start(trio.current_time())
+                nursery.start_soon(self._datagram_loop)
+                nursery.start_soon(self._reconnect_loop)
+                if self.seeds:
+                    nursery.start_soon(self._join_loop)
+                else:
+                    self.joined.set()
+                task_status.started(self._endpoint.address)
+        finally:
+            self._endpoint.close()
+
+    async def _datagram_loop(self) -> None:
+        assert self._endpoint is not None
+        while True:
+            with trio.move_on_at(self.core.next_deadline()):
+                data, source = await self._endpoint.receive()
+                self._on_datagram(data, source)
+            self.core.tick(trio.current_time())
+            await self._flush()
+
+    def _on_datagram(self, data: bytes, source: Address) -> None:
+        self.counters["datagrams_in"] += 1
+        self.counters["bytes_in"] += len(data)
+        try:
+            messages = self.codec.decode(data)
+        except WireError as exc:
+            self.counters[f"dropped_{exc.reason}"] += 1
+            return
+        self.core.handle_messages(messages, source, trio.current_time())
+
+    async def _flush(self) -> None:
+        for action in self.core.take_actions():
+            match action:
+                case SendDatagram(to=to, data=data):
+                    assert self._endpoint is not None
+                    self.counters["datagrams_out"] += 1
+                    self.counters["bytes_out"] += len(data)
+                    await self._endpoint.send(data, to)
+                case StartPushPull(node_id=node_id, to=to):
+                    if not self._push_pull_busy and self._nursery is not None:
+                        self._push_pull_busy = True
+                        self._nursery.start_soon(self._periodic_push_pull, node_id, to)
+                case MemberChanged():
+                    self._announce(action)
+                case IncarnationChanged(incarnation=incarnation):
+                    log.info("refuted a rumour about this node: incarnation is now %d", incarnation)
+                    if self._persist_incarnation is not None:
+                        await self._persist_incarnation(incarnation)
+
+    def _announce(self, change: MemberChanged) -> None:
+        level = logging.INFO if change.state in (State.ALIVE, State.LEFT) else logging.WARNING
+        if change.previous is None:
+            log.info("member %s joined (%s:%d)", change.member.node_id, *change.member.gossip)
+        else:
+            log.log(
+                level,
+                "member %s is %s (was %s)",
+                change.member.node_id,
+                change.state,
+                change.previous,
+            )
+        for listener in self.listeners:
+            try:
+                listener(change)
+            except Exception:
+                log.exception("membership listener failed")
+
+    # --- push-pull -----------------------------------------------------------------------------
+
+    async def exchange(self, address: Address, *, join: bool = False) -> PushPull:
+        """One push-pull with the node at `address` (its gossip address): send our table, merge
+        theirs. Raises OSError, WireError or trio.TooSlowError when it fails."""
+        with trio.fail_after(PUSH_PULL_TIMEOUT):
+            stream = await self.transport.connect_stream(address)
+            async with stream:
+                frames = await FrameStream.client(
+                    stream, self._stream_key, purpose="pushpull", nonce=self._nonce()
+                )
+                await frames.send(encode_push_pull(self.core.local_state(join=join)))
+                remote = decode_push_pull(await frames.receive())
+        self.counters["push_pulls"] += 1
+        self.core.merge_remote(remote, trio.current_time())
+        await self._flush()
+        return remote
+
+    async def _periodic_push_pull(self, node_id: str, address: Address) -> None:
+        try:
+            await self.exchange(address)
+        except (
+            OSError,
+            WireError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.EndOfChannel,
+        ) as exc:
+            self.counters["push_pull_failures"] += 1
+            log.debug("push-pull with %s failed: %s", node_id, _describe(exc))
+        finally:
+            self._push_pull_busy = False
+
+    async def _serve_push_pull(self, stream: trio.abc.Stream, peer: Address) -> None:
+        try:
+            with trio.fail_after(PUSH_PULL_TIMEOUT):
+                frames = await FrameStream.server(
+                    stream, self._stream_key, purpose="pushpull", nonce=self._nonce()
+                )
+                remote = decode_push_pull(await frames.receive())
+                await frames.send(encode_push_pull(self.core.local_state()))
+        except WireError as exc:
+            self.counters[f"stream_dropped_{exc.reason}"] += 1
+            log.debug("refused a push-pull from %s:%d: %s", peer[0], peer[1], exc.reason)
+            return
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.EndOfChannel, OSError):
+            self.counters["stream_dropped_io"] += 1
+            return
+        self.counters["push_pulls_served"] += 1
+        self.core.merge_remote(remote, trio.current_time())
+        await self._flush()
+
+    async def _reconnect_loop(self) -> None:
+        """Try a member we think is dead now and then: after a partition heals, this is how the
+        two sides find each other again (each refutes the other's verdict and gossips it)."""
+        while True:
+            await trio.sleep(RECONNECT_INTERVAL * (0.5 + self.rng.random()))
+            dead = [m for _, m in sorted(self.core.members.items()) if m.state is State.DEAD]
+            if not dead or self.core.left:
+                continue
+            member = self.rng.choice(dead)
+            try:
+                # Twice: the first exchange makes each side refute the other's "dead"; the
+                # second carries the refutations (higher incarnations) across.
+                await self.exchange(member.info.gossip)
+                await self.exchange(member.info.gossip)
+                self.counters["reconnects"] += 1
+            except (
+                OSError,
+                WireError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,
+                trio.EndOfChannel,
+            ):
+                pass
+
+    # --- joining and leaving -------------------------------------------------------------------
+
+    async def join_once(self) -> bool:
+        """Push-pull with the first seed that answers; True when one did."""
+        for seed in self.seeds:
+            try:
+                address = (
+                    await self._resolve_seed(seed) if self._resolve_seed else _parse_address(seed)
+                )
+                if address == self._endpoint_address():
+                    continue  # we are our own seed
+                await self.exchange(address, join=True)
+            except (
+                OSError,
+                WireError,
+                JoinError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,
+                trio.EndOfChannel,
+            ) as exc:
+                self.counters["join_failures"] += 1
+                log.warning("could not join through seed %s: %s", seed, _describe(exc))
+                continue
+            log.info(
+                "joined the cluster through seed %s (%d members known)",
+                seed,
+                len(self.core.members),
+            )
+            return True
+        return False
+
+    async def _join_loop(self) -> None:
+        """Join through the seeds, retrying with backoff; rejoin whenever we end up alone."""
+        delay = 1.0
+        while True:
+            if self.core.live_count() <= 1 and not self.core.left:
+                if await self.join_once():
+                    self.joined.set()
+                    delay = 1.0
+                else:
+                    await trio.sleep(delay * (0.5 + self.rng.random()))
+                    delay = min(delay * 2, JOIN_BACKOFF_MAX)
+                    continue
+            await trio.sleep(JOIN_BACKOFF_MAX)
+
+    async def leave(self) -> None:
+        """Tell several members we are leaving (so they mark us left, not failed)."""
+        if self.core.left or self._endpoint is None:
+            return
+        self.core.leave(trio.current_time())
+        await self._flush()
+
+    def _endpoint_address(self) -> Address | None:
+        return self._endpoint.address if self._endpoint is not None else None
+
+    # --- views ---------------------------------------------------------------------------------
+
+    def alive_count(self) -> int:
+        return sum(1 for m in self.core.members.values() if m.state is State.ALIVE)
+
+    def table(self, wall_ms: int) -> list[dict[str, object]]:
+        """The member table as the API shows it (`last_change` in wall-clock ms)."""
+        now = trio.current_time()
+        rows = []
+        for node_id, member in sorted(self.core.members.items()):
+            info = member.info
+            rows.append(
+                {
+                    "node_id": node_id,
+                    "state": str(member.state),
+                    "incarnation": info.incarnation,
+                    "joined_timestamp": info.joined_timestamp,
+                    "http_address": _format(info.http),
+                    "gossip_address": _format(info.gossip),
+                    "sync_address": _format(info.sync),
+                    "last_change": int(wall_ms - max(0.0, now - member.last_change) * 1000),
+                    "self": node_id == self.core.me,
+                }
+            )
+        return rows
+
+
+def _format(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_address(text: str) -> Address:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise JoinError(f"{text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, WireError):
+        return f"protocol error ({exc.reason})"
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def suspicion_bound(config: SwimConfig, n: int) -> float:
+    """The longest a failure can take to be declared (for tests and documentation)."""
+    min_timeout = config.suspicion_mult * max(1.0, math.log10(max(1, n))) * config.probe_interval
+    return min_timeout * config.suspicion_max_timeout_mult

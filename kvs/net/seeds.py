@@ -1,0 +1,82 @@
+"""Finding a seed's gossip address from its HTTP address (the Go KVS `seed_nodes` form).
+
+`seed_nodes` name HTTP `host:port`s, so Go KVS configs keep working. A joiner asks the seed
+`GET /cluster/info` for its gossip address, proving it holds the cluster secret with a
+timestamped HMAC in the `X-KVS-Cluster-Auth` header (so the endpoint does not hand the
+topology to strangers), then joins by push-pull over the authenticated gossip port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+
+from kvs.net.messages import Address
+from kvs.net.wire import derive_key
+
+AUTH_HEADER = "X-KVS-Cluster-Auth"
+MAX_SKEW_MS = 5 * 60 * 1000
+
+
+def _tag(key: bytes, stamp: str) -> str:
+    return hmac.new(key, b"cluster-info:" + stamp.encode(), hashlib.sha256).hexdigest()
+
+
+def auth_header_value(cluster_secret: str, now_ms: int) -> str | None:
+    key = derive_key(cluster_secret, "http-join")
+    if key is None:
+        return None
+    stamp = str(now_ms)
+    return f"{stamp}.{_tag(key, stamp)}"
+
+
+def verify_auth(cluster_secret: str, value: str | None, now_ms: int) -> bool:
+    """True if `value` proves knowledge of the secret within MAX_SKEW_MS (or there is no secret)."""
+    key = derive_key(cluster_secret, "http-join")
+    if key is None:
+        return True
+    if not value or "." not in value:
+        return False
+    stamp, _, tag = value.partition(".")
+    if not stamp.isdigit() or abs(int(stamp) - now_ms) > MAX_SKEW_MS:
+        return False
+    return hmac.compare_digest(tag, _tag(key, stamp))
+
+
+def http_seed_resolver(
+    cluster_secret: str, wall_ms: Callable[[], int] | None = None
+) -> Callable[[str], Awaitable[Address]]:
+    """A resolver asking a seed's HTTP API for its gossip address (httpx, on trio)."""
+    import httpx
+
+    clock = wall_ms or (lambda: time.time_ns() // 1_000_000)
+
+    async def resolve(seed: str) -> Address:
+        headers = {}
+        value = auth_header_value(cluster_secret, clock())
+        if value is not None:
+            headers[AUTH_HEADER] = value
+        host = seed.rpartition(":")[0].strip("[]")
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            try:
+                response = await client.get(f"http://{seed}/cluster/info", headers=headers)
+            except httpx.HTTPError as exc:
+                raise OSError(f"cannot reach {seed}: {exc}") from None
+        if response.status_code == 401:
+            raise OSError(f"seed {seed} refused our cluster secret (it belongs to another cluster)")
+        if response.status_code != 200:
+            raise OSError(f"seed {seed} answered {response.status_code}")
+        try:
+            info = response.json()
+            gossip_host, gossip_port = info["gossip_address"].rsplit(":", 1)
+            gossip_host = gossip_host.strip("[]")
+            port = int(gossip_port)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise OSError(f"seed {seed} sent an unreadable /cluster/info") from None
+        if gossip_host in ("0.0.0.0", "::"):
+            gossip_host = host  # the seed listens everywhere: use the address we reached it at
+        return gossip_host, port
+
+    return resolve
