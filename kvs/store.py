@@ -415,11 +415,25 @@ class Store:
         """Remove expired records and old tombstones; returns how many were removed."""
         now = self.clock.wall_ms()
         request = _Maintenance(now, hlc_pack(max(0, now - tombstone_ttl_ms)), limit)
+        if not self._maintenance_due(request):
+            return 0  # the common case: no write transaction (and no fsync) every second
         done = _Request(ops=[])
         await self._send.send(request)
         await self._send.send(done)  # answered after the maintenance transaction committed
         await done.done.wait()
         return request.removed
+
+    def _maintenance_due(self, job: _Maintenance) -> bool:
+        """Whether the oldest TTL or tombstone entry is due (a cheap read, no write)."""
+        with self._env.begin() as txn:
+            for index, limit in (
+                (self._expiry, job.now_ms),
+                (self._tombstones, job.tombstone_before_hlc),
+            ):
+                cursor = txn.cursor(db=index)
+                if cursor.first() and _U64.unpack(cursor.key()[:8])[0] <= limit:
+                    return True
+        return False
 
     async def writer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

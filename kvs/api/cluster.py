@@ -1,5 +1,7 @@
-"""Cluster endpoints: `GET /members/` (the member table) and `GET /cluster/info` (how a
-joining node learns this node's gossip address; needs proof of the cluster secret)."""
+"""Cluster endpoints: `GET /members/` (the member table), `GET /cluster/info` (how a
+joining node learns this node's gossip address; needs proof of the cluster secret) and
+`GET /cluster/stats` (membership counters: traffic, drops by reason, push-pulls, local
+health; no secrets, no addresses beyond what /members/ shows)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,12 @@ def cluster_blueprint(node: Node) -> Blueprint:
         if node.membership is None:
             raise ApiError(404, "clustering is disabled on this node (clustering_enabled: false)")
         return json_response(node.membership.table(node.clock.wall_ms()))
+
+    @bp.route("/cluster/stats", methods=["GET"])
+    async def cluster_stats() -> Response:
+        if node.membership is None:
+            raise ApiError(404, "clustering is disabled on this node (clustering_enabled: false)")
+        return json_response(node.membership.stats())
 
     @bp.route("/cluster/info", methods=["GET"])
     async def cluster_info() -> Response:

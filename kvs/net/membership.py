@@ -26,6 +26,7 @@ from kvs.net.swim import (
 )
 from kvs.net.transport import DatagramEndpoint, Transport
 from kvs.net.wire import (
+    REASONS,
     DatagramCodec,
     FrameStream,
     WireError,
@@ -82,6 +83,7 @@ class Membership:
         self._endpoint: DatagramEndpoint | None = None
         self._nursery: trio.Nursery | None = None
         self._push_pull_busy = False
+        self._started_at: float | None = None  # trio time when the core started
 
     # --- running -------------------------------------------------------------------------------
 
@@ -96,7 +98,8 @@ class Membership:
                 await nursery.start(
                     self.transport.serve_stream, self._endpoint.address, self._serve_push_pull
                 )
-                self.core.start(trio.current_time())
+                self._started_at = trio.current_time()
+                self.core.start(self._started_at)
                 nursery.start_soon(self._datagram_loop)
                 nursery.start_soon(self._reconnect_loop)
                 if self.seeds:
@@ -300,11 +303,17 @@ class Membership:
         return sum(1 for m in self.core.members.values() if m.state is State.ALIVE)
 
     def table(self, wall_ms: int) -> list[dict[str, object]]:
-        """The member table as the API shows it (`last_change` in wall-clock ms)."""
+        """The member table as the API shows it (`last_change` in wall-clock ms).
+
+        The core creates our own entry with `last_change` 0.0 on its clock, which is not
+        the driver's (Trio's clock starts anywhere): shown as is, this node's row claimed a
+        change days in the past. No change happens before the core starts, so clamp there."""
         now = trio.current_time()
+        started = self._started_at if self._started_at is not None else now
         rows = []
         for node_id, member in sorted(self.core.members.items()):
             info = member.info
+            changed = max(member.last_change, started)
             rows.append(
                 {
                     "node_id": node_id,
@@ -314,11 +323,49 @@ class Membership:
                     "http_address": _format(info.http),
                     "gossip_address": _format(info.gossip),
                     "sync_address": _format(info.sync),
-                    "last_change": int(wall_ms - max(0.0, now - member.last_change) * 1000),
+                    "last_change": int(wall_ms - max(0.0, now - changed) * 1000),
                     "self": node_id == self.core.me,
                 }
             )
         return rows
+
+    def stats(self) -> dict[str, object]:
+        """Counters for `GET /cluster/stats`: traffic, every drop reason (zero included, so
+        a dashboard sees the full set), push-pulls, the core's own counters and its local
+        health (awareness), and how many members are in each state. No secrets."""
+        counters: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        counters.update({f"dropped_{reason}": 0 for reason in DATAGRAM_DROP_REASONS})
+        counters.update({f"stream_dropped_{reason}": 0 for reason in sorted(REASONS)})
+        counters.update(self.counters)
+        states = dict.fromkeys((str(state) for state in State), 0)
+        for member in self.core.members.values():
+            states[str(member.state)] += 1
+        return {
+            "node_id": self.core.me,
+            "incarnation": self.core.me_info.incarnation,
+            "counters": dict(sorted(counters.items())),
+            "swim": dict(self.core.stats),
+            "awareness": self.core.awareness,
+            "members": states,
+            "live_members": self.core.live_count(),
+        }
+
+
+# Counters every node shows, even at zero (others, like dropped_<reason>, are added above).
+STAT_KEYS = (
+    "datagrams_in",
+    "bytes_in",
+    "datagrams_out",
+    "bytes_out",
+    "push_pulls",
+    "push_pulls_served",
+    "push_pull_failures",
+    "join_failures",
+    "reconnects",
+    "stream_dropped_io",
+)
+# What DatagramCodec.decode can refuse a datagram for (a stream can fail in more ways).
+DATAGRAM_DROP_REASONS = ("auth", "magic", "malformed", "oversize", "shape", "short", "version")
 
 
 def _format(address: Address) -> str:

@@ -279,6 +279,9 @@ class Swim:
     def start(self, now: float) -> None:
         """Begin the periodic work, each loop at a random phase so nodes don't move in step."""
         self._started = True
+        # Announce ourselves: whoever learns of us through this re-gossips it. Without it a
+        # joiner was known only to its seed and to those its seed happened to tell.
+        self._queue(self.me, Alive(self.me_info))
         c = self.config
         self._next_probe_at = now + self.rng.random() * c.probe_interval
         self._next_gossip_at = now + self.rng.random() * c.gossip_interval
@@ -590,6 +593,9 @@ class Swim:
                 if info.node_id not in self.members and info.node_id != self.me:
                     # Learn about it (as alive at that incarnation), then apply the suspicion.
                     self._on_alive(info, now)
+                member = self.members[info.node_id]
+                if member.state is State.SUSPECT and member.incarnation == info.incarnation:
+                    continue  # hearsay (maybe our own suspicion echoed): no confirmation
                 self._suspect(info.node_id, info.incarnation, remote.source, now)
             elif entry.state is State.LEFT:
                 if info.node_id not in self.members and info.node_id != self.me:
