@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
 """Benchmarks for the KVS node: a runner that prints a report, not a test.
 
-    python scripts/bench.py setup          # apt-get install wrk etcd-server (run once, as root)
+    python scripts/bench.py setup          # apt-get install wrk etcd-server serf (once, as root)
     python scripts/bench.py http           # HTTP throughput/latency vs bare Hypercorn and etcd
+    python scripts/bench.py gossip         # membership: simulator figures, then real serf vs KVS
 
 `http` measures, in one run and on this machine, a bare Hypercorn-on-Trio app (the
 ceiling of the stack the node is built on), a real KVS node (`python -m kvs CONFIG`) and,
 when `etcd` is on PATH, a single etcd through its JSON gateway; then bulk load, idle RSS
 and start-up time. Every server runs as its own process on 127.0.0.1 and is stopped on
-exit. Subcommands live in COMMANDS so later ones (gossip, sync, backup) slot in.
+exit. Subcommands live in COMMANDS so later ones (sync, backup) slot in.
+
+`gossip` runs whole KVS nodes on the deterministic simulated network for N = 10, 50, 100
+(join convergence, failure detection, traffic per node, false positives under datagram
+loss; seeded, so a seed gives the same figures on any machine), then, when `serf` is on
+PATH, N real serf agents and N real KVS nodes on loopback: join convergence and
+failure-detection time side by side (see bench_support/gossip_*.py).
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_support.gossip_report import GossipReport
+from bench_support.gossip_report import render as render_gossip
+from bench_support.gossip_report import report_json as gossip_json
 from bench_support.load import (
     LoadResult,
     Request,
@@ -306,6 +316,234 @@ def measure_bulk(report: HttpReport, target: Target, args: argparse.Namespace) -
     )
 
 
+# ---------------------------------------------------------------- gossip
+
+
+def cmd_gossip(args: argparse.Namespace) -> int:
+    """Membership: the simulator's figures, then real serf vs KVS; exits 1 if a step failed."""
+    from bench_support import gossip_real, gossip_sim  # gossip_sim imports kvs and trio
+
+    with tempfile.TemporaryDirectory(prefix="kvs-bench-gossip-", dir=args.tmp_dir) as tmp_name:
+        tmp = Path(tmp_name)
+        machine = machine_info(tmp)
+        if gossip_real.have_serf():
+            machine["serf"] = gossip_real.serf_version()
+        report = GossipReport(
+            command=shlex.join([sys.executable, *sys.argv]),
+            machine=machine,
+            membership=gossip_sim.shipped_membership_config(),
+        )
+        failed = False
+        if not args.no_sim:
+            failed |= run_gossip_sim(report, args)
+        if args.real_n > 0 and not args.no_real:
+            failed |= run_gossip_real(report, args, tmp)
+    print(render_gossip(report))
+    if args.json:
+        dump = json.dumps(gossip_json(report), indent=2)
+        if args.json == "-":
+            print(dump)
+        else:
+            Path(args.json).write_text(dump + "\n")
+    return 1 if failed else 0
+
+
+def _ignore_sigint() -> None:
+    """In simulator workers: Ctrl-C is the parent's to handle (it terminates the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_gossip_sim(report: GossipReport, args: argparse.Namespace) -> bool:
+    """Every simulator job, in parallel worker processes (each job is one seeded trio.run, so
+    its figures do not depend on how busy the machine is). Returns True if a job failed."""
+    import multiprocessing
+
+    from bench_support import gossip_sim
+
+    settings = gossip_sim.SimSettings(
+        seed=args.seed,
+        latency=args.latency_ms / 1000,
+        jitter=args.jitter_ms / 1000,
+        traffic_seconds=args.traffic_seconds,
+        kills=args.kills,
+        fp_seconds=args.fp_seconds,
+        timeout=args.sim_timeout,
+    )
+    report.sim = settings
+    # (cost estimate, label, function, arguments): the biggest first, so the pool ends level.
+    jobs: list[tuple[float, str, Callable[..., Any], tuple[Any, ...]]] = [
+        (n * 150.0, f"N={n}", gossip_sim.run_size_job, (n, settings)) for n in args.sizes
+    ]
+    jobs += [
+        (
+            n * args.fp_seconds * (1 + 4 * loss),
+            f"N={n} loss {loss:.0%}",
+            gossip_sim.run_fp_job,
+            (n, loss, settings),
+        )
+        for n in args.fp_sizes
+        for loss in args.fp_losses
+    ]
+    jobs.sort(key=lambda job: -job[0])
+    workers = max(1, min(args.jobs, len(jobs)))
+    _log(f"simulator: {len(jobs)} job(s) on {workers} worker process(es), seed {args.seed}")
+    began = time.perf_counter()
+    results: dict[str, Any] = {}
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_ignore_sigint) as pool:  # exit: terminate()
+        pending = {label: pool.apply_async(fn, fn_args) for _, label, fn, fn_args in jobs}
+        for label, future in pending.items():
+            result = future.get(timeout=args.sim_wall_timeout)
+            results[label] = result
+            state = f"FAILED: {result.error}" if result.error else "done"
+            _log(
+                f"  {label}: {state} ({result.wall_s:.0f} s wall, {result.sim_seconds:.0f} s simulated)"
+            )
+    report.sim_wall_s = time.perf_counter() - began
+    report.sizes = sorted(
+        (r for r in results.values() if isinstance(r, gossip_sim.SizeResult)), key=lambda r: r.n
+    )
+    report.fps = sorted(
+        (r for r in results.values() if isinstance(r, gossip_sim.FpResult)),
+        key=lambda r: (r.n, r.loss),
+    )
+    failed = [r for r in results.values() if r.error]
+    for r in failed:
+        report.notes.append(f"simulator job failed (seed {args.seed}): {r.error}")
+    return bool(failed)
+
+
+def run_gossip_real(report: GossipReport, args: argparse.Namespace, tmp: Path) -> bool:
+    """serf agents and KVS nodes as real processes, interleaved round by round."""
+    from bench_support import gossip_real
+
+    skip_serf = args.no_serf or not gossip_real.have_serf()
+    if skip_serf and not args.no_serf:
+        report.notes.append(
+            "serf is not on PATH: only KVS ran as real processes (python scripts/bench.py setup)"
+        )
+    busy = machine_busy()
+    report.machine["CPU busy before the real-process runs"] = f"{busy:.0%}"
+    if busy > BUSY_WARN:
+        report.notes.append(
+            f"other work kept the machine {busy:.0%} busy before the real-process runs: process"
+            " start-up and join times are inflated (failure detection is timer-bound and suffers"
+            " less)"
+        )
+    report.real_n, report.real_repeat = args.real_n, args.repeat
+    began = time.perf_counter()
+    report.real = gossip_real.measure_both(
+        args.real_n,
+        args.repeat,
+        tmp,
+        args.real_timeout,
+        shlex.split(args.kvs_cmd),
+        REPO,
+        skip_serf,
+        _log,
+    )
+    report.real_wall_s = time.perf_counter() - began
+    failed = [r for r in report.real if r.error]
+    for r in failed:
+        report.notes.append(f"{r.system} run failed: {r.error}")
+    return bool(failed)
+
+
+def _csv_ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _csv_floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _add_gossip_args(p: argparse.ArgumentParser) -> None:
+    sim = p.add_argument_group("simulator")
+    sim.add_argument(
+        "--sizes",
+        type=_csv_ints,
+        default=[10, 50, 100],
+        help="cluster sizes for join/failure/traffic (default 10,50,100; 200 adds ~2 CPU-minutes)",
+    )
+    sim.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    sim.add_argument("--latency-ms", type=float, default=0.5, help="one-way latency (default 0.5)")
+    sim.add_argument(
+        "--jitter-ms", type=float, default=0.5, help="extra uniform delay, up to (default 0.5)"
+    )
+    sim.add_argument(
+        "--traffic-seconds",
+        type=float,
+        default=60.0,
+        help="steady-state traffic window, simulated s (default 60)",
+    )
+    sim.add_argument("--kills", type=int, default=3, help="nodes killed per size (default 3)")
+    sim.add_argument(
+        "--fp-sizes",
+        type=_csv_ints,
+        default=[10, 50],
+        help="cluster sizes for the false-positive runs (default 10,50; '' for none)",
+    )
+    sim.add_argument(
+        "--fp-losses",
+        type=_csv_floats,
+        default=[0.0, 0.05, 0.10],
+        help="datagram loss rates (default 0,0.05,0.1)",
+    )
+    sim.add_argument(
+        "--fp-seconds",
+        type=float,
+        default=300.0,
+        help="simulated seconds of loss per false-positive run (default 300)",
+    )
+    sim.add_argument(
+        "--sim-timeout",
+        type=float,
+        default=300.0,
+        help="simulated seconds any one convergence may take before it counts as failed",
+    )
+    sim.add_argument(
+        "--sim-wall-timeout",
+        type=float,
+        default=1800.0,
+        help="wall seconds one simulator job may take (default 1800)",
+    )
+    sim.add_argument(
+        "--jobs",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="simulator worker processes (default: one per CPU)",
+    )
+    sim.add_argument("--no-sim", action="store_true", help="skip the simulator part")
+    real = p.add_argument_group("real processes")
+    real.add_argument(
+        "--real-n", type=int, default=10, help="nodes per real cluster (default 10; 0: skip)"
+    )
+    real.add_argument(
+        "--repeat", type=int, default=3, help="fresh clusters per system; medians shown"
+    )
+    real.add_argument(
+        "--real-timeout",
+        type=float,
+        default=90.0,
+        help="seconds a join or a failure detection may take (default 90)",
+    )
+    real.add_argument("--no-serf", action="store_true", help="run only the KVS real cluster")
+    real.add_argument("--no-real", action="store_true", help="skip the real-process part")
+    real.add_argument(
+        "--kvs-cmd",
+        default=f"{shlex.quote(sys.executable)} -m kvs",
+        help="command that runs a node; the config path is appended",
+    )
+    p.add_argument("--tmp-dir", help="where the real nodes' data dirs go (default: system temp)")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="also dump raw results as JSON (to PATH, or stdout)",
+    )
+
+
 # ---------------------------------------------------------------- other subcommands
 
 
@@ -457,7 +695,10 @@ def _add_http_args(p: argparse.ArgumentParser) -> None:
 
 def _add_setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--packages", nargs="+", default=["wrk", "etcd-server"], help="Debian packages to install"
+        "--packages",
+        nargs="+",
+        default=["wrk", "etcd-server", "serf"],
+        help="Debian packages to install",
     )
 
 
@@ -473,12 +714,19 @@ class Command:
     hidden: bool = False
 
 
-# Subcommand name -> definition; add gossip/sync/backup here.
+# Subcommand name -> definition; add sync/backup here.
 COMMANDS: dict[str, Command] = {
     "http": Command(
         "HTTP GET/PUT and bulk load vs bare Hypercorn and etcd", _add_http_args, cmd_http
     ),
-    "setup": Command("install wrk and etcd-server with apt-get (root)", _add_setup_args, cmd_setup),
+    "gossip": Command(
+        "membership: simulated join/failure/traffic/false positives, real serf vs KVS",
+        _add_gossip_args,
+        cmd_gossip,
+    ),
+    "setup": Command(
+        "install wrk, etcd-server and serf with apt-get (root)", _add_setup_args, cmd_setup
+    ),
     "_bare": Command(
         "internal: serve the bare Hypercorn app", _add_port_arg, cmd_bare, hidden=True
     ),

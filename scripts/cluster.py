@@ -157,9 +157,16 @@ def _proc_cmdline(pid: int) -> list[str] | None:
 class Cluster:
     """The cluster in one directory. Methods raise LauncherError; `out` gets progress lines."""
 
-    def __init__(self, directory: Path, *, out: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        out: Callable[[str], None] = print,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.directory = directory.resolve()
         self.out = out
+        self.env = dict(env or {})  # extra environment for the nodes this object starts
         # Processes this object started: polled (and so reaped) instead of probed by pid, so a
         # killed child of a long-lived caller (a test) is not mistaken for a running zombie.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
@@ -420,7 +427,7 @@ class Cluster:
     # --- internals -----------------------------------------------------------------------------
 
     def _spawn(self, spec: NodeSpec) -> int:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(KVS_ROOT), env.get("PYTHONPATH", "")) if p
         )

@@ -37,6 +37,10 @@ def cluster_blueprint(node: Node) -> Blueprint:
         if not verify_auth(
             node.config.cluster_secret, request.headers.get(AUTH_HEADER), node.clock.wall_ms()
         ):
+            if node.membership is not None:
+                # Counted, so a node with the wrong secret knocking at its seed shows up in
+                # the seed's /cluster/stats too, not only in the joiner's log.
+                node.membership.counters["cluster_info_refused"] += 1
             raise ApiError(
                 401, f"missing or invalid {AUTH_HEADER}: this node belongs to another cluster"
             )

@@ -361,6 +361,7 @@ STAT_KEYS = (
     "push_pulls_served",
     "push_pull_failures",
     "join_failures",
+    "cluster_info_refused",  # GET /cluster/info without proof of our secret (kvs.api.cluster)
     "reconnects",
     "stream_dropped_io",
 )

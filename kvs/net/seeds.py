@@ -59,7 +59,11 @@ def http_seed_resolver(
         if value is not None:
             headers[AUTH_HEADER] = value
         host = seed.rpartition(":")[0].strip("[]")
-        async with httpx.AsyncClient(timeout=5.0) as client:
+        # trust_env=False: a node started with HTTP(S)_PROXY/ALL_PROXY set (common on
+        # company hosts) sent this lookup, and its replayable auth header, to the proxy;
+        # cluster traffic is node to node, and a loopback or LAN seed is never reached
+        # through a proxy.
+        async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
             try:
                 response = await client.get(f"http://{seed}/cluster/info", headers=headers)
             except httpx.HTTPError as exc:

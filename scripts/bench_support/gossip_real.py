@@ -26,7 +26,6 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -512,11 +511,3 @@ def measure_both(
 
         runs.append(measure(make_kvs, n, timeout, log))
     return runs
-
-
-if __name__ == "__main__":  # pragma: no cover - a manual smoke test
-    print(
-        measure_both(
-            3, 1, Path(sys.argv[1]), 60, [sys.executable, "-m", "kvs"], Path.cwd(), False, print
-        )
-    )

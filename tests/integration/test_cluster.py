@@ -40,6 +40,10 @@ DETECT_TIMEOUT = 30.0  # kill -9 to "dead" everywhere; measured ~2-4 s with the 
 CONVERGE_TIMEOUT = 30.0
 POLL = 0.05
 NAMES = ("node1", "node2", "node3")
+DEAD_PROXY = {
+    name: "http://127.0.0.1:9"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+}
 
 
 def load_launcher() -> ModuleType:
@@ -104,7 +108,9 @@ class LiveCluster:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.lines: list[str] = []
-        self.cluster = launcher.Cluster(directory, out=self.lines.append)
+        # A proxy that answers nothing, in the nodes' environment only: cluster traffic
+        # (the seed lookup on join) must never go through one (regression: it did).
+        self.cluster = launcher.Cluster(directory, out=self.lines.append, env=DEAD_PROXY)
         self.specs: dict[str, Any] = {}
 
     def url(self, name: str) -> str:
@@ -286,10 +292,16 @@ def test_garbage_datagrams_are_dropped_and_counted_and_change_nothing(
             for reason, datagrams in sent.items()
         )
 
+    # The same port's TCP side (push-pull) takes garbage just as calmly.
+    with socket.create_connection(target, timeout=5) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # "GET " as a frame length
+        conn.settimeout(5)
+        assert conn.recv(100) == b""  # closed without a word
     wait_for("every bad datagram counted", counted, 10)
     after = stats(url)["counters"]
     for reason, datagrams in sent.items():
         assert after[f"dropped_{reason}"] - before[f"dropped_{reason}"] == len(datagrams), reason
+    assert after["stream_dropped_oversize"] == before["stream_dropped_oversize"] + 1
     total = sum(map(len, sent.values()))
     assert after["datagrams_in"] - before["datagrams_in"] >= total
     assert after["bytes_in"] - before["bytes_in"] >= sum(len(d) for v in sent.values() for d in v)
@@ -344,6 +356,7 @@ def test_a_node_with_the_wrong_secret_cannot_join(cluster: LiveCluster, tmp_path
     assert accepted.status_code == 200
     assert accepted.json()["gossip_address"] == f"127.0.0.1:{seed.gossip_port}"
 
+    refused_before = stats(seed.url)["counters"]["cluster_info_refused"]
     with running(config, log_dir=tmp_path / "logs") as stranger:
         # Several join attempts (backoff 1 s, 2 s, ...), each refused at /cluster/info.
         wait_for(
@@ -356,6 +369,8 @@ def test_a_node_with_the_wrong_secret_cannot_join(cluster: LiveCluster, tmp_path
         assert httpx.get(f"{stranger.base_url}/health", timeout=5).json()["members_alive"] == 1
         for name in NAMES:
             assert "stranger" not in members(cluster.url(name))
+        # The seed counted the stranger's refused lookups (at least the two seen above).
+        assert stats(seed.url)["counters"]["cluster_info_refused"] >= refused_before + 2
         stderr = stranger.stderr()
         assert "refused our cluster secret" in stderr
         assert_clean_stderr(stderr, stranger_secret)

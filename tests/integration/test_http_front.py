@@ -1,4 +1,4 @@
-"""kvs.node.HttpFront under real Hypercorn and real sockets, in process (no subprocess).
+"""kvs.api.front.HttpFront under real Hypercorn and real sockets, in process (no subprocess).
 
 Each test pins one Hypercorn/Quart-Trio interaction that HttpFront exists for; see its
 docstring. They bind 127.0.0.1:0 and use short timeouts, so they cost well under a second.
@@ -15,7 +15,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
-from kvs.node import HttpFront
+from kvs.api.front import HttpFront
 
 ASGIApp = Any
 
