@@ -41,7 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+try:
+    import httpx
+except ImportError:  # pragma: no cover - a plain `python3` outside the venv
+    sys.exit("cluster.py: needs httpx; run it with the project's venv: .venv/bin/python")
 
 try:
     import kvs

@@ -279,6 +279,7 @@ class Swim:
     def start(self, now: float) -> None:
         """Begin the periodic work, each loop at a random phase so nodes don't move in step."""
         self._started = True
+        self.members[self.me].last_change = now
         # Announce ourselves: whoever learns of us through this re-gossips it. Without it a
         # joiner was known only to its seed and to those its seed happened to tell.
         self._queue(self.me, Alive(self.me_info))
@@ -368,8 +369,9 @@ class Swim:
         self.stats["probes"] += 1
         first: list[Message] = [Ping(seq, self.me, target_id)]
         if target.state is State.SUSPECT:
-            # Tell the suspect it is suspected, so it can refute at once.
-            first.append(Suspect(target_id, target.incarnation, self.me))
+            # Tell the suspect it is suspected, so it can refute at once; before the ping, so
+            # that the refutation rides back to us on its ack.
+            first.insert(0, Suspect(target_id, target.incarnation, self.me))
         self._send(target.info.gossip, first)
 
     def _send_indirect(self, probe: _Probe, now: float) -> None:
@@ -484,6 +486,8 @@ class Swim:
             if incarnation >= self.me_info.incarnation:
                 self._adjust_awareness(1)
                 self._refute(incarnation, now)
+            else:
+                self._reannounce()
             return
         member = self.members.get(node_id)
         if member is None or incarnation < member.incarnation:
@@ -527,6 +531,8 @@ class Swim:
         if dead.node_id == self.me:
             if dead.incarnation >= self.me_info.incarnation:
                 self._refute(dead.incarnation, now)
+            else:
+                self._reannounce()
             return
         member = self.members.get(dead.node_id)
         if member is None or dead.incarnation < member.incarnation:
@@ -564,6 +570,12 @@ class Swim:
         self.stats["refutations"] += 1
         self._queue(self.me, Alive(me.info))
         self._actions.append(IncarnationChanged(me.incarnation))
+
+    def _reannounce(self) -> None:
+        """A claim about us older than our incarnation: its sender missed our refutation (whose
+        retransmits may be spent), and would declare us dead in the end. Say it again."""
+        if self.me not in self._broadcasts:
+            self._queue(self.me, Alive(self.me_info))
 
     def _insert_probe_target(self, node_id: str) -> None:
         # A new member goes to a random place in the probe order (memberlist does the same),
