@@ -6,6 +6,7 @@ every replica (and every test) computes exactly the same answers from the same i
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,6 +37,15 @@ def hlc_pack(ms: int, logical: int = 0) -> int:
 
 def hlc_ms(hlc: int) -> int:
     return hlc >> HLC_LOGICAL_BITS
+
+
+SYNC_BUCKETS = 1 << 16  # replicas compare data bucket by bucket (the Merkle tree's leaves)
+
+
+def sync_bucket(key: str) -> int:
+    """The sync bucket of a key: a hash, so that buckets fill evenly whatever the keys are."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % SYNC_BUCKETS
 
 
 def validate_key(key: str, *, allow_reserved: bool = False) -> str:
@@ -206,9 +216,10 @@ class RecordCodec:
             use_bin_type=True,
         )
 
-    def decode(self, raw: bytes) -> Record:
+    def decode(self, raw: bytes, *, max_value_size: int | None = None) -> Record:
         """Raises ValueError for anything that is not a record we encoded (corrupt or foreign
-        bytes), never a record with fields of the wrong type."""
+        bytes), never a record with fields of the wrong type. `max_value_size` bounds what a
+        compressed value may expand to (records from peers: no decompression bombs)."""
         try:
             fields = msgpack.unpackb(raw, raw=False)
         except ValueError as exc:  # msgpack's errors (and UnicodeDecodeError) are ValueErrors
@@ -233,10 +244,19 @@ class RecordCodec:
             created,
         ) = fields
         if compressed and value is not None:
+            if max_value_size is not None:
+                try:
+                    declared = zstandard.frame_content_size(value)
+                except zstandard.ZstdError:
+                    declared = -1
+                if declared < 0 or declared > max_value_size:
+                    raise ValueError("record value is too large or of unknown size")
             try:
                 value = self._decompressor.decompress(value)
             except zstandard.ZstdError as exc:
                 raise ValueError(f"record value does not decompress: {exc}") from None
+        if max_value_size is not None and value is not None and len(value) > max_value_size:
+            raise ValueError("record value is too large")
         return Record(
             key=key,
             value=value,

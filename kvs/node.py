@@ -28,11 +28,12 @@ from kvs.api.front import HTTP_GRACE, HttpFront
 from kvs.clock import HybridLogicalClock, system_wall_ms
 from kvs.config import Config
 from kvs.net.membership import Membership, SeedResolver
-from kvs.net.messages import MemberInfo
+from kvs.net.messages import MemberInfo, State
 from kvs.net.seeds import http_seed_resolver
 from kvs.net.swim import SwimConfig
 from kvs.net.transport import RealTransport, Transport
 from kvs.store import Store
+from kvs.sync.worker import SyncSettings, SyncWorker
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Node:
         self.transport: Transport = transport or RealTransport()
         self._resolve_seed = resolve_seed
         self.membership: Membership | None = None
+        self.sync: SyncWorker | None = None
         self.clock = HybridLogicalClock(wall_ms)
         self._store_in_thread = store_in_thread
         self.store: Store | Any = None
@@ -77,6 +79,8 @@ class Node:
     def mode(self) -> str:
         if self.config.read_only:
             return "read-only"
+        if self.sync is not None and self.sync.syncing:
+            return "syncing"
         return "normal"
 
     def uptime_s(self) -> float:
@@ -136,6 +140,13 @@ class Node:
                         await nursery.start(self.membership.run)
                     except OSError as exc:
                         exc.config_key = "gossip_port"  # type: ignore[attr-defined]
+                        raise
+                    self.sync = self._make_sync()
+                    self.membership.listeners.append(self.sync.on_member_change)
+                    try:
+                        await nursery.start(self.sync.run)
+                    except OSError as exc:
+                        exc.config_key = "sync_port"  # type: ignore[attr-defined]
                         raise
                 self.app = create_app(self)
                 if http:
@@ -212,6 +223,39 @@ class Node:
             or http_seed_resolver(c.cluster_secret, self.clock.wall_ms),
             persist_incarnation=persist_incarnation,
         )
+
+    def _make_sync(self) -> SyncWorker:
+        """Replication for this node. A node that starts empty with seeds to join must first
+        copy the cluster's data: until then it is "syncing" and refuses writes."""
+        c = self.config
+        membership = self.membership
+        assert membership is not None
+
+        def live_peers() -> list[tuple[str, tuple[str, int]]]:
+            return [
+                (node_id, m.info.sync)
+                for node_id, m in sorted(membership.core.members.items())
+                if node_id != self.node_id and m.state is State.ALIVE
+            ]
+
+        worker = SyncWorker(
+            node_id=self.node_id,
+            store=self.store,
+            transport=self.transport,
+            bind=(c.bind_address, c.effective_sync_port),
+            cluster_secret=c.cluster_secret,
+            settings=SyncSettings(
+                sync_interval=c.sync_interval,
+                tombstone_ttl_ms=int(c.tombstone_ttl * 1000),
+                max_value_size=c.max_json_size,
+            ),
+            rng=self.rng,
+            nonce=self._nonce,
+            live_peers=live_peers,
+            syncing=bool(c.seed_nodes) and self.store.count() == 0,
+        )
+        worker.rebuild_tree()
+        return worker
 
     async def _serve_http(
         self, app: Any, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED

@@ -8,6 +8,8 @@ Layout (one LMDB environment, named databases):
     expiry     expires_at(8) + key      -> b""   keys with a TTL, soonest first
     tombstones hlc(8) + key             -> b""   deletes, oldest first, for garbage collection
     system     name                     -> msgpack value (node identity, persisted HLC, schema)
+    buckets    bucket(2) + key          -> version summary: what anti-entropy compares, listed
+                                           per sync bucket without decoding any value
 
 `key` is the key's UTF-8 bytes, or for a key too long for LMDB a fixed-size stand-in (see
 `_storage_key`).
@@ -33,7 +35,7 @@ import msgpack
 import trio
 
 from kvs.clock import HybridLogicalClock
-from kvs.model import Record, RecordCodec, Version, hlc_pack
+from kvs.model import Record, RecordCodec, Version, hlc_pack, sync_bucket
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,35 @@ def _hlc_key(hlc: int, key: bytes) -> bytes:
     return _U64.pack(hlc) + key
 
 
+_BUCKET = struct.Struct(">H")
+
+
+def _bucket_key(key: str, key_b: bytes) -> bytes:
+    return _BUCKET.pack(sync_bucket(key)) + key_b
+
+
+def _summary(record: Record) -> bytes:
+    v = record.version
+    return msgpack.packb(
+        [record.key, v.hlc, v.origin_joined, v.origin, v.uuid, record.deleted, record.expires_at]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What anti-entropy knows of a record without reading its value."""
+
+    key: str
+    version: Version
+    deleted: bool
+    expires_at: int | None
+
+
+def _read_summary(raw: bytes) -> Summary:
+    key, hlc, joined, origin, uid, deleted, expires_at = msgpack.unpackb(raw)
+    return Summary(key, Version(hlc, joined, origin, uid), deleted, expires_at)
+
+
 def _history_prefix(key: bytes) -> bytes:
     return key + b"\x00"
 
@@ -227,11 +258,13 @@ class Store:
         self._expiry = env.open_db(b"expiry")
         self._tombstones = env.open_db(b"tombstones")
         self._system = env.open_db(b"system")
+        self._buckets = env.open_db(b"buckets")
         self._send, self._receive = trio.open_memory_channel[_Request | _Maintenance](max_pending)
         self.listeners: list[Callable[[list[Change]], None]] = []
         self.identity: Identity | None = None
         self.stats = {"transactions": 0, "ops": 0, "map_grows": 0, "last_batch": 0, "max_batch": 0}
         self._check_schema()
+        self._ensure_bucket_index()
         persisted = self._get_system("hlc")
         if persisted:
             clock.observe(persisted)
@@ -313,6 +346,75 @@ class Store:
                     break
                 positioned = cursor.prev()
         return out
+
+    # --- what sync needs -------------------------------------------------------------------------
+
+    def bucket_summaries(self, buckets: list[int]) -> list[Summary]:
+        """Every record's summary in the given sync buckets (bucket order, then key order)."""
+        out: list[Summary] = []
+        with self._env.begin(db=self._buckets) as txn:
+            cursor = txn.cursor()
+            for bucket in sorted(set(buckets)):
+                prefix = _BUCKET.pack(bucket)
+                ok = cursor.set_range(prefix)
+                while ok and cursor.key()[:2] == prefix:
+                    out.append(_read_summary(cursor.value()))
+                    ok = cursor.next()
+        return out
+
+    def iter_summaries(self, chunk: int = 4096) -> Iterator[Summary]:
+        """All summaries, a short read transaction per chunk (for rebuilding the Merkle tree)."""
+        position = b""
+        while True:
+            batch: list[tuple[bytes, bytes]] = []
+            with self._env.begin(db=self._buckets) as txn:
+                cursor = txn.cursor()
+                ok = cursor.set_range(position)
+                if ok and position and cursor.key() == position:
+                    ok = cursor.next()
+                while ok and len(batch) < chunk:
+                    batch.append((cursor.key(), cursor.value()))
+                    ok = cursor.next()
+            for _, raw in batch:
+                yield _read_summary(raw)
+            if len(batch) < chunk:
+                return
+            position = batch[-1][0]
+
+    def get_many(self, keys: list[str]) -> list[Record]:
+        """The stored records (tombstones included) for `keys`; absent keys are skipped."""
+        out: list[Record] = []
+        with self._env.begin(db=self._records) as txn:
+            for key in keys:
+                raw = txn.get(_storage_key(key))
+                if raw is not None:
+                    out.append(self._read_codec.decode(raw))
+        return out
+
+    def get_raw_many(self, keys: list[str]) -> list[bytes]:
+        """Encoded records for `keys` (what sync sends: no decode, no re-encode)."""
+        out: list[bytes] = []
+        with self._env.begin(db=self._records) as txn:
+            for key in keys:
+                raw = txn.get(_storage_key(key))
+                if raw is not None:
+                    out.append(bytes(raw))
+        return out
+
+    def _ensure_bucket_index(self) -> None:
+        """Build the bucket index for a store written before it existed."""
+        with self._env.begin() as txn:
+            records = txn.stat(self._records)["entries"]
+            indexed = txn.stat(self._buckets)["entries"]
+        if records == indexed:
+            return
+        log.info("building the sync bucket index for %d records", records)
+        with self._env.begin(write=True) as txn:
+            txn.drop(self._buckets, delete=False)
+            cursor = txn.cursor(db=self._records)
+            for key_b, raw in cursor:
+                record = self._read_codec.decode(raw)
+                txn.put(_bucket_key(record.key, key_b), _summary(record), db=self._buckets)
 
     def count(self) -> int:
         """Stored keys that are not tombstones (expired-but-unswept keys included)."""
@@ -620,6 +722,7 @@ class _TransactionWriter:
                 )
             self._trim_history(key_b)  # also drops what a larger depth kept before a restart
         txn.put(key_b, self.codec.encode(record), db=s._records)
+        txn.put(_bucket_key(record.key, key_b), _summary(record), db=s._buckets)
         txn.put(_hlc_key(record.version.hlc, key_b), b"", db=s._changes)
         if record.deleted:
             txn.put(_hlc_key(record.version.hlc, key_b), b"", db=s._tombstones)
@@ -649,6 +752,7 @@ class _TransactionWriter:
         s, txn = self.store, self.txn
         self._unindex(key_b, record)
         txn.delete(key_b, db=s._records)
+        txn.delete(_bucket_key(record.key, key_b), db=s._buckets)
         prefix = _history_prefix(key_b)
         cursor = txn.cursor(db=s._history)
         while cursor.set_range(prefix) and cursor.key().startswith(prefix):

@@ -30,7 +30,16 @@ def cluster_blueprint(node: Node) -> Blueprint:
     async def cluster_stats() -> Response:
         if node.membership is None:
             raise ApiError(404, "clustering is disabled on this node (clustering_enabled: false)")
-        return json_response(node.membership.stats())
+        body = node.membership.stats()
+        if node.sync is not None:
+            body["sync"] = node.sync.stats()
+        return json_response(body)
+
+    @bp.route("/merkle_tree/root", methods=["GET"])
+    async def merkle_root() -> Response:
+        if node.sync is None:
+            raise ApiError(404, "clustering is disabled on this node (clustering_enabled: false)")
+        return json_response({"root": node.sync.tree.root_hex(), "keys": node.sync.tree.size})
 
     @bp.route("/cluster/info", methods=["GET"])
     async def cluster_info() -> Response:

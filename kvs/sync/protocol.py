@@ -1,0 +1,121 @@
+"""The sync protocol's requests and replies, and the checks every peer message must pass.
+
+Requests travel as msgpack maps over an authenticated `FrameStream` (purpose "sync"):
+
+    {"op": "root"}                               -> {"root": bytes16, "size": int}
+    {"op": "children", "nodes": [[level, i]...]} -> {"hashes": [[bytes16 * 16], ...]}
+    {"op": "leaves", "leaves": [leaf, ...]}      -> {"entries": [summary, ...]}
+    {"op": "fetch", "keys": [key, ...]}          -> {"records": [encoded record, ...]}
+    {"op": "push", "records": [encoded, ...]}    -> {"applied": int}
+
+A summary is `[key, hlc, origin_joined, origin, uuid, deleted, expires_at]`. Anything that
+does not have exactly this shape raises `ProtocolError`, and the connection is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvs.model import Version
+from kvs.store import Summary
+
+MAX_NODES_PER_REQUEST = 4096
+MAX_LEAVES_PER_REQUEST = 1024
+MAX_KEYS_PER_REQUEST = 2000
+MAX_RECORDS_PER_PUSH = 2000
+_U63 = (1 << 63) - 1
+
+
+class ProtocolError(Exception):
+    """A peer sent something that is not this protocol; `reason` is a counter label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _int(value: Any, lo: int = 0, hi: int = _U63) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ProtocolError("shape")
+    return value
+
+
+def _list(value: Any, limit: int) -> list[Any]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise ProtocolError("shape")
+    return value
+
+
+def request_op(request: Any) -> str:
+    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+        raise ProtocolError("shape")
+    return request["op"]
+
+
+def parse_nodes(request: dict[str, Any], depth: int) -> list[tuple[int, int]]:
+    nodes = []
+    for item in _list(request.get("nodes"), MAX_NODES_PER_REQUEST):
+        pair = _list(item, 2)
+        if len(pair) != 2:
+            raise ProtocolError("shape")
+        level = _int(pair[0], 0, depth - 1)
+        nodes.append((level, _int(pair[1], 0, 16**level - 1)))
+    return nodes
+
+
+def parse_leaves(request: dict[str, Any], leaves: int) -> list[int]:
+    return [_int(x, 0, leaves - 1) for x in _list(request.get("leaves"), MAX_LEAVES_PER_REQUEST)]
+
+
+def parse_keys(request: dict[str, Any]) -> list[str]:
+    keys = _list(request.get("keys"), MAX_KEYS_PER_REQUEST)
+    if not all(isinstance(k, str) and 0 < len(k) <= 1024 for k in keys):
+        raise ProtocolError("shape")
+    return keys
+
+
+def parse_records(value: Any) -> list[bytes]:
+    records = _list(value, MAX_RECORDS_PER_PUSH)
+    if not all(isinstance(r, bytes) for r in records):
+        raise ProtocolError("shape")
+    return records
+
+
+def encode_hash(value: int) -> bytes:
+    return value.to_bytes(16, "big")
+
+
+def decode_hashes(reply: Any, count: int) -> list[list[int]]:
+    groups = _list(reply.get("hashes") if isinstance(reply, dict) else None, count)
+    if len(groups) != count:
+        raise ProtocolError("shape")
+    out = []
+    for group in groups:
+        hashes = _list(group, 16)
+        if len(hashes) != 16 or not all(isinstance(h, bytes) and len(h) == 16 for h in hashes):
+            raise ProtocolError("shape")
+        out.append([int.from_bytes(h, "big") for h in hashes])
+    return out
+
+
+def encode_summary(s: Summary) -> list[Any]:
+    v = s.version
+    return [s.key, v.hlc, v.origin_joined, v.origin, v.uuid, s.deleted, s.expires_at]
+
+
+def decode_summaries(reply: Any, limit: int) -> list[Summary]:
+    entries = _list(reply.get("entries") if isinstance(reply, dict) else None, limit)
+    out = []
+    for entry in entries:
+        fields = _list(entry, 7)
+        if len(fields) != 7:
+            raise ProtocolError("shape")
+        key, hlc, joined, origin, uid, deleted, expires_at = fields
+        if not (isinstance(key, str) and isinstance(origin, str) and isinstance(uid, str)):
+            raise ProtocolError("shape")
+        if not isinstance(deleted, bool) or (
+            expires_at is not None and not isinstance(expires_at, int)
+        ):
+            raise ProtocolError("shape")
+        out.append(Summary(key, Version(_int(hlc), _int(joined), origin, uid), deleted, expires_at))
+    return out
