@@ -69,8 +69,11 @@ class Config:
     push_pull_interval: float = 30.0
     dead_member_retention: float = 600.0
 
-    # features of later milestones (accepted now; see README "Configuration")
+    # replication
     sync_interval: float = 5.0
+    max_clock_offset: float = 60.0  # a peer's records further ahead than this are logged
+
+    # features of later milestones (accepted now; see README "Configuration")
     auth_enabled: bool = False
     tamper_logging_enabled: bool = False
     rate_limiting_enabled: bool = False
@@ -278,6 +281,7 @@ _CHECKS: dict[str, Any] = {
     "lmdb_map_size": _check_size(1 << 20),
     "durability": _check_choice("fsync", "os"),
     "sync_interval": _check_positive_duration,
+    "max_clock_offset": _check_positive_duration,
     "clustering_enabled": _check_bool,
     "advertise_address": _check_advertise,
     "probe_interval": _check_positive_duration,

@@ -248,6 +248,7 @@ class Node:
                 sync_interval=c.sync_interval,
                 tombstone_ttl_ms=int(c.tombstone_ttl * 1000),
                 max_value_size=c.max_json_size,
+                max_clock_offset_ms=int(c.max_clock_offset * 1000),
             ),
             rng=self.rng,
             nonce=self._nonce,
