@@ -337,9 +337,9 @@ class Net:
         self._flush(packet.dst)
 
 
-def quiet_cluster(n: int, *, seed: int = 1) -> Net:
+def quiet_cluster(n: int, *, seed: int = 1, push_pull: bool = True) -> Net:
     """n00 with default settings; n01.. never probe (but answer, help and gossip)."""
-    net = Net(seed=seed)
+    net = Net(seed=seed, push_pull=push_pull)
     net.cluster(n, config={name: QUIET for name in names(n)[1:]})
     return net
 
@@ -538,7 +538,8 @@ def test_probing_a_suspect_sends_the_suspicion_with_the_ping() -> None:
         lambda e: e[1] == "n00" and e[2] == MemberChanged(info("n03"), State.SUSPECT, State.ALIVE)
     )
     sent = net.run_until_sent(ping_to("n03", src="n00"))
-    assert Suspect("n03", 0, "n00") in sent.messages
+    # First the suspicion, then the ping: the suspect's ack can carry its refutation.
+    assert sent.messages[:2] == [Suspect("n03", 0, "n00"), sent.of(Ping)[0]]
 
 
 # --- suspicion and its timeout ------------------------------------------------------------------
@@ -696,6 +697,54 @@ def test_suspect_refutes_from_the_suspicion_on_a_probe() -> None:
     net.run_for(2)
     assert net.cores["n00"].members["n03"].incarnation == 1
     assert net.state("n00", "n03") is State.ALIVE
+
+
+def test_stale_suspicion_about_us_is_answered_with_our_current_alive() -> None:
+    net = quiet_cluster(3)
+    n00 = net.cores["n00"]
+    net.inject("n00", [Suspect("n00", 0, "n01")], source="n01")
+    assert n00.me_info.incarnation == 1
+    net.run_for(5)  # the refutation's retransmits are spent
+    assert not any(Alive(info("n00", 1)) in p.messages for p in net.log if p.at > 1)
+
+    # n02 missed it, still suspects us at 0, and probes us (suspicion first, then the ping).
+    awareness = n00.awareness
+    net.inject("n00", [Suspect("n00", 0, "n02"), Ping(77, "n02", "n00")], source="n02")
+    ack = net.log[-1]
+    assert ack.dst == "n02" and Ack(77, "n00") in ack.messages
+    assert Alive(info("n00", 1)) in ack.messages  # not refuted again: re-announced
+    assert n00.me_info.incarnation == 1 and n00.stats["refutations"] == 1
+    assert n00.awareness == awareness  # not a sign that we are the slow one
+    # A stale Dead is answered the same way.
+    net.run_for(5)
+    net.inject("n00", [Dead("n00", 0, "n02")], source="n02")
+    net.run_for(DEFAULT.gossip_interval)
+    assert any(Alive(info("n00", 1)) in p.messages for p in net.log if p.at > net.now - 0.3)
+    assert n00.me_info.incarnation == 1
+
+
+def test_prober_that_missed_a_refutation_learns_it_from_the_suspect() -> None:
+    net = quiet_cluster(4, push_pull=False)
+    net.run_for(2)
+    # n03 refutes a suspicion while n00 hears nothing about it...
+    deaf = [True]
+    net.rules.append(lambda p: deaf[0] and p.dst == "n00" and p.has(Alive))
+    net.inject("n03", [Suspect("n03", 0, "n01")], source="n01")
+    net.run_for(5)
+    deaf[0] = False
+    assert net.cores["n00"].members["n03"].incarnation == 0
+    # ...then hears the old suspicion, which n03 has long refuted.
+    net.inject("n00", [Suspect("n03", 0, "n01")], source="n01")
+    t0 = net.now
+
+    t, _, event = net.run_until_event(lambda e: e[1] == "n00" and e[2].member.node_id == "n03")
+    assert event == MemberChanged(info("n03", 1), State.ALIVE, State.SUSPECT)
+    # at the latest from the ack to its next probe of n03 (or sooner, by gossip)
+    probes = [p.at for p in net.log if p.at >= t0 and ping_to("n03", src="n00")(p)]
+    assert not probes or t <= probes[0] + 2 * LATENCY
+    net.run_for(60)
+    assert not net.changes(state=State.DEAD)
+    assert net.cores["n03"].me_info.incarnation == 1
 
 
 def test_refutation_of_alive_claims_about_ourselves() -> None:
