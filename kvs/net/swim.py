@@ -150,6 +150,7 @@ class _Suspicion:
     max_timeout: float
     expected: int  # confirmations that bring the timeout down to the minimum
     confirmations: set[str] = field(default_factory=set)  # other accusers since
+    final_at: float | None = None  # set when the final direct ping went out (see tick)
 
     def deadline(self) -> float:
         c = len(self.confirmations)
@@ -160,6 +161,8 @@ class _Suspicion:
             timeout = max(
                 self.min_timeout, self.max_timeout - (self.max_timeout - self.min_timeout) * frac
             )
+        if self.final_at is not None:
+            return self.final_at
         return self.start + timeout
 
 
@@ -304,8 +307,24 @@ class Swim:
                 del self._indirect[seq]
                 self._send(pending.requester, [Nack(pending.requester_seq, self.me)])
         for node_id, suspicion in list(self._suspicions.items()):
-            if now >= suspicion.deadline():
-                self._declare_dead(node_id, suspicion.incarnation, now)
+            if now < suspicion.deadline():
+                continue
+            if suspicion.final_at is None:
+                # Before declaring a death, ask the suspect itself once more, the suspicion
+                # first: an alive suspect answers with its refutation on the ack. This catches
+                # the rare refutation that gossip failed to bring us (measured: the remaining
+                # false deaths at 10% loss and N=50 with the shipped 0.5 s probe interval).
+                suspicion.final_at = now + c.probe_interval * self._scale()
+                member = self.members[node_id]
+                self._send(
+                    member.info.gossip,
+                    [
+                        Suspect(node_id, suspicion.incarnation, self.me),
+                        Ping(self._next_seq(), self.me, node_id),
+                    ],
+                )
+                continue
+            self._declare_dead(node_id, suspicion.incarnation, now)
         if now >= self._next_probe_at:
             self._start_probe(now)
             self._next_probe_at = now + c.probe_interval * self._scale()

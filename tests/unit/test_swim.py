@@ -49,6 +49,9 @@ from kvs.net.wire import MAX_DATAGRAM_BYTES, DatagramCodec
 
 CODEC = DatagramCodec(None)
 DEFAULT = SwimConfig()
+# A suspicion's timeout is followed by one last direct ping of the suspect (one probe
+# interval at awareness 0) before the death is declared.
+LAST_CALL = DEFAULT.probe_interval
 QUIET = replace(DEFAULT, probe_interval=1e6, push_pull_interval=1e6)
 LATENCY = 0.001
 EPS = 1e-9
@@ -574,7 +577,7 @@ def test_unconfirmed_suspicion_becomes_dead_after_the_maximum_timeout(n: int) ->
     victim = names(n)[-1]
     ts = suspect_by_own_probe(net, victim)
     # Our own later probes of the suspect are not independent confirmations.
-    assert dead_at(net, "n00", victim) == pytest.approx(ts + max_timeout(DEFAULT, n))
+    assert dead_at(net, "n00", victim) == pytest.approx(ts + max_timeout(DEFAULT, n) + LAST_CALL)
     assert max_timeout(DEFAULT, n) == pytest.approx(
         6 * 4 * max(1, math.log10(n)) * DEFAULT.probe_interval
     )
@@ -597,7 +600,7 @@ def test_confirmations_shrink_the_suspicion_timeout_to_the_minimum() -> None:
     net.inject("n00", [Suspect("n04", 0, "n01")], source="n01")
     net.inject("n00", [Suspect("n04", 0, "n01")], source="n02")  # the same accuser again
     net.inject("n00", [Suspect("n04", 0, "n00")], source="n03")  # our own, echoed back
-    assert dead_at(net, "n00", "n04") == pytest.approx(ts + one)
+    assert dead_at(net, "n00", "n04") == pytest.approx(ts + one + LAST_CALL)
 
     net = quiet_cluster(n)
     net.run_for(2)
@@ -605,7 +608,7 @@ def test_confirmations_shrink_the_suspicion_timeout_to_the_minimum() -> None:
     net.run_until(ts + 1)
     net.inject("n00", [Suspect("n04", 0, "n01")], source="n01")
     net.inject("n00", [Suspect("n04", 0, "n02"), Suspect("n04", 0, "n03")], source="n02")
-    assert dead_at(net, "n00", "n04") == pytest.approx(ts + lo)  # never below the minimum
+    assert dead_at(net, "n00", "n04") == pytest.approx(ts + lo + LAST_CALL)  # never below the min
 
     net = quiet_cluster(n)
     net.run_for(2)
@@ -614,7 +617,9 @@ def test_confirmations_shrink_the_suspicion_timeout_to_the_minimum() -> None:
     net.inject("n00", [Suspect("n04", 0, "n01")], source="n01")
     assert net.state("n00", "n04") is State.SUSPECT
     net.inject("n00", [Suspect("n04", 0, "n02")], source="n02")  # already past the minimum
-    assert net.state("n00", "n04") is State.DEAD
+    assert net.state("n00", "n04") is State.SUSPECT  # one last direct ping first...
+    net.run_for(LAST_CALL)
+    assert net.state("n00", "n04") is State.DEAD  # ...unanswered
 
 
 def test_own_failed_probe_of_a_suspect_confirms_and_is_gossiped() -> None:
@@ -630,7 +635,7 @@ def test_own_failed_probe_of_a_suspect_confirms_and_is_gossiped() -> None:
 
     [confirm] = [p for p in net.sent(src="n00") if Suspect("n04", 0, "n00") in p.messages][:1]
     assert confirm.at < t_dead
-    assert t_dead == pytest.approx(t0 + hi - (hi - lo) * math.log(2) / math.log(3))
+    assert t_dead == pytest.approx(t0 + hi - (hi - lo) * math.log(2) / math.log(3) + LAST_CALL)
 
 
 def test_suspect_refutes_and_everyone_returns_it_to_alive() -> None:
