@@ -20,7 +20,7 @@ SEEDS = seeds_from_env([1, 2, 3])
 LAN = {"latency": 0.0005, "jitter": 0.001}
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS[:2])  # ~15 s of wall time each
 def test_fifty_nodes_join_through_one_seed_and_agree(tmp_path: Path, seed: int) -> None:
     async def scenario(net: SimNetwork) -> None:
         async with SimCluster.open(net, tmp_path) as cluster:
