@@ -313,8 +313,9 @@ class Swim:
                 # Before declaring a death, ask the suspect itself once more, the suspicion
                 # first: an alive suspect answers with its refutation on the ack. This catches
                 # the rare refutation that gossip failed to bring us (measured: the remaining
-                # false deaths at 10% loss and N=50 with the shipped 0.5 s probe interval).
-                suspicion.final_at = now + c.probe_interval * self._scale()
+                # false deaths at 10% loss and N=50 with the shipped 0.5 s probe interval). An
+                # answer takes a round trip, so one probe timeout is long enough to wait.
+                suspicion.final_at = now + c.probe_timeout * self._scale()
                 member = self.members[node_id]
                 self._send(
                     member.info.gossip,

@@ -460,7 +460,7 @@ def measure(
                 f" all {len(survivors)} survivors {run.detect_s:.2f} s"
             )
         except BenchError as exc:
-            run.error = str(exc).splitlines()[0][:200]
+            run.error = " ".join(str(exc).split())[:300]
             log(f"  {cluster.system}: FAILED: {exc}")
         run.sweep_s = sweep_time / max(1, run.sweeps)
         return run
@@ -504,10 +504,25 @@ def measure_both(
             def make_serf(stack: contextlib.ExitStack, rep: int = rep) -> Cluster:
                 return SerfCluster(n, tmp / f"serf-{rep}", stack, timeout)
 
-            runs.append(measure(make_serf, n, timeout, log))
+            runs.append(_guarded("serf", make_serf, n, timeout, log))
 
         def make_kvs(stack: contextlib.ExitStack, rep: int = rep) -> Cluster:
             return KvsCluster(n, tmp / f"kvs-{rep}", stack, timeout, kvs_cmd, cwd)
 
-        runs.append(measure(make_kvs, n, timeout, log))
+        runs.append(_guarded("kvs", make_kvs, n, timeout, log))
     return runs
+
+
+def _guarded(
+    system: str,
+    make: Callable[[contextlib.ExitStack], Cluster],
+    n: int,
+    timeout: float,
+    log: Callable[[str], None],
+) -> RealRun:
+    """`measure`, with a cluster that could not even be set up reported as a failed run."""
+    try:
+        return measure(make, n, timeout, log)
+    except (BenchError, OSError) as exc:
+        log(f"  {system}: FAILED: {exc}")
+        return RealRun(system, n, error=" ".join(str(exc).split())[:300])

@@ -130,22 +130,26 @@ def _render_sim(report: GossipReport) -> list[str]:
         "#### Steady-state traffic sent per node",
         "",
         "Per second, mean over nodes (max node in brackets), from the simulated network's"
-        " per-host counters over a window that starts after every node's first push-pull."
+        " per-host counters over a window of whole push-pull periods (the period grows above"
+        " 32 nodes) that starts after every node's first push-pull."
         " Bytes are payload (msgpack + HMAC tag); IP/UDP/TCP headers are not counted"
-        " (an IPv4+UDP header adds 28 bytes per datagram).",
+        " (an IPv4+UDP header adds 28 bytes per datagram). Gossip = UDP + membership"
+        " push-pull over TCP; the replication worker's TCP traffic (anti-entropy sync) is"
+        " shown apart, for context.",
         "",
-        "| N | window s | datagrams/s | UDP bytes/s | push-pull TCP bytes/s | total bytes/s"
-        " | push-pulls in window |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| N | window s | datagrams/s | UDP bytes/s | push-pull TCP bytes/s | gossip total"
+        " bytes/s | push-pulls in window | replication TCP bytes/s (not gossip) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in report.sizes:
         t = r.traffic
         if t is None:
-            out.append(f"| {r.n} | {_size_failed(r) or 'n/a'} | | | | | |")
+            out.append(f"| {r.n} | {_size_failed(r) or 'n/a'} | | | | | | |")
             continue
         out.append(
             f"| {r.n} | {t.seconds:.0f} | {_mean_max(t.datagrams, 2)} | {_mean_max(t.udp_bytes)}"
-            f" | {_mean_max(t.tcp_bytes)} | {_mean_max(t.total_bytes)} | {t.push_pulls} |"
+            f" | {_mean_max(t.tcp_bytes)} | {_mean_max(t.total_bytes)} | {t.push_pulls}"
+            f" | {_mean_max(t.other_tcp_bytes)} |"
         )
     if report.fps:
         out += [
@@ -220,7 +224,7 @@ def _render_real(report: GossipReport) -> list[str]:
             f" over {r.sweeps} sweeps; false positives {len(r.false_positives)}){extra}"
         )
     if not serf:
-        out.append("- serf: not run (not on PATH: `python scripts/bench.py setup`, or --no-serf)")
+        out.append("- serf: not run (--no-serf, or not on PATH: `python scripts/bench.py setup`)")
     return [*out, ""]
 
 

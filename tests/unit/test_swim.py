@@ -49,9 +49,9 @@ from kvs.net.wire import MAX_DATAGRAM_BYTES, DatagramCodec
 
 CODEC = DatagramCodec(None)
 DEFAULT = SwimConfig()
-# A suspicion's timeout is followed by one last direct ping of the suspect (one probe
-# interval at awareness 0) before the death is declared.
-LAST_CALL = DEFAULT.probe_interval
+# A suspicion's timeout is followed by one last direct ping of the suspect (answered within
+# one probe timeout at awareness 0) before the death is declared.
+LAST_CALL = DEFAULT.probe_timeout
 QUIET = replace(DEFAULT, probe_interval=1e6, push_pull_interval=1e6)
 LATENCY = 0.001
 EPS = 1e-9
