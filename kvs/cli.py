@@ -5,6 +5,9 @@
     kvs members [--url URL] [--json]
                           a node's member table (URL default: $KVS_URL or
                           http://127.0.0.1:8080); exit 1 if the node is unreachable or errs
+    kvs conflict DIR1 DIR2 [--key KEY]... [--json]
+                          write same-timestamp conflicting data into two stopped nodes'
+                          data dirs and print which value must win (kvs/conflict.py)
 
 Bad configuration ends with one line naming the key and exit status 2, never a traceback.
 """
@@ -325,10 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the node (default 5)",
     )
     members.set_defaults(func=cmd_members)
+    conflict = sub.add_parser(
+        "conflict",
+        help="write same-timestamp conflicting data into two stopped nodes' data dirs",
+        description="Write the same keys with conflicting values and the same HLC timestamp"
+        " into two STOPPED nodes' data dirs, and print which value the conflict rule makes"
+        " win once they sync.",
+    )
+    from kvs import conflict as conflict_mod
+
+    conflict_mod.add_arguments(conflict)
+    conflict.set_defaults(func=conflict_mod.run)
     return parser
 
 
-SUBCOMMANDS = {"init", "serve", "members"}
+SUBCOMMANDS = {"init", "serve", "members", "conflict"}
 
 
 def main(argv: list[str] | None = None) -> int:

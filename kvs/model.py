@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
+import orjson
 import zstandard
 
 MAX_KEY_BYTES = 1024
@@ -29,6 +31,10 @@ COMPRESS_THRESHOLD = 256
 
 class InvalidKey(ValueError):
     """A key that cannot be stored; the message says why, for the client."""
+
+
+# C0 controls, DEL and the C1 controls (U+0080-U+009F): Unicode category Cc.
+_CONTROL_CHAR = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def hlc_pack(ms: int, logical: int = 0) -> int:
@@ -63,10 +69,11 @@ def validate_key(key: str, *, allow_reserved: bool = False) -> str:
         raise InvalidKey("key is not valid UTF-8") from None
     if size > MAX_KEY_BYTES:
         raise InvalidKey(f"key is {size} bytes long; the limit is {MAX_KEY_BYTES} UTF-8 bytes")
-    for ch in key:
-        # C0 controls, DEL and the C1 controls (U+0080-U+009F): Unicode category Cc.
-        if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F:
-            raise InvalidKey(f"key contains control character U+{ord(ch):04X}")
+    control = _CONTROL_CHAR.search(key)
+    if control is not None:
+        raise InvalidKey(f"key contains control character U+{ord(control.group()):04X}")
+    if not _may_break_segment_rules(key, allow_reserved):
+        return key  # the common case, checked in ~5% of the time the loop below takes
     for index, segment in enumerate(key.split("/")):
         if segment == "":
             raise InvalidKey(
@@ -79,6 +86,13 @@ def validate_key(key: str, *, allow_reserved: bool = False) -> str:
                 f"key segment {segment!r} is reserved: segments starting with '_' name endpoints and system data"
             )
     return key
+
+
+def _may_break_segment_rules(key: str, allow_reserved: bool) -> bool:
+    """False only if no segment is empty, `.`, `..` or (unless allowed) starts with `_`."""
+    if "//" in key or key[0] == "/" or key[-1] == "/" or key[0] == "." or "/." in key:
+        return True
+    return not allow_reserved and (key[0] == "_" or "/_" in key)
 
 
 def parse_json_value(body: bytes) -> Any:
@@ -95,8 +109,41 @@ def parse_json_value(body: bytes) -> Any:
         ) from None
 
 
-def canonical_json(value: Any) -> bytes:
-    """The bytes we store for a JSON value: compact, so equal documents cost the same."""
+# Digits as `0`, and `e` and `E` as `.`: the shapes of numbers become short byte patterns,
+# which bytes searches find far faster than a regex would.
+_NUMBER_SHAPES = bytes.maketrans(b"123456789eE", b"000000000..")
+# Types the stdlib cannot serialise (dataclasses, datetimes) must fail as they did, and str, int,
+# dict and list subclasses be written as the stdlib writes them: hand all of those to it.
+_STDLIB_TYPES_ONLY = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def json_number_shapes(text: bytes) -> tuple[bool, bool]:
+    """Whether JSON text may hold a float, and whether it may hold an integer of 19 digits or
+    more (one that may not fit in 64 bits). Never falsely False; text inside strings can make
+    either True, which only sends the caller down a slower path."""
+    shaped = text.translate(_NUMBER_SHAPES)
+    # A float has a `.` or an exponent right after a digit; an integer is a run of digits.
+    return b"0." in shaped, b"0" * 19 in shaped
+
+
+def canonical_json(value: Any, *, may_hold_floats: bool = True) -> bytes:
+    """The bytes we store for a JSON value: compact, so equal documents cost the same.
+
+    Always the stdlib's `json.dumps(value, separators=(",", ":"), ensure_ascii=False)`, UTF-8
+    encoded. orjson writes exactly those bytes ~30x faster, except that it spells some floats
+    differently (`1e-7` for `1e-07`) and refuses integers beyond 64 bits, nesting deeper than
+    254 and lone surrogates; all of those go to the stdlib. `may_hold_floats=False` (the
+    caller knows, say from the JSON text it parsed) spares looking for floats."""
+    try:
+        fast = orjson.dumps(value, option=_STDLIB_TYPES_ONLY)
+    except TypeError:  # orjson.JSONEncodeError
+        fast = None
+    if fast is not None and not (may_hold_floats and json_number_shapes(fast)[0]):
+        return fast
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -154,6 +201,13 @@ class Record:
     def with_version(self, version: Version) -> Record:
         return replace(self, version=version)
 
+    def expired_tombstone(self) -> Record:
+        """The tombstone an expired record becomes, with the same version. Every replica
+        turns it into exactly this (the sweep, or `accept` for one that arrives expired), so
+        the expiry keeps beating the older versions a lagging replica may still hold, until
+        it is collected after `tombstone_ttl` like a delete."""
+        return replace(self, value=None, expires_at=None)
+
 
 def resolve(a: Record, b: Record) -> Record:
     """The winner of two versions of the same key: a total order, so merge order never matters."""
@@ -188,6 +242,8 @@ class RecordCodec:
     def __init__(self, compression_level: int = 3) -> None:
         self._compressor = zstandard.ZstdCompressor(level=compression_level)
         self._decompressor = zstandard.ZstdDecompressor()
+        # msgpack.packb builds a Packer per call; reusing one halves the cost of an encode.
+        self._packer = msgpack.Packer(use_bin_type=True)
 
     def encode(self, record: Record) -> bytes:
         value = record.value
@@ -197,7 +253,7 @@ class RecordCodec:
             if len(packed) < len(value):
                 value, compressed = packed, True
         v = record.version
-        return msgpack.packb(
+        return self._packer.pack(
             [
                 _FORMAT,
                 record.key,
@@ -212,8 +268,7 @@ class RecordCodec:
                 record.group,
                 record.permissions,
                 record.created_at,
-            ],
-            use_bin_type=True,
+            ]
         )
 
     def decode(self, raw: bytes, *, max_value_size: int | None = None) -> Record:
@@ -226,7 +281,7 @@ class RecordCodec:
             raise ValueError(f"record is not valid msgpack: {exc}") from None
         if not isinstance(fields, list) or len(fields) != 13 or fields[0] != _FORMAT:
             raise ValueError("unknown record format")
-        if not all(isinstance(f, t) for f, t in zip(fields, _FIELD_TYPES, strict=True)):
+        if not all(map(isinstance, fields, _FIELD_TYPES)):  # both of length 13
             raise ValueError("record has a field of the wrong type")
         (
             _,
@@ -257,16 +312,9 @@ class RecordCodec:
                 raise ValueError(f"record value does not decompress: {exc}") from None
         if max_value_size is not None and value is not None and len(value) > max_value_size:
             raise ValueError("record value is too large")
-        return Record(
-            key=key,
-            value=value,
-            version=Version(hlc=hlc, origin_joined=joined, origin=origin, uuid=uid),
-            expires_at=expires_at,
-            owner=owner,
-            group=group,
-            permissions=perms,
-            created_at=created,
-        )
+        # Positional: keyword arguments cost a quarter more, and this runs for every read.
+        version = Version(hlc, joined, origin, uid)
+        return Record(key, value, version, expires_at, owner, group, perms, created)
 
 
 def parse_duration(value: Any, *, what: str = "duration") -> float:

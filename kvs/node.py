@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -87,7 +86,13 @@ class Node:
         return trio.current_time() - self._started_at
 
     def new_uuid(self) -> str:
-        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        """A version-4 UUID from the node's rng: `str(uuid.UUID(int=bits, version=4))`,
+        formatted directly (2.5x faster; every write needs one)."""
+        bits = self.rng.getrandbits(128)
+        # Set the version (4) and variant (RFC 4122) fields as uuid.UUID(version=4) does.
+        bits = bits & ~(0xF000 << 64 | 0xC000 << 48) | 0x4000 << 64 | 0x8000 << 48
+        h = bits.to_bytes(16, "big").hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     # --- lifecycle ------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@
     python scripts/bench.py setup          # apt-get install wrk etcd-server serf (once, as root)
     python scripts/bench.py http           # HTTP throughput/latency vs bare Hypercorn and etcd
     python scripts/bench.py gossip         # membership: simulator figures, then real serf vs KVS
+    python scripts/bench.py replication    # replication lag, anti-entropy cost, bootstrap
 
 `http` measures, in one run and on this machine, a bare Hypercorn-on-Trio app (the
 ceiling of the stack the node is built on), a real KVS node (`python -m kvs CONFIG`) and,
@@ -59,6 +60,8 @@ from bench_support.procs import (
     machine_busy,
     rss_mb,
 )
+from bench_support.replication import add_arguments as _add_replication_args
+from bench_support.replication import cmd_replication
 from bench_support.report import Bulk, HttpReport, machine_info, render, report_json
 from bench_support.targets import (
     Sizes,
@@ -326,6 +329,7 @@ def cmd_gossip(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kvs-bench-gossip-", dir=args.tmp_dir) as tmp_name:
         tmp = Path(tmp_name)
         machine = machine_info(tmp)
+        machine["kvs code"] = _code_version()
         if gossip_real.have_serf():
             machine["serf"] = gossip_real.serf_version()
         report = GossipReport(
@@ -346,6 +350,28 @@ def cmd_gossip(args: argparse.Namespace) -> int:
         else:
             Path(args.json).write_text(dump + "\n")
     return 1 if failed else 0
+
+
+def _code_version() -> str:
+    """The commit the measured code is at, and whether kvs/ had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "kvs"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout?)"
+    return head + (" + uncommitted changes in kvs/" if dirty else "")
 
 
 def _ignore_sigint() -> None:
@@ -463,7 +489,7 @@ def _add_gossip_args(p: argparse.ArgumentParser) -> None:
         "--sizes",
         type=_csv_ints,
         default=[10, 50, 100],
-        help="cluster sizes for join/failure/traffic (default 10,50,100; 200 adds ~2 CPU-minutes)",
+        help="cluster sizes for join/failure/traffic (default 10,50,100; 200 costs ~5 more minutes)",
     )
     sim.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
     sim.add_argument("--latency-ms", type=float, default=0.5, help="one-way latency (default 0.5)")
@@ -723,6 +749,11 @@ COMMANDS: dict[str, Command] = {
         "membership: simulated join/failure/traffic/false positives, real serf vs KVS",
         _add_gossip_args,
         cmd_gossip,
+    ),
+    "replication": Command(
+        "replication: lag at 500 writes/s, anti-entropy cost, bootstrap of a new node",
+        _add_replication_args,
+        cmd_replication,
     ),
     "setup": Command(
         "install wrk, etcd-server and serf with apt-get (root)", _add_setup_args, cmd_setup

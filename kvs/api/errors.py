@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from quart import Response
+
+from kvs.model import canonical_json
 
 
 class ApiError(Exception):
@@ -22,8 +23,7 @@ class ApiError(Exception):
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    return raw_json_response(data, status, headers)
+    return raw_json_response(canonical_json(body), status, headers)
 
 
 def raw_json_response(

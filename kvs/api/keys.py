@@ -96,7 +96,8 @@ class KeyRoutes:
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         node = self.node
         require_writable(node)
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        raw_query = scope.get("query_string", b"")
+        query = parse_qs(raw_query.decode("latin-1")) if raw_query else {}
         raw_ttl = (
             query["ttl"][-1] if "ttl" in query else _header(scope, TTL_HEADER.lower().encode())
         )

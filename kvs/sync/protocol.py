@@ -2,14 +2,16 @@
 
 Requests travel as msgpack maps over an authenticated `FrameStream` (purpose "sync"):
 
-    {"op": "root"}                               -> {"root": bytes16, "size": int}
+    {"op": "root"}                               -> {"root": bytes16, "size": int, "syncing": bool}
     {"op": "children", "nodes": [[level, i]...]} -> {"hashes": [[bytes16 * 16], ...]}
-    {"op": "leaves", "leaves": [leaf, ...]}      -> {"entries": [summary, ...]}
-    {"op": "fetch", "keys": [key, ...]}          -> {"records": [encoded record, ...]}
+    {"op": "leaves", "leaves": [leaf, ...]}      -> {"entries": [summary, ...], "count": n}
+    {"op": "fetch", "keys": [key, ...]}          -> {"records": [encoded record, ...], "count": n}
     {"op": "push", "records": [encoded, ...]}    -> {"applied": int}
 
-A summary is `[key, hlc, origin_joined, origin, uuid, deleted, expires_at]`. Anything that
-does not have exactly this shape raises `ProtocolError`, and the connection is dropped.
+A summary is `[key, hlc, origin_joined, origin, uuid, deleted, expires_at]`. A reply must fit
+one frame, so "leaves" and "fetch" answer for the first `count` (>= 1) leaves or keys asked
+for, and the client asks again for the rest. Anything that does not have exactly this shape
+raises `ProtocolError`, and the connection is dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ MAX_LEAVES_PER_REQUEST = 1024
 MAX_KEYS_PER_REQUEST = 2000
 MAX_RECORDS_PER_PUSH = 2000
 _U63 = (1 << 63) - 1
+MAX_INT = _U63  # every integer in a record or summary (HLCs, timestamps) is within 0..MAX_INT
 
 
 class ProtocolError(Exception):
@@ -96,6 +99,13 @@ def decode_hashes(reply: Any, count: int) -> list[list[int]]:
             raise ProtocolError("shape")
         out.append([int.from_bytes(h, "big") for h in hashes])
     return out
+
+
+def decode_count(reply: Any, requested: int) -> int:
+    """How many of the `requested` leaves or keys a reply covers: at least one, so that a
+    client asking again for the rest always makes progress."""
+    count = reply.get("count") if isinstance(reply, dict) else None
+    return _int(count, min(1, requested), requested)
 
 
 def encode_summary(s: Summary) -> list[Any]:

@@ -505,14 +505,22 @@ async def test_ttl_expiry_and_sweep(store: Store, wall: ManualWallClock) -> None
     assert store.get_live("short") is None
     assert store.get("short") is not None  # still stored until the sweep
     assert store.count() == 3
+    latest = store.get("short")
     assert await store.maintain(tombstone_ttl_ms=10**9) == 1
-    assert store.get("short") is None
-    assert store.history("short") == []
+    # The sweep leaves a tombstone of the expired version (replicas that missed it may still
+    # hold an older one, which it must keep beating), collected like a delete's.
+    assert store.get("short") == latest.expired_tombstone()
+    assert store.get("short").version == latest.version and store.get("short").deleted
+    assert store.history("short") == []  # the expired values are gone
     assert index_names(store, store._expiry) == ["long"]
-    assert "short" not in index_names(store, store._changes)
+    assert index_names(store, store._tombstones) == ["short"]
     assert store.get_live("long") == long
     assert store.count() == 2
     assert short.expires_at == T0 + 1000
+    assert await store.maintain(tombstone_ttl_ms=0) == 1  # the tombstone is collected
+    assert store.get("short") is None
+    assert store.history("short") == []
+    assert "short" not in index_names(store, store._changes)
 
 
 async def test_replacing_a_ttl_moves_or_clears_its_expiry(
@@ -531,7 +539,7 @@ async def test_replacing_a_ttl_moves_or_clears_its_expiry(
     assert store.get_live("extended").value == b"2"
     wall.advance(3)
     assert await store.maintain(tombstone_ttl_ms=10**9) == 1
-    assert store.get("extended") is None
+    assert store.get("extended").deleted  # its tombstone (see test_ttl_expiry_and_sweep)
 
 
 async def test_maintain_respects_its_limit(store: Store, wall: ManualWallClock) -> None:
@@ -788,12 +796,16 @@ async def test_listeners_receive_changes(store: Store, wall: ManualWallClock) ->
     outcomes = await store.write([Put("a", b"1"), Put("b", b"1")])
     assert got == [[Change(None, o.record, local=True) for o in outcomes]]
     got.clear()
-    # removals by maintenance report new=None
+    # an expiry turns the record into its tombstone (not local: every replica does it, so
+    # it is not pushed); removals by tombstone GC report new=None
     ttl = await put(store, "ttl", expires_at=T0 + 1)
     got.clear()
     wall.advance(1)
     assert await store.maintain(tombstone_ttl_ms=10**9) == 1
-    assert got == [[Change(ttl, None, local=True)]]
+    assert got == [[Change(ttl, ttl.expired_tombstone(), local=False)]]
+    got.clear()
+    assert await store.maintain(tombstone_ttl_ms=0) == 1
+    assert got == [[Change(ttl.expired_tombstone(), None, local=True)]]
 
 
 async def test_every_listener_is_called(store: Store) -> None:
@@ -830,7 +842,7 @@ async def test_keys_up_to_1024_bytes_work_in_every_index(
     assert list(store.scan("")) == [third]
     assert store.seek(key) == third
     wall.advance(2)
-    assert await store.maintain(tombstone_ttl_ms=0) == 1
+    assert await store.maintain(tombstone_ttl_ms=0) == 2  # expired, then its tombstone collected
     assert store.get(key) is None and store.history(key) == []
     assert await store.write([Delete(key)]) == [NotFound(key)]
     merged = remote(key, b"4", hlc_pack(T0 + 5000), 1, "m")
