@@ -95,7 +95,16 @@ def parse_json_document(body: bytes, shapes: tuple[bool, bool] | None = None) ->
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8 encoded JSON") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        # The stdlib takes a lone surrogate escape (`"\ud800"`) that no UTF-8 text can hold;
+        # such a key or value could be neither stored nor echoed back.
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+        return document
+    except UnicodeEncodeError:
+        raise ApiError(
+            400,
+            "request body is not valid JSON: it holds a lone surrogate escape (\\uD800-\\uDFFF)",
+        ) from None
     except json.JSONDecodeError as exc:
         raise ApiError(
             400,

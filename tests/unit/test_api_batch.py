@@ -237,3 +237,31 @@ async def test_batch_on_read_only_node_is_503(start_node):
     error = await expect_error(await batch(client, [{"op": "put", "key": "k", "data": 1}]), 503)
     assert "read-only" in error["error"]
     await expect_error(await client.get("/kv/k"), 404)
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        '[{"op":"put","key":"\\ud800","data":1}]',
+        '[{"op":"delete","key":"a/\\udc00"}]',
+        '[{"op":"put","key":"a","data":"x\\ud800"}]',
+        '[{"op":"put","key":"a","data":{"\\udfff":1}}]',
+        '[{"op":"put","key":"a","data":1,"ttl":"\\ud800"}]',
+    ],
+)
+async def test_lone_surrogate_escapes_are_refused_as_bad_json(client, ops):
+    # The stdlib JSON parser takes them, but no UTF-8 text can hold them: once a 500.
+    body = b'{"ops": ' + ops.encode() + b"}"
+    response = await client.post(
+        "/kv/_batch", data=body, headers={"content-type": "application/json"}
+    )
+    error = await expect_error(response, 400)
+    assert "surrogate" in error["error"]
+    await expect_error(await client.get("/kv/a"), 404)
+
+
+async def test_lone_surrogate_in_a_single_put_is_refused(client):
+    response = await client.put(
+        "/kv/a", data=b'{"k": "\\ud800"}', headers={"content-type": "application/json"}
+    )
+    assert "surrogate" in (await expect_error(response, 400))["error"]
