@@ -101,7 +101,7 @@ def parse_name(name: str) -> tuple[str, int] | None:
 def list_backups(directory: Path, node_id: str) -> list[tuple[Path, int]]:
     """This node's backup files in `directory`, oldest first, with their creation ms."""
     found = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # missing, not a directory, unreadable: none to list
         for entry in directory.iterdir():
             parsed = parse_name(entry.name)
             if parsed is not None and parsed[0] == node_id and entry.is_file():

@@ -108,7 +108,7 @@ class BackupService:
         """Worker thread: copy, then retention. Leftover temp files of an interrupted run
         of this node (a killed process) are removed first."""
         directory = self.settings.directory
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             for stale in directory.glob(f".kvs-{self.node_id}-*.tmp"):
                 stale.unlink(missing_ok=True)
         result = create_backup(self._env(), directory, self.node_id, self._now_ms)

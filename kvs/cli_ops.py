@@ -179,12 +179,14 @@ def _health_url(config: Any) -> str:
     return f"http://{host}:{config.port}/health"
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, node_id: str) -> bool:
+    """Whether this node (not some other process on its port) answers /health."""
     import httpx
 
     try:
-        return httpx.get(url, timeout=1.0).status_code == 200
-    except httpx.HTTPError:
+        response = httpx.get(url, timeout=1.0)
+        return response.status_code == 200 and response.json().get("node_id") == node_id
+    except (httpx.HTTPError, ValueError, AttributeError):
         return False
 
 
@@ -205,7 +207,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     pid = daemon.spawn(instance)
     url = _health_url(config)
     try:
-        daemon.wait_ready(instance, pid, lambda: _answers(url), args.timeout)
+        daemon.wait_ready(instance, pid, lambda: _answers(url, config.node_id), args.timeout)
     except daemon.StartFailed as exc:
         return _error(f"{instance.config}: {exc}")
     print(
