@@ -46,6 +46,7 @@ MAX_MANIFEST = 64 * 1024
 CHUNK = 1 << 20
 SUFFIX = ".kvsbak"
 COMPRESSION_LEVEL = 3
+BACKUP_NICE = 10  # the backup threads' CPU priority, below the node's own threads
 DATA_FILE = "data.mdb"  # LMDB's file inside a data dir (lock.mdb is recreated on open)
 
 # kvs-<node id>-<UTC time to the millisecond>.kvsbak: sortable by name, parseable back.
@@ -140,11 +141,48 @@ def create_backup(
     now_ms: Callable[[], int],
     *,
     level: int = COMPRESSION_LEVEL,
+    nice: int = BACKUP_NICE,
 ) -> BackupResult:
     """Write a backup of `env` into `directory`; blocking (run it in a worker thread).
 
     The data is streamed LMDB copy -> pipe -> zstd -> a hidden temp file, which is fsync'd
-    and renamed into place, so a crash or a full disk never leaves a partial `.kvsbak`."""
+    and renamed into place, so a crash or a full disk never leaves a partial `.kvsbak`.
+    The copy and the compression run in threads of their own at a lower CPU priority
+    (`nice`), so that on a busy machine the node's event loop and writer go first."""
+    return _run_niced(nice, lambda: _create(env, directory, node_id, now_ms, level))
+
+
+def _run_niced(nice: int, work: Callable[[], BackupResult]) -> BackupResult:
+    """Run `work` in a new thread whose priority is lowered by `nice` (Linux: per thread,
+    inherited by the threads it starts, LMDB's copy thread included); a fresh thread, so
+    no pooled worker thread of the node keeps the lower priority."""
+    outcome: list[BackupResult] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        if nice:
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        try:
+            outcome.append(work())
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="kvs-backup", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def _create(
+    env: lmdb.Environment,
+    directory: Path,
+    node_id: str,
+    now_ms: Callable[[], int],
+    level: int,
+) -> BackupResult:
     started = time.monotonic()
     created = now_ms()
     directory.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -244,3 +245,54 @@ def test_backup_now_then_restore_into_the_stopped_nodes_data_dir(tmp_path: Path)
         assert client.get("/api/data/items/0/history").json() == history_before
         status = client.get("/api/backup/status").json()
         assert status["count"] == 1 and status["last_run"] is None  # a fresh process
+
+
+def test_a_restored_node_catches_up_with_its_cluster_through_sync(tmp_path: Path) -> None:
+    """Node b is restored to an older backup while a took more writes; once b is back,
+    anti-entropy makes both replicas identical (same Merkle root, same answers)."""
+    a_cfg = init_config(tmp_path / "a", auth_enabled=False, sync_interval="500ms")
+    secret = config_value(a_cfg, "cluster_secret")
+    b_cfg = init_config(
+        tmp_path / "b", auth_enabled=False, cluster_secret=secret, sync_interval="500ms"
+    )
+    seed = f"127.0.0.1:{config_value(a_cfg, 'port')}"
+    b_cfg.write_text(b_cfg.read_text().replace("seed_nodes: []", f'seed_nodes: ["{seed}"]'))
+
+    def wait_for(check: Any, what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+    def root(url: str) -> Any:
+        return httpx.get(f"{url}/merkle_tree/root", timeout=5).json()
+
+    with running(a_cfg) as a, httpx.Client(base_url=a.base_url, timeout=10) as ca:
+        for i in range(20):
+            assert ca.put(f"/kv/c/{i}", json=i).status_code == 200
+        with running(b_cfg) as b:
+            wait_for(lambda: root(b.base_url) == root(a.base_url), "b's first sync")
+            taken = httpx.post(f"{b.base_url}/api/backup/run", timeout=60)
+            assert taken.status_code == 200, taken.text
+            backup = Path(taken.json()["path"])
+            assert b.stop() == 0
+        # While b is down (and after its backup) a takes more writes.
+        assert ca.put("/kv/c/0", json="newer").status_code == 200
+        assert ca.delete("/kv/c/1").status_code == 204
+        assert ca.put("/kv/c/new", json="new").status_code == 200
+        done = kvs(
+            "restore",
+            str(backup),
+            "--data-dir",
+            str(b_cfg.parent / "data"),
+            "--force",
+            home=tmp_path,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        with running(b_cfg) as b, httpx.Client(base_url=b.base_url, timeout=10) as cb:
+            wait_for(lambda: root(b.base_url) == root(a.base_url), "the restored node to converge")
+            assert cb.get("/kv/c/0").json()["data"] == "newer"
+            assert cb.get("/kv/c/1").status_code == 404
+            assert cb.get("/kv/c/new").json()["data"] == "new"
+            assert cb.get("/kv/c/19").json()["data"] == 19
