@@ -139,6 +139,13 @@ def test_stale_pid_file_and_a_failed_start_are_reported(tmp_path: Path) -> None:
     status = kvs("status", str(config), home=home, cwd=tmp_path)
     assert status.returncode == 3 and "stale" in status.stdout
     assert not instance.pid_file.exists()
+    # A PID that is gone (a process that has exited and been reaped).
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    instance.pid_file.write_text(f"{gone.pid}\n{instance.config}\n")
+    stale_stop = kvs("stop", str(config), home=home, cwd=tmp_path)
+    assert stale_stop.returncode == 0 and "stale PID file" in stale_stop.stdout
+    assert not instance.pid_file.exists()
 
     # A node that cannot start (its port is taken): `start` fails with the log's tail.
     with (
