@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from kvs.logs import JsonFormatter
 
@@ -14,8 +15,6 @@ def record(message: str, *args: object, exc: bool = False) -> logging.LogRecord:
         try:
             raise ValueError("boom")
         except ValueError:
-            import sys
-
             exc_info = sys.exc_info()
     return logging.LogRecord("kvs.node", logging.WARNING, __file__, 1, message, args, exc_info)
 
