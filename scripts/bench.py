@@ -5,6 +5,7 @@
     python scripts/bench.py http           # HTTP throughput/latency vs bare Hypercorn and etcd
     python scripts/bench.py gossip         # membership: simulator figures, then real serf vs KVS
     python scripts/bench.py replication    # replication lag, anti-entropy cost, bootstrap
+    python scripts/bench.py backup         # backup of a 1M-key store: time, size, PUTs during it
 
 `http` measures, in one run and on this machine, a bare Hypercorn-on-Trio app (the
 ceiling of the stack the node is built on), a real KVS node (`python -m kvs CONFIG`) and,
@@ -40,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_support.backup import add_arguments as _add_backup_args
+from bench_support.backup import cmd_backup
 from bench_support.gossip_report import GossipReport
 from bench_support.gossip_report import render as render_gossip
 from bench_support.gossip_report import report_json as gossip_json
@@ -754,6 +757,11 @@ COMMANDS: dict[str, Command] = {
         "replication: lag at 500 writes/s, anti-entropy cost, bootstrap of a new node",
         _add_replication_args,
         cmd_replication,
+    ),
+    "backup": Command(
+        "backup of a 1M-key store: time, file vs LMDB size, PUT throughput during vs before",
+        _add_backup_args,
+        cmd_backup,
     ),
     "setup": Command(
         "install wrk, etcd-server and serf with apt-get (root)", _add_setup_args, cmd_setup

@@ -9,6 +9,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from kvs.api.backup import backup_blueprint
 from kvs.api.cluster import cluster_blueprint
 from kvs.api.errors import ApiError, error_response
 from kvs.api.keys import KeyRoutes
@@ -34,6 +35,7 @@ def create_app(node: Node) -> QuartTrio:
     app.register_blueprint(kv_blueprint(node))
     app.register_blueprint(ops_blueprint(node))
     app.register_blueprint(cluster_blueprint(node))
+    app.register_blueprint(backup_blueprint(node))
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
