@@ -103,6 +103,10 @@ def cmd_http(args: argparse.Namespace) -> int:
         return 2
     if args.no_etcd:
         args.skip.append("etcd")
+    if args.auth:  # KVS anonymous against KVS with a token on every request, nothing else
+        args.skip += ["bare-hypercorn", "etcd", "loadgen-ceiling"]
+    else:
+        args.skip.append("kvs-auth")
     with tempfile.TemporaryDirectory(prefix="kvs-bench-", dir=args.tmp_dir) as tmp_name:
         tmp = Path(tmp_name)
         report = HttpReport(
@@ -126,6 +130,8 @@ def cmd_http(args: argparse.Namespace) -> int:
             targets, start_failed = start_targets(report, args, tmp, servers)
             failed |= start_failed
             failed |= measure_interleaved(report, targets, args, tmp)
+            if args.auth:
+                report.notes.extend(auth_cost_lines(report))
             for target in targets:
                 if target.bulk is not None:
                     failed |= _guarded(
@@ -221,6 +227,19 @@ def measure_startup(report: HttpReport, args: argparse.Namespace, tmp: Path) -> 
     _log("kvs start-up: " + ", ".join(f"{s:.3f} s" for s in report.startup_s))
 
 
+def auth_cost_lines(report: HttpReport) -> list[str]:
+    """The auth check's cost: throughput with a token on every request against anonymous."""
+    lines = []
+    for op in OPS:
+        plain, authed = report.rps("kvs", op), report.rps("kvs-auth", op)
+        if plain and authed:
+            lines.append(
+                f"auth cost, {op}: {authed:,.0f} req/s with a token vs {plain:,.0f} anonymous"
+                f" = {authed / plain:.0%} of the throughput (target: at least 85%)"
+            )
+    return lines
+
+
 def start_targets(
     report: HttpReport, args: argparse.Namespace, tmp: Path, servers: contextlib.ExitStack
 ) -> tuple[list[Target], bool]:
@@ -233,6 +252,9 @@ def start_targets(
             [sys.executable, str(SCRIPT), "_bare"], tmp, args.ready_timeout
         ),
         "kvs": lambda: kvs_target(args.kvs_cmd, tmp, sizes, args.ready_timeout, cwd=REPO),
+        "kvs-auth": lambda: kvs_target(
+            args.kvs_cmd, tmp, sizes, args.ready_timeout, cwd=REPO, auth=True
+        ),
         "etcd": lambda: etcd_target(tmp, sizes, args.ready_timeout),
     }
     targets: list[Target] = []
@@ -703,10 +725,15 @@ def _add_http_args(p: argparse.ArgumentParser) -> None:
         "--skip",
         action="append",
         default=[],
-        choices=("loadgen-ceiling", "bare-hypercorn", "kvs", "etcd"),
+        choices=("loadgen-ceiling", "bare-hypercorn", "kvs", "etcd", "kvs-auth"),
         help="skip a step (repeatable)",
     )
     p.add_argument("--no-etcd", action="store_true", help="same as --skip etcd")
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="measure the auth check: KVS anonymous vs KVS (auth on) with a token on every request",
+    )
     p.add_argument(
         "--tmp-dir", help="where the temporary data dirs go (default: the system temp dir)"
     )
