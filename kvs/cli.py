@@ -235,8 +235,10 @@ def cmd_members(args: argparse.Namespace) -> int:
     if base is None:
         return _fail(f"--url: {given!r} is not an http:// URL (for example {DEFAULT_URL})")
     url = f"{base}/members/"
+    token = os.environ.get(cli_auth.TOKEN_ENV)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(url, timeout=args.timeout)
+        response = httpx.get(url, timeout=args.timeout, headers=headers)
     except httpx.HTTPError as exc:
         return _error(f"cannot reach {base}: {exc or type(exc).__name__}")
     if response.status_code != 200:
@@ -339,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the node's HTTP address (default ${URL_ENV}, else {DEFAULT_URL})",
     )
     members.add_argument("--json", action="store_true", help="print the raw JSON")
+    members.epilog = f"With authentication on, put a token in ${cli_auth.TOKEN_ENV}."
     members.add_argument(
         "--timeout",
         type=_positive_seconds,

@@ -29,6 +29,7 @@ import os
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_support.auth_inprocess import auth_cpu_lines
 from bench_support.gossip_report import GossipReport
 from bench_support.gossip_report import render as render_gossip
 from bench_support.gossip_report import report_json as gossip_json
@@ -58,6 +60,7 @@ from bench_support.procs import (
     cpu_mark,
     foreign_cpu,
     machine_busy,
+    process_cpu_s,
     rss_mb,
 )
 from bench_support.replication import add_arguments as _add_replication_args
@@ -132,6 +135,7 @@ def cmd_http(args: argparse.Namespace) -> int:
             failed |= measure_interleaved(report, targets, args, tmp)
             if args.auth:
                 report.notes.extend(auth_cost_lines(report))
+                report.notes.extend(auth_cpu_lines())
             for target in targets:
                 if target.bulk is not None:
                     failed |= _guarded(
@@ -228,14 +232,26 @@ def measure_startup(report: HttpReport, args: argparse.Namespace, tmp: Path) -> 
 
 
 def auth_cost_lines(report: HttpReport) -> list[str]:
-    """The auth check's cost: throughput with a token on every request against anonymous."""
+    """The auth check's cost: a token on every request against anonymous requests, as
+    throughput and as the server's CPU time per request (medians). On a busy machine the
+    CPU time is the steadier figure: throughput of a CPU-bound server is its inverse."""
     lines = []
     for op in OPS:
         plain, authed = report.rps("kvs", op), report.rps("kvs-auth", op)
+        cpu_plain = report.cpu_us_per_request.get(f"kvs {op}")
+        cpu_auth = report.cpu_us_per_request.get(f"kvs-auth {op}")
         if plain and authed:
             lines.append(
-                f"auth cost, {op}: {authed:,.0f} req/s with a token vs {plain:,.0f} anonymous"
-                f" = {authed / plain:.0%} of the throughput (target: at least 85%)"
+                f"auth cost, {op} throughput: {authed:,.0f} req/s with a token vs {plain:,.0f}"
+                f" anonymous = {authed / plain:.0%} (target: at least 85%)"
+            )
+        if cpu_plain and cpu_auth:
+            a, b = statistics.median(cpu_plain), statistics.median(cpu_auth)
+            lines.append(
+                f"auth cost, {op} server CPU per request: {b:,.0f} us with a token vs {a:,.0f}"
+                f" anonymous: throughput at full CPU = {a / b:.0%} (target: at least 85%);"
+                f" runs: {', '.join(f'{x:,.0f}' for x in cpu_auth)} vs"
+                f" {', '.join(f'{x:,.0f}' for x in cpu_plain)}"
             )
     return lines
 
@@ -294,7 +310,9 @@ def measure_interleaved(
     def run(target: Target, op: str, seconds: float, record: bool) -> None:
         nonlocal failed
         try:
+            cpu_before = process_cpu_s(target.proc.pid)
             result = _run_load(target.proc.port, target.workloads[op], args, tmp, seconds)
+            cpu_used = process_cpu_s(target.proc.pid) - cpu_before
         except STEP_ERRORS as exc:
             failed = True
             live.remove(target)
@@ -302,6 +320,10 @@ def measure_interleaved(
             return
         if record:
             runs[target.name, op].append(result)
+            if result.requests:
+                report.cpu_us_per_request.setdefault(f"{target.name} {op}", []).append(
+                    cpu_used / result.requests * 1e6
+                )
             _log(
                 f"  {target.name} {op}: {result.rps:,.0f} req/s  p50 {result.p50_ms:.2f} ms"
                 f"  p99 {result.p99_ms:.2f} ms"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kvs.auth import tokens
-from kvs.auth.directory import Directory
+from kvs.auth.directory import GROUPS, TOKENS, USERS, Directory
 from kvs.auth.permissions import (
     ALL_SCOPES,
     READ_SCOPE,
@@ -116,11 +116,31 @@ class AuthService:
     # --- who is calling ------------------------------------------------------------------------
 
     def _on_changes(self, changes: list[Change]) -> None:
-        if self._cache and any(
-            (c.new or c.old).key.startswith(SYSTEM_PREFIX)  # type: ignore[union-attr]
-            for c in changes
-        ):
-            self._cache.clear()
+        """Forget cached principals a system change may affect (local or replicated): a
+        token's own record (revoked), its user's record, or any group (membership)."""
+        if not self._cache:
+            return
+        tokens_hit: set[str] = set()
+        users_hit: set[str] = set()
+        for change in changes:
+            key = (change.new or change.old).key  # type: ignore[union-attr]
+            if not key.startswith(SYSTEM_PREFIX):
+                continue
+            if key.startswith(GROUPS):
+                self._cache.clear()
+                return
+            if key.startswith(TOKENS):
+                tokens_hit.add(key[len(TOKENS) :])
+            else:
+                users_hit.add(key[len(USERS) :])
+        if tokens_hit or users_hit:
+            stale = [
+                digest
+                for digest, (p, _) in self._cache.items()
+                if p.token_id in tokens_hit or p.user in users_hit
+            ]
+            for digest in stale:
+                del self._cache[digest]
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller named by an `Authorization` header value (None: no header: anonymous).

@@ -190,6 +190,13 @@ def rss_mb(pid: int) -> float:
     raise BenchError(f"no VmRSS in /proc/{pid}/status")
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) `pid` has used, from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_times() -> tuple[int, int]:
     """(busy, total) jiffies over all CPUs, from the first line of /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]

@@ -67,6 +67,8 @@ class HttpReport:
     startup_s: list[float] = field(default_factory=list)
     generator_ceiling: LoadResult | None = None
     notes: list[str] = field(default_factory=list)
+    # (target, op) -> the server's CPU microseconds per request, one per recorded run
+    cpu_us_per_request: dict[str, list[float]] = field(default_factory=dict)
 
     def row(self, target: str) -> Row:
         return self.rows.setdefault(target, Row(target))

@@ -5,6 +5,8 @@ logs a token or the cluster secret. One cluster serves the module; every wait is
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.procs import config_value, run_kvs
+from tests.integration.procs import KVS, config_value, run_kvs
 from tests.integration.test_replication import load_launcher
 
 launcher = load_launcher()
@@ -144,3 +146,18 @@ def test_kvs_join_fetches_the_secret_with_an_admin_token_only(
     assert live.specs["node1"].http_address in target.read_text()
     assert live.root not in result.stdout + result.stderr
     assert config_value(target, "cluster_secret") not in result.stdout + result.stderr
+
+
+def test_members_needs_a_token_and_kvs_members_sends_kvs_token(
+    live: AuthCluster, tmp_path: Path
+) -> None:
+    url = live.url("node2")
+    assert live.http.get(f"{url}/members/").status_code == 401
+    command = [*KVS, "members", "--url", url]
+    env = {k: v for k, v in os.environ.items() if k != "KVS_TOKEN"}
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert refused.returncode != 0 and "401" in refused.stderr
+    env["KVS_TOKEN"] = live.root
+    shown = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert all(name in shown.stdout for name in NAMES)

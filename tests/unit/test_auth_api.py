@@ -547,3 +547,29 @@ async def test_read_only_node_refuses_admin_mutations_with_503(start_node, tmp_p
         response = await client.open(path, method=method, data=body, headers=headers)
         await expect_error(response, 503)
     assert (await client.get("/api/users", headers=headers)).status_code == 200
+
+
+async def test_group_membership_changes_apply_at_once_despite_the_token_cache(anode):
+    admin = Admin(anode)
+    owner = await admin.actor("owner")
+    friend = await admin.actor("friend")
+    team = await admin.group("team", [friend.uuid])  # membership named by the group only
+    client = client_of(anode)
+    await client.put("/kv/shared", data=b"1", headers=owner.headers)
+    await admin.call("PUT", "/kv/shared/metadata", {"group_uuid": team, "permissions": 0xF10})
+    assert (await client.get("/kv/shared", headers=friend.headers)).status_code == 200
+    await admin.call("PUT", f"/api/groups/{team}", {"members": []})
+    await expect_error(await client.get("/kv/shared", headers=friend.headers), 403)
+    await admin.call("PUT", f"/api/users/{friend.uuid}", {"groups": [team]})
+    assert (await client.get("/kv/shared", headers=friend.headers)).status_code == 200
+
+
+async def test_creating_tokens_does_not_flush_other_cached_tokens(anode):
+    admin = Admin(anode)
+    actor = await admin.actor("cached")
+    client = client_of(anode)
+    await client.get("/kv/x", headers=actor.headers)
+    misses = anode.auth.counters["cache_misses"]
+    await admin.token(actor.uuid, ["read"])
+    await client.get("/kv/x", headers=actor.headers)
+    assert anode.auth.counters["cache_misses"] == misses
