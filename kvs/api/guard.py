@@ -27,6 +27,10 @@ async def identify(node: Node, authorization: str | None, client: str) -> Princi
         principal = auth.authenticate(authorization) if auth.enabled else auth.anonymous
     except AuthError as exc:
         await auth.failed(client, exc.message)
+        try:  # failed attempts count against the client's address: no free guessing
+            auth.rate_limit(auth.anonymous, client)
+        except AuthError as limited:
+            raise api_error(limited) from None
         raise api_error(exc) from None
     try:
         auth.rate_limit(principal, client)

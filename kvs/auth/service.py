@@ -106,11 +106,11 @@ class AuthService:
         if secret is None:
             secret = self.nonce().hex() + self.nonce().hex()
             self.store.set_system_now("jwt_local_secret", secret)
-            if self.enabled:
-                log.warning(
-                    "no cluster_secret: tokens are signed with a key local to this node and "
-                    "will not be accepted by other nodes"
-                )
+        if self.enabled:
+            log.warning(
+                "no cluster_secret: tokens are signed with a key local to this node and "
+                "will not be accepted by other nodes"
+            )
         return str(secret)
 
     # --- who is calling ------------------------------------------------------------------------

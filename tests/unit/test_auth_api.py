@@ -8,6 +8,7 @@ import logging
 
 import jwt
 import pytest
+import trio
 
 from kvs.auth import tokens
 from kvs.model import DEFAULT_PERMISSIONS
@@ -46,8 +47,6 @@ async def test_root_is_not_created_again_on_a_later_start(start_node, tmp_path, 
     first = root_token(node)
     node.root_token_path.unlink()
     node.request_shutdown()
-    import trio
-
     with trio.fail_after(10):
         while node.store is not None:
             await trio.sleep(0.01)
@@ -573,3 +572,39 @@ async def test_creating_tokens_does_not_flush_other_cached_tokens(anode):
     await admin.token(actor.uuid, ["read"])
     await client.get("/kv/x", headers=actor.headers)
     assert anode.auth.counters["cache_misses"] == misses
+
+
+async def test_failed_logins_count_against_the_client_address(start_node):
+    node = await start_node(
+        auth_enabled=True, rate_limiting_enabled=True, rate_limit_requests=20, rate_limit_window=60
+    )
+    client = client_of(node)
+    attacker, other = {"client": ("10.9.9.9", 1)}, {"client": ("10.1.1.1", 1)}
+    statuses = [
+        (await client.get("/kv/x", headers=bearer(f"guess{i}"), scope_base=attacker)).status_code
+        for i in range(40)
+    ]
+    assert statuses[:20] == [401] * 20 and set(statuses[20:]) == {429}
+    admin = Admin(node)
+    response = await client.get("/kv/x", headers=admin.headers, scope_base=other)
+    assert response.status_code == 404
+
+
+async def test_without_a_cluster_secret_tokens_use_a_node_local_key_kept_across_restarts(
+    start_node,
+):
+    node = await start_node(auth_enabled=True, cluster_secret="")
+    token = root_token(node)
+    assert (await client_of(node).get("/api/users", headers=bearer(token))).status_code == 200
+    forged_token = jwt.encode(
+        {"iss": "kvs", "sub": "x", "jti": "y", "iat": 1, "nbf": 1, "exp": 2**40},
+        tokens.signing_key(""),
+        algorithm="HS256",
+    )
+    await expect_error(await client_of(node).get("/kv/x", headers=bearer(forged_token)), 401)
+    node.request_shutdown()
+    with trio.fail_after(10):
+        while node.store is not None:
+            await trio.sleep(0.01)
+    again = await start_node(auth_enabled=True, cluster_secret="")
+    assert (await client_of(again).get("/api/users", headers=bearer(token))).status_code == 200
