@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from kvs import cli_ops
+from kvs import cli_auth, cli_ops
 from kvs import config as config_mod
 from kvs.config import DEFAULT_CONFIG_NAME, Config, ConfigError
 from kvs.logs import setup_logging
@@ -100,7 +100,7 @@ def _find_config_error(exc: BaseException) -> ConfigError | None:
 async def _serve(config: Config) -> None:
     from kvs.node import Node  # imported late: `kvs init` should not pay for the web stack
 
-    node = Node(config)
+    node = Node(config, show_root_token=_show_root_token)
     try:
         node.store = node.open_store()
     except StoreError as exc:
@@ -139,11 +139,28 @@ async def _serve(config: Config) -> None:
                     raise
                 raise _bind_error(config, os_error) from None
             # Warned only once actually listening: a bind failure must stay one line.
-            if config.bind_address not in ("127.0.0.1", "localhost", "::1"):
+            if not config.auth_enabled and config.bind_address not in (
+                "127.0.0.1",
+                "localhost",
+                "::1",
+            ):
                 log.warning(
                     "listening on %s with no authentication: anyone who can reach this address can read and write",
                     config.bind_address,
                 )
+
+
+def _show_root_token(issued: Any, path: str) -> None:
+    """The first start's root token: on a terminal, shown once; otherwise (a daemon, output
+    to a file) only the 0600 file has it. Printed, never logged."""
+    if sys.stdout.isatty():
+        print(
+            f"\nkvs: created the root user; its token (all scopes, valid 24 h) is shown once:\n\n"
+            f"    {issued.token}\n\nkvs: it is also in {path} (mode 0600)\n",
+            flush=True,
+        )
+    else:
+        print(f"kvs: created the root user; its token is in {path} (mode 0600)", flush=True)
 
 
 def _find_os_error(exc: BaseException) -> OSError | None:
@@ -209,8 +226,10 @@ def cmd_members(args: argparse.Namespace) -> int:
     if base is None:
         return _fail(f"--url: {given!r} is not an http:// URL (for example {DEFAULT_URL})")
     url = f"{base}/members/"
+    token = os.environ.get(cli_auth.TOKEN_ENV)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(url, timeout=args.timeout)
+        response = httpx.get(url, timeout=args.timeout, headers=headers)
     except httpx.HTTPError as exc:
         return _error(f"cannot reach {base}: {exc or type(exc).__name__}")
     if response.status_code != 200:
@@ -313,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the node's HTTP address (default ${URL_ENV}, else {DEFAULT_URL})",
     )
     members.add_argument("--json", action="store_true", help="print the raw JSON")
+    members.epilog = f"With authentication on, put a token in ${cli_auth.TOKEN_ENV}."
     members.add_argument(
         "--timeout",
         type=_positive_seconds,
@@ -332,10 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     conflict_mod.add_arguments(conflict)
     conflict.set_defaults(func=conflict_mod.run)
     cli_ops.register(sub)
+    cli_auth.register(sub)
     return parser
 
 
-SUBCOMMANDS = {"init", "serve", "members", "conflict", *cli_ops.SUBCOMMANDS}
+SUBCOMMANDS = {"init", "serve", "members", "conflict", *cli_ops.SUBCOMMANDS, *cli_auth.SUBCOMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

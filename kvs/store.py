@@ -35,7 +35,15 @@ import msgpack
 import trio
 
 from kvs.clock import HybridLogicalClock
-from kvs.model import DEFAULT_PERMISSIONS, Record, RecordCodec, Version, hlc_pack, sync_bucket
+from kvs.model import (
+    DEFAULT_PERMISSIONS,
+    SYSTEM_PREFIX,
+    Record,
+    RecordCodec,
+    Version,
+    hlc_pack,
+    sync_bucket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +105,9 @@ class Put:
     value: bytes
     expires_at: int | None = None
     if_match: str | None = None  # compare-and-set against the current version's uuid
+    owner: str = ""  # a new key's owner and group (the writing user and their primary group)
+    group: str = ""
+    meta: tuple[str, str, int] | None = None  # replace owner, group, permissions (metadata PUT)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -443,11 +454,27 @@ class Store:
                 txn.put(_bucket_key(record.key, key_b), _summary(record), db=self._buckets)
 
     def count(self) -> int:
-        """Stored keys that are not tombstones (expired-but-unswept keys included)."""
+        """Stored client keys that are not tombstones (expired-but-unswept keys included);
+        system records (users, groups, tokens under SYSTEM_PREFIX) are not counted."""
         with self._env.begin() as txn:
             records = txn.stat(self._records)["entries"]
             tombstones = txn.stat(self._tombstones)["entries"]
-        return records - tombstones
+        return records - tombstones - self.count_system()
+
+    def count_system(self) -> int:
+        """Live-or-expired (not tombstone) system records: a short scan of their range."""
+        start = SYSTEM_PREFIX.encode()
+        end = start[:-1] + b"0"  # the byte after "/"
+        count = 0
+        with self._env.begin(db=self._records) as txn:
+            cursor = txn.cursor()
+            ok = cursor.set_range(start)
+            while ok and cursor.key() < end:
+                # A tombstone's value field is nil; decoding is the sure way to tell.
+                if self._read_codec.decode(cursor.value()).value is not None:
+                    count += 1
+                ok = cursor.next()
+        return count
 
     def info(self) -> dict[str, int]:
         env_info = self._env.info()
@@ -530,6 +557,11 @@ class Store:
     def get_system(self, name: str) -> Any:
         """A value from the system database (node identity, incarnation, ...), or None."""
         return self._get_system(name)
+
+    def set_system_now(self, name: str, value: Any) -> None:
+        """Store a system value at once, before the writer runs (start-up only)."""
+        with self._env.begin(write=True, db=self._system) as txn:
+            txn.put(name.encode(), msgpack.packb(value))
 
     async def put_system(self, name: str, value: Any) -> None:
         """Durably store a system value, through the writer like every other write."""
@@ -720,8 +752,10 @@ class _TransactionWriter:
                 owner, group = current.owner, current.group
                 permissions, created_at = current.permissions, current.created_at
             else:  # a new key (or one that was deleted or expired)
-                owner, group = "", ""
+                owner, group = op.owner, op.group
                 permissions, created_at = DEFAULT_PERMISSIONS, version.timestamp
+            if op.meta is not None:
+                owner, group, permissions = op.meta
             record = Record(
                 op.key, op.value, version, op.expires_at, owner, group, permissions, created_at
             )
