@@ -422,6 +422,37 @@ class Store:
                 size += len(raw)
         return out, len(keys)
 
+    def bucket_records_within(self, groups: list[range], max_bytes: int) -> tuple[list[bytes], int]:
+        """Encoded records of every key in the sync buckets of the longest prefix of `groups`
+        (each a range of buckets: one Merkle leaf) that fits in `max_bytes`, and the length
+        of that prefix -- whole groups only, so it may be 0. Bucket order, then key order."""
+        out: list[bytes] = []
+        size = 0
+        with self._env.begin() as txn:
+            index = txn.cursor(db=self._buckets)
+            records = txn.cursor(db=self._records)
+            for done, group in enumerate(groups):
+                if not group:
+                    continue
+                first, stop = _BUCKET.pack(group.start), group.stop
+                taken: list[bytes] = []
+                more = 0
+                ok = index.set_range(first)
+                while ok:
+                    k = index.key()
+                    if _BUCKET.unpack_from(k)[0] >= stop:
+                        break
+                    raw = records.get(k[2:])
+                    if raw is not None:
+                        taken.append(raw)
+                        more += len(raw)
+                    ok = index.next()
+                if size + more > max_bytes:
+                    return out, done
+                out += taken
+                size += more
+        return out, len(groups)
+
     def _ensure_bucket_index(self) -> None:
         """Build the bucket index for a store written before it existed."""
         with self._env.begin() as txn:
