@@ -107,9 +107,11 @@ class Delete:
 
 @dataclass(slots=True, unsafe_hash=True)
 class Merge:
-    """A record from another replica: stored only if it wins under `resolve`."""
+    """A record from another replica: stored only if it wins under `resolve`. `raw`, when
+    given, is the record as the peer encoded it, stored as is (no re-encoding)."""
 
     record: Record
+    raw: bytes | None = None
 
 
 Op = Put | Delete | Merge
@@ -731,7 +733,7 @@ class _TransactionWriter:
             incoming = op.record
             if current is not None and not incoming.version.newer_than(current.version):
                 return Unchanged(incoming.key)
-            self._replace(key_b, current, incoming, current_raw)
+            self._replace(key_b, current, incoming, current_raw, op.raw)
             changes.append(Change(current, incoming, local=False))
             return Written(incoming)
         assert version is not None
@@ -775,8 +777,10 @@ class _TransactionWriter:
         current: Record | None,
         record: Record,
         current_raw: bytes | None = None,
+        raw: bytes | None = None,
     ) -> None:
-        """Store `record` in place of `current` (stored as `current_raw`, if known)."""
+        """Store `record` (encoded as `raw`, if given) in place of `current` (stored as
+        `current_raw`, if known)."""
         s, txn = self.store, self.txn
         if current is not None:
             self._unindex(key_b, current)
@@ -788,7 +792,7 @@ class _TransactionWriter:
                     db=s._history,
                 )
             self._trim_history(key_b)  # also drops what a larger depth kept before a restart
-        self.records.put(key_b, self.codec.encode(record))
+        self.records.put(key_b, self.codec.encode(record) if raw is None else raw)
         self.buckets.put(_bucket_key(record.key, key_b), _summary(record, self.pack))
         self.changes_index.put(_hlc_key(record.version.hlc, key_b), b"")
         if record.deleted:
