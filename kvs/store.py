@@ -22,9 +22,12 @@ short read transaction in the event loop and never hold it across an await.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +81,11 @@ def _scan_stop(end: bytes) -> bytes:
     if len(end) <= _RAW_KEY_BYTES:
         return end
     return end[:_RAW_KEY_BYTES] + _LONG_MARK * (_HASH_BYTES + 2)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 class StoreError(Exception):
@@ -695,6 +703,31 @@ class Store:
         except lmdb.MapFullError:
             raise _GrowMap() from None
         return changes
+
+    def release_mapped_pages(self) -> int:
+        """Drop this process's mappings of the LMDB file's pages (madvise MADV_DONTNEED on
+        the read-only map); returns the bytes of map released, 0 where unsupported.
+
+        Every page a transaction reads (a write reads the B-tree path it changes) stays
+        mapped, and counts in the process's RSS, until the process ends: a bootstrap, which
+        writes all over the file, would end with the whole data file resident. The pages
+        stay in the OS page cache (shared and reclaimable), and the next access maps them
+        again from there; LMDB's map is read-only (no MDB_WRITEMAP), so nothing is lost."""
+        if not sys.platform.startswith("linux"):
+            return 0
+        target = str((self.path / "data.mdb").resolve())
+        released = 0
+        try:
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+                ranges = [line.split()[0] for line in maps if line.rstrip("\n").endswith(target)]
+            libc = _libc()
+            for span in ranges:
+                start, end = (int(x, 16) for x in span.split("-"))
+                if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4) == 0:
+                    released += end - start  # 4: MADV_DONTNEED
+        except (OSError, AttributeError, ValueError):
+            return released
+        return released
 
     def sync_to_disk(self) -> None:
         """Flush to disk (durability: os mode calls this periodically)."""

@@ -49,6 +49,7 @@ LEAF_BATCH = p.MAX_LEAVES_PER_REQUEST  # leaves listed (or taken whole) per requ
 # Batches are cut by bytes too: a frame over MAX_FRAME_BYTES cannot be sent at all (and the
 # send raises ValueError, which is not an I/O error), and values may be up to 1 MiB each.
 FRAME_BUDGET = MAX_FRAME_BYTES // 4
+RELEASE_EVERY = 20_000  # records a bootstrap applies between releases of mapped pages
 BOOTSTRAP_RETRY = 0.5  # seconds between exchanges while syncing (not sync_interval)
 BOOTSTRAP_GRACE = 10.0  # seconds a syncing node looks for a peer with data before it concludes
 # that the cluster is new (every live peer is syncing too) and starts taking writes
@@ -202,6 +203,7 @@ class SyncWorker:
         self._inbound = 0
         self._last_exchange_ms: int | None = None
         self._persisted_exchange_ms = 0
+        self._since_release = 0  # records applied since the store last released its map
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -627,6 +629,12 @@ class SyncWorker:
         async with receive:
             async for raws in receive:
                 result.fetched += await self.accept(raws)
+                self._since_release += len(raws)
+                if self.syncing and self._since_release >= RELEASE_EVERY:
+                    # A bootstrap writes all over the data file: keep its pages from piling
+                    # up in our RSS (see Store.release_mapped_pages).
+                    self._since_release = 0
+                    self.store.release_mapped_pages()
 
     async def _exchange_leaves(
         self,
