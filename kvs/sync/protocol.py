@@ -7,7 +7,11 @@ Requests travel as msgpack maps over an authenticated `FrameStream` (purpose "sy
     {"op": "leaves", "leaves": [leaf, ...]}      -> {"entries": [summary, ...], "count": n}
     {"op": "fetch", "keys": [key, ...]}          -> {"records": [encoded record, ...], "count": n}
     {"op": "take", "leaves": [leaf, ...]}        -> {"records": [encoded record, ...], "count": n}
-    {"op": "push", "records": [encoded, ...]}    -> {"applied": int}
+    {"op": "push", "records": [encoded, ...], "durable": bool}  -> {"applied": int}
+
+A push is answered once its records are committed, or with "durable": false (the push
+link, where anti-entropy is the safety net) once they are validated and queued for the
+next group commit, so the next batch need not wait for the receiver's fsync.
 
 "take" answers with every record of the first `count` leaves, whole leaves only: what a node
 that holds nothing of a leaf needs (a bootstrap), without listing it first. `count` is 0 when

@@ -21,7 +21,7 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from kvs.net.messages import Address, State
 from kvs.net.swim import MemberChanged
 from kvs.net.transport import Transport
 from kvs.net.wire import MAX_FRAME_BYTES, FrameStream, WireError, derive_key
-from kvs.store import Change, Merge, Store, Summary, Written
+from kvs.store import Change, Merge, Store, StoreError, Summary, Written
 from kvs.sync import protocol as p
 from kvs.sync.merkle import MerkleTree
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0  # a peer must answer each request (and send each frame) within this
 IDLE_TIMEOUT = 120.0  # a server closes a connection on which no request began for this long
+PUSHES_IN_FLIGHT = 4  # pushes a server connection merges at once (push link, not durable)
 KEEPALIVE = IDLE_TIMEOUT / 4  # an idle push connection says something this often
 PUSH_QUEUE_LIMIT = 10_000  # keys waiting for one peer; beyond it anti-entropy takes over
 PUSH_BATCH = 500
@@ -343,6 +344,24 @@ class SyncWorker:
             self._inbound -= 1
 
     async def _serve_one(self, stream: trio.abc.Stream, peer: Address) -> None:
+        # Pushes from the push link are merged in the background, at most PUSHES_IN_FLIGHT
+        # at once per connection, so its next batch need not wait for our fsync; they finish
+        # even if the connection ends (the nursery waits for them).
+        async with trio.open_nursery() as commits:
+            in_flight = trio.Semaphore(PUSHES_IN_FLIGHT)
+
+            async def defer(ops: list[Merge]) -> None:
+                await in_flight.acquire()
+                commits.start_soon(self._merge_then_release, ops, in_flight)
+
+            await self._serve_requests(stream, peer, defer)
+
+    async def _serve_requests(
+        self,
+        stream: trio.abc.Stream,
+        peer: Address,
+        defer: Callable[[list[Merge]], Awaitable[None]],
+    ) -> None:
         stream = _CountingStream(stream, self.counters, "bytes", "served_bytes")
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
@@ -361,7 +380,7 @@ class SyncWorker:
                         raise
                     self.counters["closed_idle"] += 1  # not an attack: just quiet
                     return
-                reply = await self._answer(request)
+                reply = await self._answer(request, defer)
                 await frames.send(reply, timeout=REQUEST_TIMEOUT)
         except p.ProtocolError as exc:
             self.counters[f"dropped_{exc.reason}"] += 1
@@ -376,8 +395,23 @@ class SyncWorker:
         except _IO_ERRORS:
             self.counters["dropped_io"] += 1
 
-    async def _answer(self, request: Any) -> dict[str, Any]:
-        """The reply to one request; counted as served only once it has passed validation."""
+    async def _merge_then_release(self, ops: list[Merge], in_flight: trio.Semaphore) -> None:
+        try:
+            await self._merge(ops)
+        except StoreError as exc:  # the records stay with anti-entropy
+            self.counters["merge_failures"] += 1
+            log.error("merging pushed records failed: %s", exc)
+        finally:
+            in_flight.release()
+
+    async def _answer(
+        self,
+        request: Any,
+        defer: Callable[[list[Merge]], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """The reply to one request; counted as served only once it has passed validation.
+        A push with "durable": false is answered once validated and queued (`defer`), not
+        once committed."""
         op = p.request_op(request)
         if op == "root":
             reply: dict[str, Any] = {
@@ -411,8 +445,12 @@ class SyncWorker:
             records, count = self.store.get_raw_within(keys, FRAME_BUDGET)
             reply = {"records": records, "count": count}
         elif op == "push":
-            raws = p.parse_records(request.get("records"))
-            reply = {"applied": await self.accept(raws)}
+            ops = self._merges(p.parse_records(request.get("records")))
+            if request.get("durable") is False and defer is not None:
+                await defer(ops)
+                reply = {"applied": len(ops)}  # taken; committed with the next group commit
+            else:
+                reply = {"applied": await self._merge(ops)}
         else:
             raise p.ProtocolError("shape")
         self.counters[f"served_{op}"] += 1
@@ -450,6 +488,18 @@ class SyncWorker:
     async def accept(self, raw_records: list[bytes]) -> int:
         """Validate and merge records from a peer; returns how many were stored.
         A record that fails validation raises ProtocolError (the peer is broken or hostile)."""
+        return await self._merge(self._merges(raw_records))
+
+    async def _merge(self, ops: list[Merge]) -> int:
+        if not ops:
+            return 0
+        outcomes = await self.store.write(ops)
+        stored = sum(1 for o in outcomes if isinstance(o, Written))
+        self.counters["records_merged"] += stored
+        return stored
+
+    def _merges(self, raw_records: list[bytes]) -> list[Merge]:
+        """The store ops for records from a peer, every one validated first (ProtocolError)."""
         now = self.store.clock.wall_ms()
         ops: list[Merge] = []
         oldest_tombstone = now - self.settings.tombstone_ttl_ms
@@ -474,12 +524,7 @@ class SyncWorker:
                     lead,
                 )
             ops.append(Merge(record, stored))
-        if not ops:
-            return 0
-        outcomes = await self.store.write(ops)
-        stored = sum(1 for o in outcomes if isinstance(o, Written))
-        self.counters["records_merged"] += stored
-        return stored
+        return ops
 
     def _check(self, raw: bytes) -> Record:
         try:
@@ -755,7 +800,8 @@ class SyncWorker:
                                 del peer.pending[key]
                             for raw in _by_bytes(self.store.get_raw_many(in_flight)):
                                 await frames.send(
-                                    {"op": "push", "records": raw}, timeout=REQUEST_TIMEOUT
+                                    {"op": "push", "records": raw, "durable": False},
+                                    timeout=REQUEST_TIMEOUT,
                                 )
                                 await frames.receive(timeout=REQUEST_TIMEOUT)
                                 self.counters["pushed_on_write"] += len(raw)

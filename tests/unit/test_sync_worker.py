@@ -27,7 +27,7 @@ from kvs.sync.worker import (
     SyncWorker,
     bootstrap_needed,
 )
-from tests.unit.sync_helpers import T0, MemoryTransport, Replica, open_replica, record
+from tests.unit.sync_helpers import T0, MemoryTransport, Replica, encode, open_replica, record
 from tests.unit.test_sync_protocol import session
 
 A, B = ("a", 1), ("b", 1)
@@ -46,10 +46,10 @@ def log_requests(replica: Replica, log: list[tuple[str, int]], observed: Replica
     """Record each request `replica` serves, with `observed`'s record count at that moment."""
     answer = replica.worker._answer
 
-    async def logged(request: Any) -> dict[str, Any]:
+    async def logged(request: Any, *args: Any) -> dict[str, Any]:
         if isinstance(request, dict):
             log.append((str(request.get("op")), observed.worker.tree.size))
-        return await answer(request)
+        return await answer(request, *args)
 
     replica.worker._answer = logged  # type: ignore[method-assign]
 
@@ -223,6 +223,35 @@ async def test_the_push_link_outlives_the_idle_timeout_and_loses_no_write(
         assert b.worker.counters["closed_idle"] == 0
 
 
+async def test_the_push_link_is_answered_before_the_receivers_commit(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The next batch need not wait for the receiver's fsync; an exchange's push still does."""
+    transport = MemoryTransport()
+    async with open_replica(tmp_path, name="a", transport=transport, serve=True) as a:
+        write = a.store.write
+        release = trio.Event()
+
+        async def slow_write(ops: Any) -> Any:
+            await release.wait()  # a commit that takes as long as the test likes
+            return await write(ops)
+
+        a.store.write = slow_write  # type: ignore[method-assign]
+        frames = await session(transport)
+        await frames.send({"op": "push", "records": [encode(record("k"))], "durable": False})
+        with trio.fail_after(1):
+            assert await frames.receive() == {"applied": 1}
+        assert a.store.get("k") is None
+        await frames.send({"op": "push", "records": [encode(record("j"))]})
+        with trio.move_on_after(5) as waited:
+            await frames.receive()
+        assert waited.cancelled_caught  # a durable push waits for the commit
+        release.set()
+        with trio.fail_after(1):
+            assert await frames.receive() == {"applied": 1}
+        assert a.store.get("k") is not None and a.store.get("j") is not None
+
+
 async def test_a_push_that_fails_is_sent_again(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -231,16 +260,16 @@ async def test_a_push_that_fails_is_sent_again(
         open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
         open_replica(tmp_path, name="b", transport=transport, serve=True) as b,
     ):
-        accept = b.worker.accept
+        merges = b.worker._merges
         refused: list[int] = []
 
-        async def fails_once(raws: list[bytes]) -> int:
+        def fails_once(raws: list[bytes]) -> Any:
             if not refused:
                 refused.append(len(raws))
                 raise p.ProtocolError("bad_record")  # the server drops the connection
-            return await accept(raws)
+            return merges(raws)
 
-        b.worker.accept = fails_once  # type: ignore[method-assign]
+        b.worker._merges = fails_once  # type: ignore[method-assign]
         a.worker._start_peer("b", B)
         await a.store.write([Put("k1", b"1"), Put("k2", b"2")])
         with trio.fail_after(10):
