@@ -50,7 +50,8 @@ LEAF_BATCH = p.MAX_LEAVES_PER_REQUEST  # leaves listed (or taken whole) per requ
 # Batches are cut by bytes too: a frame over MAX_FRAME_BYTES cannot be sent at all (and the
 # send raises ValueError, which is not an I/O error), and values may be up to 1 MiB each.
 FRAME_BUDGET = MAX_FRAME_BYTES // 4
-RELEASE_EVERY = 20_000  # records a bootstrap applies between releases of mapped pages
+MERGE_BATCH = 4000  # fetched records merged per store transaction
+RELEASE_INTERVAL = 0.25  # seconds between releases of the data file's pages while syncing
 BOOTSTRAP_RETRY = 0.5  # seconds between exchanges while syncing (not sync_interval)
 BOOTSTRAP_GRACE = 10.0  # seconds a syncing node looks for a peer with data before it concludes
 # that the cluster is new (every live peer is syncing too) and starts taking writes
@@ -204,7 +205,6 @@ class SyncWorker:
         self._inbound = 0
         self._last_exchange_ms: int | None = None
         self._persisted_exchange_ms = 0
-        self._since_release = 0  # records applied since the store last released its map
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -242,7 +242,16 @@ class SyncWorker:
             self._nursery = nursery
             address = await nursery.start(self.transport.serve_stream, self.bind, self._serve)
             nursery.start_soon(self._anti_entropy_loop)
+            if self.syncing:
+                nursery.start_soon(self._release_pages_while_syncing)
             task_status.started(address)
+
+    async def _release_pages_while_syncing(self) -> None:
+        """A bootstrap writes all over the data file, and every page it touches would stay
+        in our RSS (see Store.release_mapped_pages): let them go as it runs."""
+        while self.syncing:
+            await trio.sleep(RELEASE_INTERVAL)
+            self.store.release_mapped_pages()
 
     # --- staleness (a partition or a downtime longer than tombstone_ttl) ---------------------------
 
@@ -673,13 +682,10 @@ class SyncWorker:
     ) -> None:
         async with receive:
             async for raws in receive:
-                result.fetched += await self.accept(raws)
-                self._since_release += len(raws)
-                if self.syncing and self._since_release >= RELEASE_EVERY:
-                    # A bootstrap writes all over the data file: keep its pages from piling
-                    # up in our RSS (see Store.release_mapped_pages).
-                    self._since_release = 0
-                    self.store.release_mapped_pages()
+                # Transactions of MERGE_BATCH records: LMDB copies every page a transaction
+                # changes into memory until it commits, so their size bounds our heap.
+                for start in range(0, len(raws), MERGE_BATCH):
+                    result.fetched += await self.accept(raws[start : start + MERGE_BATCH])
 
     async def _exchange_leaves(
         self,

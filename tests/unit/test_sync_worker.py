@@ -18,6 +18,7 @@ from kvs.net.swim import MemberChanged
 from kvs.net.wire import WireError
 from kvs.store import Put
 from kvs.sync import protocol as p
+from kvs.sync import worker as worker_module
 from kvs.sync.merkle import MerkleTree
 from kvs.sync.worker import (
     BOOTSTRAP_STATE,
@@ -123,6 +124,36 @@ async def test_a_bootstrap_is_streamed_in_paced_batches_taking_empty_leaves_whol
         assert len(takes) == 3 and "leaves" not in dict(requests)  # no listing of empty leaves
         assert takes[0] == 0 and 0 < takes[-1] < 3000  # applied while streaming
         assert 6.0 <= elapsed < 7.0  # three batches, each followed by the pause
+
+
+async def test_fetched_records_are_merged_in_bounded_transactions_and_pages_released(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LMDB holds every page a transaction changes in memory until it commits, and keeps
+    every page read mapped: a bootstrap bounds both (smaller figures here, same code)."""
+    monkeypatch.setattr(worker_module, "MERGE_BATCH", 50)
+    transport = MemoryTransport()
+    async with (
+        open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
+        open_replica(tmp_path, name="b", transport=transport) as b,
+    ):
+        await fill(a, 3000)
+        releases: list[float] = []
+        b.store.release_mapped_pages = lambda: releases.append(trio.current_time()) or 0  # type: ignore[method-assign]
+        b.worker.syncing = True
+        b.worker._live_peers = lambda: [("a", A)]
+        before = b.store.stats["transactions"]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(b.worker.run)
+            with trio.fail_after(60):
+                while b.worker.syncing:
+                    await trio.sleep(0.01)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+        assert a.contents() == b.contents()
+        assert b.store.stats["max_batch"] <= 50
+        assert b.store.stats["transactions"] - before >= 3000 // 50
+        assert releases and max(releases) <= trio.current_time() - 4  # stopped once synced
 
 
 async def test_a_leaf_too_big_for_one_frame_is_listed_and_fetched_instead(
