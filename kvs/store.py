@@ -46,6 +46,7 @@ SCHEMA_VERSION = 1
 MAX_OPS_PER_TRANSACTION = 20_000
 _U64 = struct.Struct(">Q")
 _SCAN_CHUNK = 256
+_RELEASE_EVERY_OPS = 500
 
 # LMDB refuses keys over 511 bytes and the indexes add up to 9 bytes to a key (history: key +
 # 0x00 + hlc), but a KVS key may be 1024 bytes. A key of up to _RAW_KEY_BYTES is stored as
@@ -275,6 +276,9 @@ class Store:
         self._buckets = env.open_db(b"buckets")
         self._send, self._receive = trio.open_memory_channel[_Request | _Maintenance](max_pending)
         self.listeners: list[Callable[[list[Change]], None]] = []
+        # Set while a bootstrap writes all over the file: the data file's pages are released
+        # (see release_mapped_pages) every _RELEASE_EVERY_OPS changes and after each commit.
+        self.release_pages_after_commit = False
         self.identity: Identity | None = None
         self.stats = {"transactions": 0, "ops": 0, "map_grows": 0, "last_batch": 0, "max_batch": 0}
         self._check_schema()
@@ -656,6 +660,8 @@ class Store:
                 self._grow_map()
                 continue
             self.stats["transactions"] += 1
+            if self.release_pages_after_commit:
+                self.release_mapped_pages()
             return changes
 
     def _assign_versions(self, batch: list[_Request | _Maintenance]) -> None:
@@ -687,6 +693,7 @@ class Store:
     def _apply(self, batch: list[_Request | _Maintenance]) -> list[Change]:
         """One write transaction for the whole batch. Runs in a worker thread (or inline)."""
         changes: list[Change] = []
+        release_every = _RELEASE_EVERY_OPS if self.release_pages_after_commit else 0
         try:
             with self._env.begin(write=True) as txn:
                 writer = _TransactionWriter(self, txn)
@@ -697,6 +704,11 @@ class Store:
                     item.outcomes = []
                     for op, version in zip(item.ops, item.versions, strict=True):
                         item.outcomes.append(writer.apply(op, version, changes))
+                        if release_every and len(changes) % release_every == 0:
+                            # Mid-transaction too: pages LMDB reads stay mapped (the kernel
+                            # maps 16 neighbours per fault), and LMDB's map is read-only,
+                            # so a page dropped here is simply mapped again if read again.
+                            self.release_mapped_pages()
                     for name, value in item.system.items():
                         txn.put(name.encode(), msgpack.packb(value), db=self._system)
                 txn.put(b"hlc", msgpack.packb(self.clock.last), db=self._system)

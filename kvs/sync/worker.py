@@ -51,7 +51,6 @@ LEAF_BATCH = p.MAX_LEAVES_PER_REQUEST  # leaves listed (or taken whole) per requ
 # send raises ValueError, which is not an I/O error), and values may be up to 1 MiB each.
 FRAME_BUDGET = MAX_FRAME_BYTES // 4
 MERGE_BATCH = 4000  # fetched records merged per store transaction
-RELEASE_INTERVAL = 0.25  # seconds between releases of the data file's pages while syncing
 BOOTSTRAP_RETRY = 0.5  # seconds between exchanges while syncing (not sync_interval)
 BOOTSTRAP_GRACE = 10.0  # seconds a syncing node looks for a peer with data before it concludes
 # that the cluster is new (every live peer is syncing too) and starts taking writes
@@ -242,16 +241,10 @@ class SyncWorker:
             self._nursery = nursery
             address = await nursery.start(self.transport.serve_stream, self.bind, self._serve)
             nursery.start_soon(self._anti_entropy_loop)
-            if self.syncing:
-                nursery.start_soon(self._release_pages_while_syncing)
+            # A bootstrap writes all over the data file, and every page it touches would stay
+            # in our RSS (see Store.release_mapped_pages): let them go after every commit.
+            self.store.release_pages_after_commit = self.syncing
             task_status.started(address)
-
-    async def _release_pages_while_syncing(self) -> None:
-        """A bootstrap writes all over the data file, and every page it touches would stay
-        in our RSS (see Store.release_mapped_pages): let them go as it runs."""
-        while self.syncing:
-            await trio.sleep(RELEASE_INTERVAL)
-            self.store.release_mapped_pages()
 
     # --- staleness (a partition or a downtime longer than tombstone_ttl) ---------------------------
 
@@ -602,6 +595,7 @@ class SyncWorker:
                 if self.syncing and self._bootstrapped_by(result):
                     await self.store.put_system(BOOTSTRAP_STATE, "done")
                     self.syncing = False
+                    self.store.release_pages_after_commit = False
                     self.synced.set()
                     await self._note_exchange()
                     log.info("bootstrap complete: %d records", self.tree.size)
