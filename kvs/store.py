@@ -46,7 +46,7 @@ SCHEMA_VERSION = 1
 MAX_OPS_PER_TRANSACTION = 20_000
 _U64 = struct.Struct(">Q")
 _SCAN_CHUNK = 256
-_RELEASE_EVERY_OPS = 500
+_RELEASE_EVERY_OPS = 100
 
 # LMDB refuses keys over 511 bytes and the indexes add up to 9 bytes to a key (history: key +
 # 0x00 + hlc), but a KVS key may be 1024 bytes. A key of up to _RAW_KEY_BYTES is stored as
@@ -279,6 +279,7 @@ class Store:
         # Set while a bootstrap writes all over the file: the data file's pages are released
         # (see release_mapped_pages) every _RELEASE_EVERY_OPS changes and after each commit.
         self.release_pages_after_commit = False
+        self._map_ranges: list[tuple[int, int]] | None = None
         self.identity: Identity | None = None
         self.stats = {"transactions": 0, "ops": 0, "map_grows": 0, "last_batch": 0, "max_batch": 0}
         self._check_schema()
@@ -688,6 +689,7 @@ class Store:
         new_size = int(current * 2)
         log.info("LMDB map full at %d MiB; growing to %d MiB", current >> 20, new_size >> 20)
         self._env.set_mapsize(new_size)
+        self._map_ranges = None  # the map may have moved
         self.stats["map_grows"] += 1
 
     def _apply(self, batch: list[_Request | _Maintenance]) -> list[Change]:
@@ -727,18 +729,21 @@ class Store:
         again from there; LMDB's map is read-only (no MDB_WRITEMAP), so nothing is lost."""
         if not sys.platform.startswith("linux"):
             return 0
-        target = str((self.path / "data.mdb").resolve())
         released = 0
         try:
-            with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-                ranges = [line.split()[0] for line in maps if line.rstrip("\n").endswith(target)]
-            libc = _libc()
-            for span in ranges:
-                start, end = (int(x, 16) for x in span.split("-"))
-                if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4) == 0:
-                    released += end - start  # 4: MADV_DONTNEED
+            if self._map_ranges is None:  # found again after the map grows (_grow_map)
+                target = str((self.path / "data.mdb").resolve())
+                with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+                    spans = [line.split()[0] for line in maps if line.rstrip("\n").endswith(target)]
+                bounds = [[int(x, 16) for x in span.split("-")] for span in spans]
+                self._map_ranges = [(start, end - start) for start, end in bounds]
+            madvise = _libc().madvise
+            for start, length in self._map_ranges:
+                if madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), 4) == 0:
+                    released += length  # 4: MADV_DONTNEED
         except (OSError, AttributeError, ValueError):
             return released
+        return released
         return released
 
     def sync_to_disk(self) -> None:

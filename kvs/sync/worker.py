@@ -50,7 +50,7 @@ LEAF_BATCH = p.MAX_LEAVES_PER_REQUEST  # leaves listed (or taken whole) per requ
 # Batches are cut by bytes too: a frame over MAX_FRAME_BYTES cannot be sent at all (and the
 # send raises ValueError, which is not an I/O error), and values may be up to 1 MiB each.
 FRAME_BUDGET = MAX_FRAME_BYTES // 4
-MERGE_BATCH = 4000  # fetched records merged per store transaction
+MERGE_BATCH = 2000  # fetched records merged per transaction (LMDB holds its pages in memory)
 BOOTSTRAP_RETRY = 0.5  # seconds between exchanges while syncing (not sync_interval)
 BOOTSTRAP_GRACE = 10.0  # seconds a syncing node looks for a peer with data before it concludes
 # that the cluster is new (every live peer is syncing too) and starts taking writes
