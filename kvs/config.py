@@ -72,6 +72,8 @@ class Config:
     # replication
     sync_interval: float = 5.0
     max_clock_offset: float = 60.0  # a peer's records further ahead than this are logged
+    sync_throttle_delay: float = 0.0  # pause between batches of an exchange (bootstrap pacing)
+    sync_max_connections: int = 64  # inbound sync connections at once; more are refused
 
     # security (issue 5: auth, rate limits, tamper-evident log, TLS; README "Security")
     auth_enabled: bool = True
@@ -303,6 +305,8 @@ _CHECKS: dict[str, Any] = {
     "durability": _check_choice("fsync", "os"),
     "sync_interval": _check_positive_duration,
     "max_clock_offset": _check_positive_duration,
+    "sync_throttle_delay": _check_duration,
+    "sync_max_connections": _check_int(1, 100_000),
     "clustering_enabled": _check_bool,
     "advertise_address": _check_advertise,
     "probe_interval": _check_positive_duration,

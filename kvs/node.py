@@ -36,7 +36,7 @@ from kvs.net.seeds import http_seed_resolver
 from kvs.net.swim import SwimConfig
 from kvs.net.transport import RealTransport, Transport
 from kvs.store import Store
-from kvs.sync.worker import SyncSettings, SyncWorker
+from kvs.sync.worker import SyncSettings, SyncWorker, bootstrap_needed
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ class Node:
             return "read-only"
         if self.sync is not None and self.sync.syncing:
             return "syncing"
+        if self.sync is not None and self.sync.stale:
+            return "stale"
         return "normal"
 
     def uptime_s(self) -> float:
@@ -304,7 +306,8 @@ class Node:
 
     def _make_sync(self) -> SyncWorker:
         """Replication for this node. A node that starts empty with seeds to join must first
-        copy the cluster's data: until then it is "syncing" and refuses writes."""
+        copy the cluster's data (and one restarted before it finished must go on): until
+        then it is "syncing" and refuses writes."""
         c = self.config
         membership = self.membership
         assert membership is not None
@@ -327,11 +330,13 @@ class Node:
                 tombstone_ttl_ms=int(c.tombstone_ttl * 1000),
                 max_value_size=c.max_json_size,
                 max_clock_offset_ms=int(c.max_clock_offset * 1000),
+                throttle_delay=c.sync_throttle_delay,
+                max_connections=c.sync_max_connections,
             ),
             rng=self.rng,
             nonce=self._nonce,
             live_peers=live_peers,
-            syncing=bool(c.seed_nodes) and self.store.count() == 0,
+            syncing=bootstrap_needed(self.store, bool(c.seed_nodes)),
         )
         worker.rebuild_tree()
         return worker

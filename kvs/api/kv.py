@@ -209,7 +209,8 @@ async def read_body(limit: int) -> bytes:
 
 
 def require_writable(node: Node) -> None:
-    """Writes are refused (503) on a read-only node and on one still bootstrapping."""
+    """Writes are refused (503) on a read-only node, on one still bootstrapping, and on a
+    stale one (cut off longer than tombstone_ttl: it no longer replicates)."""
     mode = node.mode
     if mode == "read-only":
         raise ApiError(
@@ -219,6 +220,13 @@ def require_writable(node: Node) -> None:
         raise ApiError(
             503,
             "this node is syncing its data from the cluster; writes are refused until it finishes",
+            mode=mode,
+        )
+    if mode == "stale":
+        raise ApiError(
+            503,
+            "this node was cut off from the cluster for longer than tombstone_ttl and must be "
+            "re-bootstrapped; writes are refused",
             mode=mode,
         )
 
