@@ -376,7 +376,6 @@ def cmd_gossip(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kvs-bench-gossip-", dir=args.tmp_dir) as tmp_name:
         tmp = Path(tmp_name)
         machine = machine_info(tmp)
-        machine["kvs code"] = _code_version()
         if gossip_real.have_serf():
             machine["serf"] = gossip_real.serf_version()
         report = GossipReport(
@@ -397,28 +396,6 @@ def cmd_gossip(args: argparse.Namespace) -> int:
         else:
             Path(args.json).write_text(dump + "\n")
     return 1 if failed else 0
-
-
-def _code_version() -> str:
-    """The commit the measured code is at, and whether kvs/ had uncommitted changes."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "kvs"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout?)"
-    return head + (" + uncommitted changes in kvs/" if dirty else "")
 
 
 def _ignore_sigint() -> None:

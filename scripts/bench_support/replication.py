@@ -31,7 +31,6 @@ import math
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -619,7 +618,6 @@ def cmd_replication(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kvs-bench-repl-", dir=args.tmp_dir) as name:
         tmp = Path(name)
         machine = machine_info(tmp)
-        machine["kvs code"] = _code_version()
         report = ReplicationReport(
             command=shlex.join([sys.executable, *sys.argv]),
             machine=machine,
@@ -728,28 +726,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="also dump raw results as JSON (to PATH, or stdout)",
     )
-
-
-def _code_version() -> str:
-    """The commit measured, and whether kvs/ had uncommitted changes."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "kvs"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout?)"
-    return head + (" + uncommitted changes in kvs/" if dirty else "")
 
 
 # ------------------------------------------------------------------------- rendering

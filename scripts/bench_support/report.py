@@ -86,6 +86,7 @@ def machine_info(data_dir: Path) -> dict[str, str]:
         "kernel": platform.release(),
         "cpu": _cpu_model(),
         "data filesystem": _fs_type(data_dir),
+        "kvs code": code_version(),
     }
     for tool, flag in (("wrk", "-v"), ("etcd", "--version")):
         if shutil.which(tool):
@@ -93,6 +94,31 @@ def machine_info(data_dir: Path) -> dict[str, str]:
             first = (done.stdout or done.stderr).strip().splitlines()
             info[tool] = first[0] if first else "?"
     return info
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def code_version() -> str:
+    """The commit measured, and whether kvs/ had uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "kvs"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout?)"
+    return head + (" + uncommitted changes in kvs/" if dirty else "")
 
 
 def _cpu_model() -> str:
