@@ -13,8 +13,12 @@ from kvs.api.cluster import cluster_blueprint
 from kvs.api.errors import ApiError, error_response
 from kvs.api.keys import KeyRoutes
 from kvs.api.kv import allowed_methods, batch_body_limit, kv_blueprint
+from kvs.api.metrics import MetricsMiddleware, metrics_blueprint
 from kvs.api.ops import ops_blueprint
+from kvs.api.watch import WatchRoutes
+from kvs.metrics import make_registry
 from kvs.model import InvalidKey, validate_key
+from kvs.watch import WatchHub
 
 if TYPE_CHECKING:
     from kvs.node import Node
@@ -34,6 +38,11 @@ def create_app(node: Node) -> QuartTrio:
     app.register_blueprint(kv_blueprint(node))
     app.register_blueprint(ops_blueprint(node))
     app.register_blueprint(cluster_blueprint(node))
+    # Watch and metrics (issue 6): the hub follows the store's commits; the metrics
+    # middleware sits outermost so it counts every request, fast path included.
+    hub = WatchHub(node.store)
+    registry, http_metrics = make_registry(node, hub)
+    app.register_blueprint(metrics_blueprint(registry))
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
@@ -68,4 +77,5 @@ def create_app(node: Node) -> QuartTrio:
         return error_response(500, "internal error; see the node's log")
 
     app.asgi_app = KeyRoutes(app.asgi_app, node)  # type: ignore[method-assign]
+    app.asgi_app = MetricsMiddleware(WatchRoutes(app.asgi_app, node, hub), http_metrics)  # type: ignore[method-assign]
     return app
