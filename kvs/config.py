@@ -73,6 +73,10 @@ class Config:
     sync_interval: float = 5.0
     max_clock_offset: float = 60.0  # a peer's records further ahead than this are logged
 
+    # watch streams (issue 6, client/watch): a watcher further behind than this many
+    # events is disconnected (it resumes with since=) instead of buffering without bound
+    watch_buffer: int = 4096
+
     # features of later milestones (accepted now; see README "Configuration")
     auth_enabled: bool = False
     tamper_logging_enabled: bool = False
@@ -294,6 +298,7 @@ _CHECKS: dict[str, Any] = {
     "retransmit_mult": _check_int(1, 100),
     "push_pull_interval": _check_positive_duration,
     "dead_member_retention": _check_positive_duration,
+    "watch_buffer": _check_int(1, 10_000_000),  # watch streams (issue 6, client/watch)
     "auth_enabled": _check_bool,
     "tamper_logging_enabled": _check_bool,
     "rate_limiting_enabled": _check_bool,

@@ -40,7 +40,7 @@ def create_app(node: Node) -> QuartTrio:
     app.register_blueprint(cluster_blueprint(node))
     # Watch and metrics (issue 6): the hub follows the store's commits; the metrics
     # middleware sits outermost so it counts every request, fast path included.
-    hub = WatchHub(node.store)
+    hub = WatchHub(node.store, buffer=node.config.watch_buffer)
     registry, http_metrics = make_registry(node, hub)
     app.register_blueprint(metrics_blueprint(registry))
 
