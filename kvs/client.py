@@ -241,7 +241,7 @@ def resolve_url(url: str | None) -> str:
     """`http://host:port` from an argument, `$KVS_URL` or the default; `host:port` is
     taken as http. Raises ValueError for anything that is not an http(s) URL with a host."""
     given = url or os.environ.get(URL_ENV) or DEFAULT_URL
-    text = given.strip().rstrip("/")
+    text = given.strip()
     if "://" not in text:
         text = "http://" + text
     try:
@@ -250,7 +250,7 @@ def resolve_url(url: str | None) -> str:
         parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"{given!r} is not an http:// URL (for example {DEFAULT_URL})")
-    return text
+    return text.rstrip("/")
 
 
 def resolve_token(token: str | None) -> str | None:

@@ -147,7 +147,7 @@ class NodeCollector(Collector):
         cumulative = 0
         for bound, count in zip(BATCH_SIZE_BUCKETS, store.batch_sizes, strict=False):
             cumulative += count
-            buckets.append((str(bound), cumulative))
+            buckets.append((str(float(bound)), cumulative))
         buckets.append(("+Inf", sum(store.batch_sizes)))
         hist = HistogramMetricFamily(
             "kvs_store_commit_batch_size", "Write operations per group commit (transaction)"
