@@ -4,17 +4,19 @@ Each node has its own `CollectorRegistry` (never the library's global one), so t
 one process -- tests, the simulator -- keep separate figures. Two kinds of metrics:
 
 - HTTP requests, counted and timed as they are answered (`HttpMetrics`, fed by an ASGI
-  middleware in kvs/api/metrics.py that also covers the raw fast path of kvs/api/keys.py);
+  middleware in kvs/api/metrics.py that also covers the raw fast path of kvs/api/keys.py,
+  kept as plain numbers and exported at scrape time like the rest);
 - everything else is read at scrape time from the counters the parts keep anyway (store,
   membership, sync, watch hub) by `NodeCollector`: nothing is added to their hot loops.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -52,39 +54,55 @@ LATENCY_BUCKETS = (
 METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
 
 
-class HttpMetrics:
+class HttpMetrics(Collector):
     """Requests by route template, method and status: a counter and a latency histogram.
 
-    Label children are cached per (route, method, status): `labels()` takes a lock and
-    validates its arguments, which would cost the fast path more than the update itself."""
+    Kept as plain numbers and exported at scrape time: prometheus-client's own Counter and
+    Histogram take a lock and walk the buckets on every update (measured ~5 µs a request,
+    half the in-process cost of the single-key fast path); this is a dict lookup, a bisect
+    and three additions. Everything runs on the node's one Trio thread."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ("route", "method", "status")
-        self.requests = Counter(
-            "kvs_http_requests", "HTTP requests answered", labels, registry=registry
-        )
-        self.latency = Histogram(
-            "kvs_http_request_duration_seconds",
-            "Time to answer an HTTP request (for a watch stream: how long it lasted)",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str, int], list[Any]] = {}  # [count, sum, buckets]
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        if method not in METHODS:
+            method = "other"  # a label per made-up method would grow without bound
         key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            label_method = method if method in METHODS else "other"
-            label_status = str(status) if status else "none"  # no answer: client went away
-            children = (
-                self.requests.labels(route, label_method, label_status),
-                self.latency.labels(route, label_method, label_status),
-            )
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = [0, 0.0, [0] * (len(LATENCY_BUCKETS) + 1)]
+        series[0] += 1
+        series[1] += seconds
+        series[2][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["route", "method", "status"]
+        requests = CounterMetricFamily("kvs_http_requests", "HTTP requests answered", labels=labels)
+        latency = HistogramMetricFamily(
+            "kvs_http_request_duration_seconds",
+            "Time to answer an HTTP request (for a watch stream: how long it lasted)",
+            labels=labels,
+        )
+        for (route, method, status), (count, total, counts) in sorted(self._series.items()):
+            values = [
+                route,
+                method,
+                str(status) if status else "none",  # no answer: the client went away
+            ]
+            requests.add_metric(values, count)
+            buckets = []
+            cumulative = 0
+            for bound, n in zip(LATENCY_BUCKETS, counts, strict=False):
+                cumulative += n
+                buckets.append((str(bound), cumulative))
+            buckets.append(("+Inf", count))
+            latency.add_metric(values, buckets, sum_value=total)
+        yield requests
+        yield latency
 
 
 class NodeCollector(Collector):
@@ -257,6 +275,7 @@ class NodeCollector(Collector):
 
 def make_registry(node: Node, hub: WatchHub) -> tuple[CollectorRegistry, HttpMetrics]:
     registry = CollectorRegistry()
-    http = HttpMetrics(registry)
+    http = HttpMetrics()
+    registry.register(http)
     registry.register(NodeCollector(node, hub))
     return registry, http

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_support import metrics_cost
 from bench_support.gossip_report import GossipReport
 from bench_support.gossip_report import render as render_gossip
 from bench_support.gossip_report import report_json as gossip_json
@@ -754,6 +755,11 @@ COMMANDS: dict[str, Command] = {
         "replication: lag at 500 writes/s, anti-entropy cost, bootstrap of a new node",
         _add_replication_args,
         cmd_replication,
+    ),
+    "metrics-cost": Command(
+        "CPU cost of request metrics on the single-key fast path (in process)",
+        metrics_cost.add_args,
+        metrics_cost.run,
     ),
     "setup": Command(
         "install wrk, etcd-server and serf with apt-get (root)", _add_setup_args, cmd_setup
