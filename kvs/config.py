@@ -61,7 +61,7 @@ class Config:
     probe_interval: float = 0.5
     probe_timeout: float = 0.25
     indirect_checks: int = 3
-    suspicion_mult: int = 4
+    suspicion_mult: int = 3
     suspicion_max_timeout_mult: int = 6
     gossip_interval: float = 0.2
     gossip_nodes: int = 3
@@ -453,7 +453,7 @@ clustering_enabled: true
 # advertise_address: 192.168.1.10   # how peers reach this node (default: bind_address)
 probe_interval: 500ms         # SWIM: ping one member this often
 probe_timeout: 250ms          # no ack by then: ask others to ping it
-suspicion_mult: 4             # suspicion timeout = suspicion_mult * log10(N) * probe_interval (and up to 6x that)
+suspicion_mult: 3             # suspicion timeout = suspicion_mult * log10(N) * probe_interval (and up to 6x that)
 push_pull_interval: 30s       # full member-table exchange with one random member
 sync_interval: 5s
 

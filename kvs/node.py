@@ -220,6 +220,13 @@ class Node:
         async def persist_incarnation(value: int) -> None:
             await self.store.put_system("incarnation", value)
 
+        async def persist_peers(addresses: list[tuple[str, int]]) -> None:
+            await self.store.put_system("peers", [list(a) for a in addresses])
+
+        known_peers = [
+            (str(host), int(port)) for host, port in self.store.get_system("peers") or []
+        ]
+
         return Membership(
             me=me,
             config=swim,
@@ -232,6 +239,8 @@ class Node:
             resolve_seed=self._resolve_seed
             or http_seed_resolver(c.cluster_secret, self.clock.wall_ms),
             persist_incarnation=persist_incarnation,
+            known_peers=known_peers,
+            persist_peers=persist_peers,
         )
 
     def _make_sync(self) -> SyncWorker:

@@ -89,8 +89,12 @@ class StoreError(Exception):
 
 # --- write requests ---------------------------------------------------------------------------
 
+# The value classes below are built per op on the write and read paths. They are not
+# `frozen`: a frozen dataclass costs ~0.5 µs more to construct (measured: 730 vs 206 ns for
+# four fields), several times per key. Treat them as immutable all the same.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, unsafe_hash=True)
 class Put:
     key: str
     value: bytes
@@ -98,13 +102,13 @@ class Put:
     if_match: str | None = None  # compare-and-set against the current version's uuid
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Delete:
     key: str
     must_exist: bool = True  # False: deleting an absent key is a no-op (batch semantics)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Merge:
     """A record from another replica: stored only if it wins under `resolve`."""
 
@@ -114,23 +118,23 @@ class Merge:
 Op = Put | Delete | Merge
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Written:
     record: Record
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class NotFound:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Conflict:
     key: str
     current_uuid: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Unchanged:
     """A Merge that lost to the version already stored, or a no-op delete."""
 
@@ -140,7 +144,7 @@ class Unchanged:
 Outcome = Written | NotFound | Conflict | Unchanged
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Change:
     """What one committed op did; handed to listeners (Merkle tree, watchers, replication)."""
 
@@ -197,7 +201,7 @@ def _summary(record: Record, pack: Callable[[Any], bytes] = msgpack.packb) -> by
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Summary:
     """What anti-entropy knows of a record without reading its value."""
 

@@ -150,7 +150,8 @@ class _Suspicion:
     max_timeout: float
     expected: int  # confirmations that bring the timeout down to the minimum
     confirmations: set[str] = field(default_factory=set)  # other accusers since
-    final_at: float | None = None  # set when the final direct ping went out (see tick)
+    final_at: float | None = None  # set when the last call went out (see tick)
+    last_call_seq: int | None = None  # the seq its pings carry; an ack to it proves life
 
     def deadline(self) -> float:
         c = len(self.confirmations)
@@ -194,6 +195,8 @@ class Swim:
         self._probe: _Probe | None = None
         self._indirect: dict[int, _IndirectProbe] = {}
         self._suspicions: dict[str, _Suspicion] = {}
+        self._live: int | None = None  # live_count() cache; None after any membership change
+        self._last_calls: dict[int, str] = {}  # last-call ping seq -> suspect
         self._broadcasts: dict[str, _Broadcast] = {}
         self._broadcast_order = 0
         self._started = False
@@ -202,7 +205,13 @@ class Swim:
         self._next_push_pull_at = 0.0
         self._next_reap_at = 0.0
         self.left = False
-        self.stats = {"probes": 0, "probe_failures": 0, "refutations": 0, "misdirected": 0}
+        self.stats = {
+            "probes": 0,
+            "probe_failures": 0,
+            "refutations": 0,
+            "misdirected": 0,
+            "last_call_answered": 0,
+        }
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -211,8 +220,15 @@ class Swim:
         return self.members[self.me].info
 
     def live_count(self) -> int:
-        """Members (ourselves included) neither dead nor left: the N of the formulas."""
-        return sum(1 for m in self.members.values() if m.state in (State.ALIVE, State.SUSPECT))
+        """Members (ourselves included) neither dead nor left: the N of the formulas.
+
+        Cached until a member is added, removed or changes state: every datagram sent asks
+        (for the retransmit limit), and counting costs O(N) (a fifth of a 200-node simulation)."""
+        if self._live is None:
+            self._live = sum(
+                1 for m in self.members.values() if m.state in (State.ALIVE, State.SUSPECT)
+            )
+        return self._live
 
     def take_actions(self) -> list[Action]:
         actions, self._actions = self._actions, []
@@ -310,20 +326,7 @@ class Swim:
             if now < suspicion.deadline():
                 continue
             if suspicion.final_at is None:
-                # Before declaring a death, ask the suspect itself once more, the suspicion
-                # first: an alive suspect answers with its refutation on the ack. This catches
-                # the rare refutation that gossip failed to bring us (measured: the remaining
-                # false deaths at 10% loss and N=50 with the shipped 0.5 s probe interval). An
-                # answer takes a round trip, so one probe timeout is long enough to wait.
-                suspicion.final_at = now + c.probe_timeout * self._scale()
-                member = self.members[node_id]
-                self._send(
-                    member.info.gossip,
-                    [
-                        Suspect(node_id, suspicion.incarnation, self.me),
-                        Ping(self._next_seq(), self.me, node_id),
-                    ],
-                )
+                self._last_call(node_id, suspicion, now)
                 continue
             self._declare_dead(node_id, suspicion.incarnation, now)
         if now >= self._next_probe_at:
@@ -439,7 +442,7 @@ class Swim:
                 case Ping():
                     self._on_ping(message, source)
                 case Ack():
-                    self._on_ack(message)
+                    self._on_ack(message, now)
                 case PingReq():
                     self._on_ping_req(message, source, now)
                 case Nack():
@@ -460,7 +463,10 @@ class Swim:
             return
         self._send(source, [Ack(ping.seq, self.me)])
 
-    def _on_ack(self, ack: Ack) -> None:
+    def _on_ack(self, ack: Ack, now: float) -> None:
+        if ack.seq in self._last_calls:
+            self._on_last_call_ack(ack.seq, now)
+            return
         probe = self._probe
         if probe is not None and probe.seq == ack.seq:
             if not probe.acked:
@@ -486,6 +492,7 @@ class Swim:
         member = self.members.get(info.node_id)
         if member is None:
             self.members[info.node_id] = Member(info, State.ALIVE, now)
+            self._live = None
             self._insert_probe_target(info.node_id)
             self._queue(info.node_id, Alive(info))
             self._actions.append(MemberChanged(info, State.ALIVE, None))
@@ -496,8 +503,9 @@ class Swim:
         member.info = info
         if previous is not State.ALIVE:
             member.state = State.ALIVE
+            self._live = None
             member.last_change = now
-        self._suspicions.pop(info.node_id, None)
+        self._end_suspicion(info.node_id)
         self._queue(info.node_id, Alive(info))
         self._actions.append(MemberChanged(info, State.ALIVE, previous))
 
@@ -526,6 +534,7 @@ class Swim:
             return
         previous = member.state
         member.state = State.SUSPECT
+        self._live = None
         member.info = replace(member.info, incarnation=incarnation)
         member.last_change = now
         n = self.live_count()
@@ -540,9 +549,56 @@ class Swim:
             min_timeout * c.suspicion_max_timeout_mult,
             expected,
         )
+        self._end_suspicion(node_id)
         self._suspicions[node_id] = suspicion
         self._queue(node_id, Suspect(node_id, incarnation, source))
         self._actions.append(MemberChanged(member.info, State.SUSPECT, previous))
+
+    def _last_call(self, node_id: str, suspicion: _Suspicion, now: float) -> None:
+        """Before declaring a death, ask the suspect itself once more, directly and through
+        `indirect_checks` others, as a probe does. The direct ping carries the suspicion, so
+        an alive suspect refutes on its ack; any ack, even one relayed without the refutation,
+        proves it alive and restarts the suspicion instead (see `_on_ack`). A false death then
+        needs every one of those paths to fail as well as every refutation gossip carried:
+        this is what lets the suspicion timeout be short (measured: no false death at 10%
+        loss). An answer takes a round trip, so one probe timeout is long enough to wait."""
+        seq = self._next_seq()
+        suspicion.final_at = now + self.config.probe_timeout * self._scale()
+        suspicion.last_call_seq = seq
+        self._last_calls[seq] = node_id
+        member = self.members[node_id]
+        self._send(
+            member.info.gossip,
+            [Suspect(node_id, suspicion.incarnation, self.me), Ping(seq, self.me, node_id)],
+        )
+        helpers = [
+            k
+            for k in self._probe_candidates()
+            if k != node_id and self.members[k].state is State.ALIVE
+        ]
+        self.rng.shuffle(helpers)
+        for helper in helpers[: self.config.indirect_checks]:
+            self._send(
+                self.members[helper].info.gossip,
+                [PingReq(seq, self.me, node_id, member.info.gossip)],
+            )
+
+    def _end_suspicion(self, node_id: str) -> None:
+        suspicion = self._suspicions.pop(node_id, None)
+        if suspicion is not None and suspicion.last_call_seq is not None:
+            self._last_calls.pop(suspicion.last_call_seq, None)
+
+    def _on_last_call_ack(self, seq: int, now: float) -> None:
+        node_id = self._last_calls.pop(seq)
+        suspicion = self._suspicions.get(node_id)
+        if suspicion is None or suspicion.last_call_seq != seq:
+            return
+        # Alive, but its refutation has not reached us: suspect it afresh (with the
+        # confirmations so far) rather than declare a live node dead.
+        self.stats["last_call_answered"] += 1
+        suspicion.start = now
+        suspicion.final_at = None
+        suspicion.last_call_seq = None
 
     def _declare_dead(self, node_id: str, incarnation: int, now: float) -> None:
         self._on_dead(Dead(node_id, incarnation, self.me), now)
@@ -578,9 +634,10 @@ class Swim:
     def _set_down(self, member: Member, state: State, incarnation: int, now: float) -> None:
         previous = member.state
         member.state = state
+        self._live = None
         member.info = replace(member.info, incarnation=incarnation)
         member.last_change = now
-        self._suspicions.pop(member.node_id, None)
+        self._end_suspicion(member.node_id)
         self._actions.append(MemberChanged(member.info, state, previous))
 
     def _refute(self, incarnation: int, now: float) -> None:
@@ -645,6 +702,7 @@ class Swim:
         for node_id in targets[: max(1, self.config.gossip_nodes * 2)]:
             self._send(self.members[node_id].info.gossip, [leave])
         me.state = State.LEFT
+        self._live = None
         me.last_change = now
         self.left = True
 
@@ -694,4 +752,5 @@ class Swim:
                 and now - member.last_change >= self.config.dead_retention
             ):
                 del self.members[node_id]
+                self._live = None
                 self._broadcasts.pop(node_id, None)

@@ -704,6 +704,31 @@ def test_suspect_refutes_from_the_suspicion_on_a_probe() -> None:
     assert net.state("n00", "n03") is State.ALIVE
 
 
+def test_last_call_answered_through_a_helper_restarts_the_suspicion_instead_of_a_death() -> None:
+    n = 4
+    net = quiet_cluster(n, seed=2)
+    net.run_for(2)
+    mute = [True]
+    net.rules.append(lambda p: mute[0] and p.src == "n03" and p.has(Ack))
+    # n03 never hears it is suspected (so it never refutes), and n00 <-> n03 direct datagrams
+    # are lost from now on: only pings relayed by helpers reach it.
+    net.rules.append(lambda p: p.dst == "n03" and p.has(Suspect))
+    net.rules.append(lambda p: {p.src, p.dst} == {"n00", "n03"})
+    net.run_until_event(
+        lambda e: e[1] == "n00" and isinstance(e[2], MemberChanged) and e[2].state is State.SUSPECT
+    )
+    mute[0] = False
+    net.run_for(3 * max_timeout(DEFAULT, n))
+
+    n00 = net.cores["n00"]
+    assert not net.changes(observer="n00", state=State.DEAD)
+    assert net.state("n00", "n03") is State.SUSPECT
+    assert n00.stats["last_call_answered"] >= 2  # every last call, answered through a helper
+    relayed = [p for p in net.sent(src="n00") if p.has(PingReq)]
+    assert any(m.target == "n03" for p in relayed for m in p.of(PingReq))
+    assert not n00._last_calls or len(n00._last_calls) <= 1  # answered calls are forgotten
+
+
 def test_stale_suspicion_about_us_is_answered_with_our_current_alive() -> None:
     net = quiet_cluster(3)
     n00 = net.cores["n00"]
