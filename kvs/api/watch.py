@@ -21,7 +21,9 @@ Stream format (text/event-stream):
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 import trio
 
@@ -63,9 +65,9 @@ class WatchRoutes:
     def _parse(self, scope: Scope, path: str) -> tuple[str, ResumePoint | None]:
         if scope["method"] != "GET":
             raise ApiError(405, "use GET for _watch", headers={"Allow": "GET"})
-        prefix = path[len("/kv/") : -len(SUFFIX)].rstrip("/")
-        if prefix:
-            check_key(prefix)
+        prefix = path[len("/kv/") : -len(SUFFIX)]
+        if prefix:  # "a/b/" of /kv/a/b/_watch
+            prefix = check_key(prefix[:-1])
         since = None
         for name, value in _query(scope):
             if name == "since":
@@ -152,15 +154,11 @@ _END_MESSAGES = {
 
 
 def _query(scope: Scope) -> list[tuple[str, str]]:
-    from urllib.parse import parse_qsl
-
     raw: bytes = scope.get("query_string", b"")
     return parse_qsl(raw.decode("latin-1"), keep_blank_values=True) if raw else []
 
 
 async def _send_error(send: Any, exc: ApiError) -> None:
-    import json
-
     body = json.dumps({"error": exc.message, **exc.extra}, ensure_ascii=False).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
