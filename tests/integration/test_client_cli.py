@@ -4,6 +4,7 @@ node 1, and /metrics on both nodes moving with that traffic."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -13,12 +14,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvs.cli import main
 from tests.integration.test_replication import LiveCluster, wait_for
 
 LINE_TIMEOUT = 30.0  # generous: a loaded 2-core machine
@@ -35,6 +38,37 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
     live.assert_clean_logs()
 
 
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The `kvs` command run in this process (a process per call took a second each on a
+    loaded machine); `kvs()` below runs the real process where that is the point."""
+    monkeypatch.delenv("KVS_URL", raising=False)
+    monkeypatch.delenv("KVS_TOKEN", raising=False)
+
+    def run(*args: str, stdin: str | None = None, **env: str) -> Result:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: bad usage
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        for name in env:
+            monkeypatch.delenv(name)
+        return Result(code, out, err)
+
+    return run
+
+
 def kvs(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kvs", *args],
@@ -47,63 +81,69 @@ def kvs(*args: str, stdin: str | None = None, **env: str) -> subprocess.Complete
     )
 
 
-def test_key_commands_and_exit_statuses(pair: LiveCluster) -> None:
+def test_key_commands_and_exit_statuses(pair: LiveCluster, cli: Any) -> None:
     url = pair.url("node1")
-    put = kvs("put", "cli/socks", '{"colour": "red"}', "--url", url)
+    # The real process once: a write, and an error answer's exit status and message.
+    done = kvs("put", "proc/a", "1", "--url", url)
+    assert done.returncode == 0 and done.stdout.startswith("wrote proc/a"), done.stderr
+    refused = kvs("get", "proc/none", "--url", url)
+    assert refused.returncode == 1 and refused.stderr.strip() == "kvs: 404 key not found"
+    assert kvs("put", "proc/x", "{nope", "--url", url).returncode == 2
+    put = cli("put", "cli/socks", '{"colour": "red"}', "--url", url)
     assert put.returncode == 0, put.stderr
     assert put.stdout.startswith("wrote cli/socks (version ")
-    put_json = kvs("put", "cli/socks", "-", "--json", "--ttl", "1h", stdin='{"colour": "blue"}',
+    put_json = cli("put", "cli/socks", "-", "--json", "--ttl", "1h", stdin='{"colour": "blue"}',
                    KVS_URL=url)  # fmt: skip
     assert put_json.returncode == 0, put_json.stderr
     written = json.loads(put_json.stdout)
     assert written["key"] == "cli/socks" and len(written["uuid"]) == 36
 
-    got = kvs("get", "cli/socks", "--url", url)
+    got = cli("get", "cli/socks", "--url", url)
     assert got.returncode == 0 and json.loads(got.stdout) == {"colour": "blue"}
-    got_json = json.loads(kvs("get", "cli/socks", "--json", KVS_URL=url).stdout)
+    got_json = json.loads(cli("get", "cli/socks", "--json", KVS_URL=url).stdout)
     assert got_json["uuid"] == written["uuid"] and got_json["data"] == {"colour": "blue"}
 
-    conflict = kvs("put", "cli/socks", "1", "--if-match", "0" * 36, "--url", url)
+    conflict = cli("put", "cli/socks", "1", "--if-match", "0" * 36, "--url", url)
     assert conflict.returncode == 1 and "409 version conflict" in conflict.stderr
     assert conflict.stdout == ""
 
-    kvs("put", "cli/drawer/pants", "[1, 2]", "--url", url)
-    listing = kvs("ls", "cli", "--url", url)
+    cli("put", "cli/drawer/pants", "[1, 2]", "--url", url)
+    listing = cli("ls", "cli", "--url", url)
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert lines[0].split() == ["NAME", "TYPE", "SIZE", "UPDATED"]
     assert lines[1].split()[:2] == ["drawer/", "prefix"]
     assert lines[2].split()[:2] == ["socks", "key"]
     assert lines[-1] == "2 children"
-    assert json.loads(kvs("ls", "cli", "--json", "--url", url).stdout)["total"] == 2
+    assert json.loads(cli("ls", "cli", "--json", "--url", url).stdout)["total"] == 2
 
-    tree = kvs("tree", "cli", "--url", url)
+    tree = cli("tree", "cli", "--url", url)
     assert [line.split()[0] for line in tree.stdout.splitlines()[1:3]] == [
         "cli/drawer/pants",
         "cli/socks",
     ]
     assert tree.stdout.splitlines()[-1] == "2 keys"
 
-    history = kvs("history", "cli/socks", "--url", url)
+    history = cli("history", "cli/socks", "--url", url)
     assert history.returncode == 0
     assert '{"colour": "red"}' in history.stdout and "1 previous version" in history.stdout
-    assert json.loads(kvs("history", "cli/socks", "--json", "--url", url).stdout)[0]["data"] == {
+    assert json.loads(cli("history", "cli/socks", "--json", "--url", url).stdout)[0]["data"] == {
         "colour": "red"
     }
 
-    removed = kvs("rm", "cli/socks", "--url", url)
+    removed = cli("rm", "cli/socks", "--url", url)
     assert removed.returncode == 0 and removed.stdout.strip() == "deleted cli/socks"
-    missing = kvs("get", "cli/socks", "--url", url)
+    missing = cli("get", "cli/socks", "--url", url)
     assert missing.returncode == 1 and missing.stderr.strip() == "kvs: 404 key not found"
-    assert kvs("rm", "cli/socks", "--url", url).returncode == 1
+    assert cli("rm", "cli/socks", "--url", url).returncode == 1
 
     # Bad usage: exit status 2, nothing sent.
-    not_json = kvs("put", "cli/x", "{nope", "--url", url)
+    not_json = cli("put", "cli/x", "{nope", "--url", url)
     assert not_json.returncode == 2 and "not valid JSON" in not_json.stderr
-    assert kvs("get", "--url", url).returncode == 2  # no key
-    assert kvs("get", "k", "--url", "ftp://example").returncode == 2
-    assert kvs("user").returncode == 2  # no action
-    bad_key = kvs("get", "a//b", "--url", url)
+    assert cli("get", "--url", url).returncode == 2  # no key
+    assert cli("get", "k", "--url", "ftp://example").returncode == 2
+    assert cli("user").returncode == 2  # no action
+    bad_key = cli("get", "a//b", "--url", url)
     assert bad_key.returncode == 1 and "invalid key" in bad_key.stderr  # the node's 400
 
 
