@@ -36,7 +36,10 @@ if TYPE_CHECKING:
 
 Scope = dict[str, Any]
 KEEPALIVE = 15.0
-OVERFLOW_GRACE = 1.0  # a slow client gets this long to take the final error event
+# A slow client gets this long to take the final error event. (A client that has stopped
+# reading altogether is not cut off by this: Hypercorn shields its socket writes. Its
+# watcher is dropped all the same, so it costs a connection, not events.)
+OVERFLOW_GRACE = 1.0
 SUFFIX = "_watch"
 
 

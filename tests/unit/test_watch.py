@@ -218,3 +218,34 @@ async def test_watch_ends_cleanly_when_the_node_stops(
         node.request_shutdown()
     assert lines[-3] == "event: error"
     assert json.loads(lines[-2][len("data: ") :])["reason"] == "shutdown"
+
+
+async def test_a_stalled_reader_stops_costing_memory(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A client that stops reading entirely: once the socket buffers are full its watcher
+    overflows and is dropped, so the node holds no more events for it. (Hypercorn shields
+    its socket writes, so the connection itself stays until the client reads or goes.)"""
+    from tests.unit.test_metrics import requests, scrape, value
+
+    _, url = await start_live_node(nursery, tmp_path, watch_buffer=100)
+    host, port = url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(b"GET /kv/_watch HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+    async with AsyncClient(url) as kvs:
+        with trio.fail_after(10):
+            while value(await scrape(url), "kvs_watchers") != 1:
+                await trio.sleep(0.01)
+        batches = 0
+        with trio.fail_after(60):
+            while value(await scrape(url), "kvs_watch_disconnected_slow_total") == 0:
+                # 50 events per commit, within the buffer: only a stalled reader overflows.
+                ops = [{"op": "put", "key": f"s/{batches}/{j}", "data": "x"} for j in range(50)]
+                await kvs.batch(ops)
+                batches += 1
+        assert batches > 2  # the socket took events until its buffers filled
+        stalled = await scrape(url)
+        assert value(stalled, "kvs_watchers") == 0  # dropped: no more events kept for it
+        await kvs.put("after", 1)  # writes go on unaffected
+        await stream.aclose()  # the client goes: its blocked response ends too
+        with trio.fail_after(10):
+            while requests(await scrape(url), "/kv/{prefix}/_watch", "GET", "200") != 1:
+                await trio.sleep(0.05)
