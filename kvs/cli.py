@@ -22,9 +22,10 @@ from pathlib import Path
 
 import trio
 
-from kvs import cli_client
+from kvs import cli_client, cli_ops
 from kvs import config as config_mod
 from kvs.config import DEFAULT_CONFIG_NAME, Config, ConfigError
+from kvs.logs import setup_logging
 from kvs.store import StoreError
 
 EXIT_OK = 0
@@ -37,16 +38,6 @@ log = logging.getLogger("kvs")
 def _fail(message: str) -> int:
     print(f"kvs: {message}", file=sys.stderr)
     return EXIT_USAGE
-
-
-def _setup_logging(level: str, node_id: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper()),
-        format=f"%(asctime)s %(levelname)s [{node_id}] %(name)s: %(message)s",
-    )
-    # httpx logs every request at INFO; a seed lookup is not news.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -73,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = config_mod.load(path)
     except ConfigError as exc:
         return _fail(str(exc))
-    _setup_logging(config.log_level, config.node_id)
+    setup_logging(config.log_level, config.node_id, config.log_format)
     try:
         trio.run(_serve, config)
     except KeyboardInterrupt:  # a signal that arrived before the handler was installed
@@ -210,10 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     conflict_mod.add_arguments(conflict)
     conflict.set_defaults(func=conflict_mod.run)
+    cli_ops.register(sub)
     return parser
 
 
-SUBCOMMANDS = {"init", "serve", "conflict", *cli_client.COMMANDS}
+SUBCOMMANDS = {"init", "serve", "conflict", *cli_client.COMMANDS, *cli_ops.SUBCOMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,13 @@ class Config:
     allow_anonymous_read: bool = False
     allow_anonymous_write: bool = False
 
+    # operations (issue 6): backups (kvs/backup.py) and log output
+    backup_enabled: bool = False
+    backup_schedule: str = "0 0 * * *"  # cron, UTC: daily at midnight
+    backup_path: str = "./backups"  # relative to the config file's directory
+    backup_retention: int = 7  # days; 0 keeps every backup
+    log_format: str = "text"  # text: for people; json: one object per line
+
     # where the config came from: data_dir is resolved relative to it
     source: str | None = field(default=None, compare=False, repr=False)
 
@@ -91,6 +98,11 @@ class Config:
     def data_path(self) -> Path:
         base = Path(self.source).resolve().parent if self.source else Path.cwd()
         return (base / self.data_dir).resolve()
+
+    @property
+    def backup_dir(self) -> Path:
+        base = Path(self.source).resolve().parent if self.source else Path.cwd()
+        return (base / self.backup_path).resolve()
 
     @property
     def effective_advertise_address(self) -> str:
@@ -304,7 +316,26 @@ _CHECKS: dict[str, Any] = {
     "rate_limiting_enabled": _check_bool,
     "allow_anonymous_read": _check_bool,
     "allow_anonymous_write": _check_bool,
+    # operations (issue 6)
+    "backup_enabled": _check_bool,
+    "backup_schedule": lambda v: _check_cron(v),
+    "backup_path": lambda v: _check_str(v) or ".",
+    "backup_retention": _check_int(0, 36500),
+    "log_format": _check_choice("text", "json"),
 }
+
+
+def _check_cron(value: Any) -> str:
+    from croniter import croniter
+
+    value = _check_str(value).strip()
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValueError(
+            f"{value!r} is not a cron expression: five fields, minute hour day-of-month month"
+            " day-of-week, in UTC (for example '0 0 * * *', daily at midnight)"
+        )
+    return value
+
 
 # Go KVS keys whose feature does not exist here yet: accepted so old files load, then ignored.
 _ACCEPTED_FOR_COMPATIBILITY = {
@@ -317,10 +348,6 @@ _ACCEPTED_FOR_COMPATIBILITY = {
     "rate_limit_requests",
     "rate_limit_window",
     "tamper_log_actions",
-    "backup_enabled",
-    "backup_schedule",
-    "backup_path",
-    "backup_retention",
 }
 
 # The Go KVS's gossip period keys map onto push_pull_interval (see from_mapping).
@@ -464,7 +491,14 @@ allow_anonymous_write: false
 tamper_logging_enabled: false
 rate_limiting_enabled: false
 
+# Backups (see the README, "Backups and restore")
+backup_enabled: false         # true: take scheduled backups
+backup_schedule: "0 0 * * *"  # cron, UTC (daily at midnight)
+backup_path: ./backups        # relative to this file's directory
+backup_retention: 7           # days to keep this node's backups (0: keep all)
+
 log_level: info               # debug, info, warning, error
+log_format: text              # text, or json: one JSON object per line
 """
 
 

@@ -4,7 +4,8 @@
     ├── Store.writer      group-commit writer (LMDB)
     ├── Membership        SWIM over UDP + TCP push-pull on gossip_port (kvs/net/)
     ├── HTTP API          Quart-Trio app served by hypercorn.trio.serve
-    └── housekeeping      TTL sweep, tombstone GC, periodic flush (durability: os)
+    ├── housekeeping      TTL sweep, tombstone GC, periodic flush (durability: os)
+    └── backups           cron-scheduled LMDB snapshots (backup_enabled; kvs/backup_service.py)
 
 Parts get what they need (clock, rng, store, config) from here, never from globals, so the
 same code runs in production and inside a deterministic simulation.
@@ -24,6 +25,7 @@ from hypercorn.trio import serve
 
 from kvs.api import create_app
 from kvs.api.front import HTTP_GRACE, HttpFront
+from kvs.backup_service import BackupService, BackupSettings
 from kvs.clock import HybridLogicalClock, system_wall_ms
 from kvs.config import Config
 from kvs.net.membership import Membership, SeedResolver
@@ -71,6 +73,16 @@ class Node:
         self._shutdown = trio.Event()
         self._cancel_scope: trio.CancelScope | None = None
         self._http_front: HttpFront | None = None
+        self.backups = BackupService(
+            node_id=self.node_id,
+            env=lambda: self.store.env,
+            settings=BackupSettings(
+                enabled=config.backup_enabled,
+                schedule=config.backup_schedule,
+                directory=config.backup_dir,
+                retention_days=config.backup_retention,
+            ),
+        )
 
     # --- state the API reads ------------------------------------------------------------------
 
@@ -162,6 +174,8 @@ class Node:
                 if http:
                     self.http_addresses = await nursery.start(self._serve_http, self.app)
                 nursery.start_soon(self._housekeeping)
+                if self.config.backup_enabled:
+                    nursery.start_soon(self.backups.run_schedule)
                 log.info(
                     "node %s ready: http://%s:%d (data in %s)",
                     self.node_id,

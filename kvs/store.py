@@ -321,6 +321,11 @@ class Store:
     def close(self) -> None:
         self._env.close()
 
+    @property
+    def env(self) -> lmdb.Environment:
+        """The LMDB environment, for a consistent copy (kvs/backup.py); never for writes."""
+        return self._env
+
     # --- reads (event loop, short transactions) ------------------------------------------------
 
     def get(self, key: str) -> Record | None:

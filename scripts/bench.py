@@ -5,6 +5,7 @@
     python scripts/bench.py http           # HTTP throughput/latency vs bare Hypercorn and etcd
     python scripts/bench.py gossip         # membership: simulator figures, then real serf vs KVS
     python scripts/bench.py replication    # replication lag, anti-entropy cost, bootstrap
+    python scripts/bench.py backup         # backup of a 1M-key store: time, size, PUTs during it
 
 `http` measures, in one run and on this machine, a bare Hypercorn-on-Trio app (the
 ceiling of the stack the node is built on), a real KVS node (`python -m kvs CONFIG`) and,
@@ -41,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from bench_support import metrics_cost
+from bench_support.backup import add_arguments as _add_backup_args
+from bench_support.backup import cmd_backup
 from bench_support.gossip_report import GossipReport
 from bench_support.gossip_report import render as render_gossip
 from bench_support.gossip_report import report_json as gossip_json
@@ -760,6 +763,11 @@ COMMANDS: dict[str, Command] = {
         "CPU cost of request metrics on the single-key fast path (in process)",
         metrics_cost.add_args,
         metrics_cost.run,
+    ),
+    "backup": Command(
+        "backup of a 1M-key store: time, file vs LMDB size, PUT throughput during vs before",
+        _add_backup_args,
+        cmd_backup,
     ),
     "setup": Command(
         "install wrk, etcd-server and serf with apt-get (root)", _add_setup_args, cmd_setup

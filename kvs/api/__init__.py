@@ -9,6 +9,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from kvs.api.backup import backup_blueprint
 from kvs.api.cluster import cluster_blueprint
 from kvs.api.errors import ApiError, error_response
 from kvs.api.keys import KeyRoutes
@@ -38,6 +39,7 @@ def create_app(node: Node) -> QuartTrio:
     app.register_blueprint(kv_blueprint(node))
     app.register_blueprint(ops_blueprint(node))
     app.register_blueprint(cluster_blueprint(node))
+    app.register_blueprint(backup_blueprint(node))
     # Watch and metrics (issue 6): the hub follows the store's commits; the metrics
     # middleware sits outermost so it counts every request, fast path included.
     hub = WatchHub(node.store, buffer=node.config.watch_buffer)

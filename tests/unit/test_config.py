@@ -246,10 +246,6 @@ def test_a_key_with_a_line_break_still_gives_a_one_line_error() -> None:
         "rate_limit_requests",
         "rate_limit_window",
         "tamper_log_actions",
-        "backup_enabled",
-        "backup_schedule",
-        "backup_path",
-        "backup_retention",
     ],
 )
 def test_go_kvs_compatibility_keys_are_accepted_and_ignored(key: str) -> None:
@@ -314,6 +310,9 @@ cluster_secret: ""
     assert config.node_id == "go-node-1"
     assert config.port == 8090
     assert config.sync_interval == 300.0
+    assert config.backup_enabled is True
+    assert config.backup_schedule == "0 0 * * *"
+    assert config.backup_retention == 7
 
 
 @pytest.mark.parametrize("key", ["auth_enabled", "tamper_logging_enabled", "rate_limiting_enabled"])
