@@ -249,3 +249,30 @@ async def test_a_stalled_reader_stops_costing_memory(nursery: trio.Nursery, tmp_
         with trio.fail_after(10):
             while requests(await scrape(url), "/kv/{prefix}/_watch", "GET", "200") != 1:
                 await trio.sleep(0.05)
+
+
+async def test_last_event_id_header_resumes_like_since(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Browsers' EventSource resends the last id as `Last-Event-ID` when it reconnects."""
+    _, url = await start_live_node(nursery, tmp_path)
+    async with AsyncClient(url) as kvs:
+        first = await kvs.put("r/a", 1)
+        second = await kvs.put("r/b", 2)
+        with trio.fail_after(10):
+            async for event in kvs.watch("r", since=0):  # the id a watcher got for `first`
+                if event.uuid == first.uuid:
+                    first_id = event.id
+                    break
+    lines: list[str] = []
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        with trio.fail_after(10):
+            async with http.stream(
+                "GET", "/kv/r/_watch", headers={"Last-Event-ID": first_id}
+            ) as response:
+                async for line in response.aiter_lines():
+                    lines.append(line)
+                    if line == "event: ready":
+                        break
+    data = [json.loads(line[len("data: ") :]) for line in lines if line.startswith('data: {"')]
+    assert [(d["key"], d["uuid"]) for d in data] == [("r/b", second.uuid)]
