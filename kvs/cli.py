@@ -19,10 +19,11 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from kvs import cli_client, cli_ops
+from kvs import cli_auth, cli_client, cli_ops
 from kvs import config as config_mod
 from kvs.config import DEFAULT_CONFIG_NAME, Config, ConfigError
 from kvs.logs import setup_logging
@@ -92,7 +93,7 @@ def _find_config_error(exc: BaseException) -> ConfigError | None:
 async def _serve(config: Config) -> None:
     from kvs.node import Node  # imported late: `kvs init` should not pay for the web stack
 
-    node = Node(config)
+    node = Node(config, show_root_token=_show_root_token)
     try:
         node.store = node.open_store()
     except StoreError as exc:
@@ -131,11 +132,28 @@ async def _serve(config: Config) -> None:
                     raise
                 raise _bind_error(config, os_error) from None
             # Warned only once actually listening: a bind failure must stay one line.
-            if config.bind_address not in ("127.0.0.1", "localhost", "::1"):
+            if not config.auth_enabled and config.bind_address not in (
+                "127.0.0.1",
+                "localhost",
+                "::1",
+            ):
                 log.warning(
                     "listening on %s with no authentication: anyone who can reach this address can read and write",
                     config.bind_address,
                 )
+
+
+def _show_root_token(issued: Any, path: str) -> None:
+    """The first start's root token: on a terminal, shown once; otherwise (a daemon, output
+    to a file) only the 0600 file has it. Printed, never logged."""
+    if sys.stdout.isatty():
+        print(
+            f"\nkvs: created the root user; its token (all scopes, valid 24 h) is shown once:\n\n"
+            f"    {issued.token}\n\nkvs: it is also in {path} (mode 0600)\n",
+            flush=True,
+        )
+    else:
+        print(f"kvs: created the root user; its token is in {path} (mode 0600)", flush=True)
 
 
 def _find_os_error(exc: BaseException) -> OSError | None:
@@ -202,10 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     conflict_mod.add_arguments(conflict)
     conflict.set_defaults(func=conflict_mod.run)
     cli_ops.register(sub)
+    cli_auth.register(sub)
     return parser
 
 
-SUBCOMMANDS = {"init", "serve", "conflict", *cli_client.COMMANDS, *cli_ops.SUBCOMMANDS}
+SUBCOMMANDS = {
+    "init",
+    "serve",
+    "conflict",
+    *cli_client.COMMANDS,
+    *cli_ops.SUBCOMMANDS,
+    *cli_auth.SUBCOMMANDS,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

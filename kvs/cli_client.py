@@ -218,6 +218,13 @@ def iso(ms: Any) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def iso_auto(value: Any) -> str:
+    """`iso` for the security API's times, some in seconds (token expiry), some in ms."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 1e11:
+        return iso(value * 1000)  # seconds: 1e11 s is the year 5138, 1e11 ms is 1973
+    return iso(value)
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """Columns padded to their widest cell, for people."""
     rows = [list(header), *[list(r) for r in rows]]
@@ -403,8 +410,8 @@ def _show(args: argparse.Namespace, item: dict[str, Any]) -> int:
         for name, value in item.items():
             if isinstance(value, list):
                 value = ", ".join(str(v) for v in value) or "-"
-            elif name.endswith("_at") and isinstance(value, int):
-                value = iso(value)
+            elif name.endswith("_at") and isinstance(value, int | float):
+                value = iso_auto(value)
             print(f"{name.ljust(width)}  {value}")
     return EXIT_OK
 
@@ -420,8 +427,8 @@ def _list(args: argparse.Namespace, items: list[dict[str, Any]], columns: Sequen
             value = item.get(column, "")
             if isinstance(value, list):
                 value = ",".join(str(v) for v in value)
-            elif column.endswith("_at") and isinstance(value, int):
-                value = iso(value)
+            elif column.endswith("_at") and isinstance(value, int | float):
+                value = iso_auto(value)
             row.append(str(value))
         rows.append(row)
     print(table([c.upper() for c in columns], rows))
@@ -478,7 +485,10 @@ def cmd_token_create(client: Client, args: argparse.Namespace) -> int:
         _print_json(issued)
     else:
         # The secret goes to stdout alone (easy to capture); what it is goes to stderr.
-        print(f"token {issued.get('id')} expires {iso(issued.get('expires_at'))}", file=sys.stderr)
+        print(
+            f"token {issued.get('id')} expires {iso_auto(issued.get('expires_at'))}",
+            file=sys.stderr,
+        )
         print(issued.get("token"))
     return EXIT_OK
 

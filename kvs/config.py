@@ -72,17 +72,23 @@ class Config:
     # replication
     sync_interval: float = 5.0
     max_clock_offset: float = 60.0  # a peer's records further ahead than this are logged
+    sync_throttle_delay: float = 0.0  # pause between batches of an exchange (bootstrap pacing)
+    sync_max_connections: int = 64  # inbound sync connections at once; more are refused
 
     # watch streams (issue 6, client/watch): a watcher further behind than this many
     # events is disconnected (it resumes with since=) instead of buffering without bound
     watch_buffer: int = 4096
 
-    # features of later milestones (accepted now; see README "Configuration")
-    auth_enabled: bool = False
-    tamper_logging_enabled: bool = False
-    rate_limiting_enabled: bool = False
+    # security (issue 5: auth, rate limits, tamper-evident log, TLS; README "Security")
+    auth_enabled: bool = True
     allow_anonymous_read: bool = False
     allow_anonymous_write: bool = False
+    rate_limiting_enabled: bool = False
+    rate_limit_requests: int = 1000
+    rate_limit_window: float = 1.0
+    tamper_logging_enabled: bool = False
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
     # operations (issue 6): backups (kvs/backup.py) and log output
     backup_enabled: bool = False
@@ -98,6 +104,11 @@ class Config:
     def data_path(self) -> Path:
         base = Path(self.source).resolve().parent if self.source else Path.cwd()
         return (base / self.data_dir).resolve()
+
+    def file_path(self, name: str) -> Path:
+        """A file named in the config (TLS), relative to the config's directory."""
+        base = Path(self.source).resolve().parent if self.source else Path.cwd()
+        return (base / name).resolve()
 
     @property
     def backup_dir(self) -> Path:
@@ -298,6 +309,8 @@ _CHECKS: dict[str, Any] = {
     "durability": _check_choice("fsync", "os"),
     "sync_interval": _check_positive_duration,
     "max_clock_offset": _check_positive_duration,
+    "sync_throttle_delay": _check_duration,
+    "sync_max_connections": _check_int(1, 100_000),
     "clustering_enabled": _check_bool,
     "advertise_address": _check_advertise,
     "probe_interval": _check_positive_duration,
@@ -311,9 +324,8 @@ _CHECKS: dict[str, Any] = {
     "push_pull_interval": _check_positive_duration,
     "dead_member_retention": _check_positive_duration,
     "watch_buffer": _check_int(1, 10_000_000),  # watch streams (issue 6, client/watch)
+    # security
     "auth_enabled": _check_bool,
-    "tamper_logging_enabled": _check_bool,
-    "rate_limiting_enabled": _check_bool,
     "allow_anonymous_read": _check_bool,
     "allow_anonymous_write": _check_bool,
     # operations (issue 6)
@@ -322,6 +334,12 @@ _CHECKS: dict[str, Any] = {
     "backup_path": lambda v: _check_str(v) or ".",
     "backup_retention": _check_int(0, 36500),
     "log_format": _check_choice("text", "json"),
+    "rate_limiting_enabled": _check_bool,
+    "rate_limit_requests": _check_int(1, 10**9),
+    "rate_limit_window": _check_positive_duration,
+    "tamper_logging_enabled": _check_bool,
+    "tls_cert_file": _check_str,
+    "tls_key_file": _check_str,
 }
 
 
@@ -345,20 +363,11 @@ _ACCEPTED_FOR_COMPATIBILITY = {
     "fetch_delay_ms",
     "compression_enabled",
     "default_ttl",
-    "rate_limit_requests",
-    "rate_limit_window",
     "tamper_log_actions",
 }
 
 # The Go KVS's gossip period keys map onto push_pull_interval (see from_mapping).
 _GO_GOSSIP_INTERVALS = ("gossip_interval_min", "gossip_interval_max")
-
-# Enabled security features that are not built yet refuse to start rather than pretend.
-_NOT_YET_BUILT = {
-    "auth_enabled": "authentication is not implemented in this release; set auth_enabled: false and keep the node on a trusted network",
-    "tamper_logging_enabled": "the tamper-evident log is not implemented in this release; set it to false",
-    "rate_limiting_enabled": "rate limiting is not implemented in this release; set it to false",
-}
 
 
 def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Config:
@@ -389,9 +398,7 @@ def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Confi
             values[key] = check(raw)
         except ValueError as exc:
             raise ConfigError(key, str(exc), path) from None
-    for key, why in _NOT_YET_BUILT.items():
-        if values.get(key):
-            raise ConfigError(key, why, path)
+    _check_security(values, path)
     if go_intervals and "push_pull_interval" not in values:
         # The Go KVS gossiped whole member lists every gossip_interval_min..max seconds: that
         # is our push-pull. (Failure detection is SWIM's probe_interval, far shorter.)
@@ -421,6 +428,18 @@ def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Confi
             )
         seen[value] = name
     return config
+
+
+def _check_security(values: dict[str, Any], path: str | os.PathLike[str] | None) -> None:
+    """Security keys that only make sense together."""
+    cert, key = values.get("tls_cert_file", ""), values.get("tls_key_file", "")
+    if bool(cert) != bool(key):
+        missing = "tls_key_file" if cert else "tls_cert_file"
+        raise ConfigError(missing, "TLS needs both tls_cert_file and tls_key_file", path)
+    base = Path(path).resolve().parent if path else Path.cwd()
+    for name, value in (("tls_cert_file", cert), ("tls_key_file", key)):
+        if value and not (base / value).is_file():
+            raise ConfigError(name, f"file {value!r} does not exist", path)
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -484,12 +503,17 @@ suspicion_mult: 3             # suspicion timeout = suspicion_mult * log10(N) * 
 push_pull_interval: 30s       # full member-table exchange with one random member
 sync_interval: 5s
 
-# Security (authentication arrives in a later release: keep these false for now)
-auth_enabled: false
+# Security (README "Security"). On the first start the node creates a root user and token:
+# the token is shown once on the console and written to <data_dir>/root.token (mode 0600).
+auth_enabled: true
 allow_anonymous_read: false
 allow_anonymous_write: false
-tamper_logging_enabled: false
 rate_limiting_enabled: false
+rate_limit_requests: 1000     # per user (per client IP when anonymous) ...
+rate_limit_window: 1s         # ... in this sliding window
+tamper_logging_enabled: false
+# tls_cert_file: cert.pem     # serve HTTPS (both files, relative to this file's directory)
+# tls_key_file: key.pem
 
 # Backups (see the README, "Backups and restore")
 backup_enabled: false         # true: take scheduled backups
@@ -504,10 +528,14 @@ log_format: text              # text, or json: one JSON object per line
 
 def write_default(path: str | os.PathLike[str], **kwargs: Any) -> Path:
     """Create a default config at `path` (mode 0600: it holds the cluster secret)."""
+    return write_text_private(path, default_config_text(**kwargs))
+
+
+def write_text_private(path: str | os.PathLike[str], text: str) -> Path:
+    """Create a config file with mode 0600; never overwrite one."""
     target = Path(path)
     if target.exists():
         raise ConfigError("(file)", "already exists; refusing to overwrite it", path)
-    text = default_config_text(**kwargs)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

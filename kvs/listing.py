@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvs.model import Record
+from kvs.model import SYSTEM_PREFIX, Record
 from kvs.store import Store
 
 _AFTER_SLASH = "0"  # chr(ord("/") + 1): the first key past a "x/..." subtree is "x0"
+_SYSTEM_END = SYSTEM_PREFIX[:-1] + _AFTER_SLASH  # first key past the system records
 
 
 def _range(prefix: str) -> tuple[str, str | None]:
@@ -55,6 +56,9 @@ def list_children(store: Store, prefix: str, limit: int, now_ms: int) -> tuple[l
         found = False
         for record in store.scan(position, end):
             found = True
+            if not prefix and record.key.startswith(SYSTEM_PREFIX):
+                position = _SYSTEM_END  # users, groups and tokens are not client keys
+                break
             if not record.live(now_ms):
                 continue
             rest = record.key[base:]
@@ -110,6 +114,10 @@ def list_tree(
     while True:
         skipped = False
         for record in store.scan(position, end):
+            if not prefix and record.key.startswith(SYSTEM_PREFIX):
+                position = _SYSTEM_END  # users, groups and tokens are not client keys
+                skipped = True
+                break
             rest = record.key[base:]
             if rest.count("/") >= depth:
                 # Deeper than asked: jump past the ancestor at the depth limit.

@@ -26,6 +26,10 @@ HLC_LOGICAL_MASK = (1 << HLC_LOGICAL_BITS) - 1
 
 DEFAULT_PERMISSIONS = 0xF31  # owner: all, group: write+read, others: read (issue 5)
 
+# Users, groups and token records live under this reserved prefix (a `_` segment no client
+# key may have), so sync replicates them like any record; listings and counts hide them.
+SYSTEM_PREFIX = "_sys/"
+
 # Values at or below this many bytes are stored raw: zstd's frame header would eat the gain.
 COMPRESS_THRESHOLD = 256
 

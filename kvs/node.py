@@ -25,6 +25,8 @@ from hypercorn.trio import serve
 
 from kvs.api import create_app
 from kvs.api.front import HTTP_GRACE, HttpFront
+from kvs.audit import AUDIT_DIR, AuditLog
+from kvs.auth.service import AuthService, IssuedToken
 from kvs.backup_service import BackupService, BackupSettings
 from kvs.clock import HybridLogicalClock, system_wall_ms
 from kvs.config import Config
@@ -34,7 +36,7 @@ from kvs.net.seeds import http_seed_resolver
 from kvs.net.swim import SwimConfig
 from kvs.net.transport import RealTransport, Transport
 from kvs.store import Store
-from kvs.sync.worker import SyncSettings, SyncWorker
+from kvs.sync.worker import SyncSettings, SyncWorker, bootstrap_needed
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class Node:
         store_in_thread: bool = True,
         transport: Transport | None = None,
         resolve_seed: SeedResolver | None = None,
+        show_root_token: Callable[[IssuedToken, str], None] | None = None,
     ) -> None:
         self.config = config
         self.node_id = config.node_id
@@ -83,6 +86,12 @@ class Node:
                 retention_days=config.backup_retention,
             ),
         )
+        self.auth: AuthService | Any = None
+        self.audit: AuditLog | None = None
+        # How the root token created on a first start reaches its operator (besides the
+        # 0600 file): the CLI prints it on a terminal. Never the log.
+        self._show_root_token = show_root_token
+        self.root_token_path = self.config.data_path / "root.token"
 
     # --- state the API reads ------------------------------------------------------------------
 
@@ -92,6 +101,8 @@ class Node:
             return "read-only"
         if self.sync is not None and self.sync.syncing:
             return "syncing"
+        if self.sync is not None and self.sync.stale:
+            return "stale"
         return "normal"
 
     @property
@@ -149,6 +160,22 @@ class Node:
         self._started_at = trio.current_time()
         if self.store is None:
             self.store = self.open_store()
+        self.auth = AuthService(
+            self.config,
+            self.store,
+            wall_ms=self.clock.wall_ms,
+            monotonic=trio.current_time,
+            new_uuid=self.new_uuid,
+            nonce=self._nonce,
+        )
+        if self.config.tamper_logging_enabled:
+            self.audit = AuditLog(
+                self.config.data_path / AUDIT_DIR,
+                node_id=self.node_id,
+                sync=self.config.durability == "fsync",
+                in_thread=self._store_in_thread,
+            )
+            self.auth.audit_hook = self.audit_event
         # "stopped" is logged only after "ready": a node that fails to bind must leave just
         # the CLI's one-line error on stderr, not a misleading lifecycle line before it.
         ready = False
@@ -156,6 +183,8 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._cancel_scope = nursery.cancel_scope
                 await nursery.start(self.store.writer)
+                if self.audit is not None:
+                    await nursery.start(self.audit.writer)
                 if self.config.clustering_enabled:
                     self.membership = await self._make_membership()
                     try:
@@ -171,14 +200,19 @@ class Node:
                         exc.config_key = "sync_port"  # type: ignore[attr-defined]
                         raise
                 self.app = create_app(self)
+                # Before HTTP answers, so a node that is up has its root.token in place.
+                issued = await self.auth.bootstrap_root()
+                if issued is not None:
+                    self._publish_root_token(issued)
                 if http:
                     self.http_addresses = await nursery.start(self._serve_http, self.app)
                 nursery.start_soon(self._housekeeping)
                 if self.config.backup_enabled:
                     nursery.start_soon(self.backups.run_schedule)
                 log.info(
-                    "node %s ready: http://%s:%d (data in %s)",
+                    "node %s ready: %s://%s:%d (data in %s)",
                     self.node_id,
+                    "https" if self.config.tls_cert_file else "http",
                     self.config.bind_address,
                     self.config.port,
                     self.config.data_path,
@@ -198,8 +232,26 @@ class Node:
         finally:
             self.store.close()
             self.store = None
+            if self.audit is not None:
+                self.audit.close()
+                self.audit = None
             if ready:
                 log.info("node %s stopped", self.node_id)
+
+    async def audit_event(self, action: str, user: str, target: str, detail: str = "") -> None:
+        """Append to the tamper-evident log (when it is on); returns once durable."""
+        if self.audit is not None:
+            await self.audit.append(self.clock.wall_ms(), action, user, target, detail)
+
+    def _publish_root_token(self, issued: IssuedToken) -> None:
+        """Write the root token to <data_dir>/root.token (0600) and hand it to the console."""
+        path = self.root_token_path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(issued.token + "\n")
+        if self._show_root_token is not None:
+            self._show_root_token(issued, str(path))
 
     async def _make_membership(self) -> Membership:
         """Membership for this node. The incarnation rises on every start (and is persisted
@@ -259,7 +311,8 @@ class Node:
 
     def _make_sync(self) -> SyncWorker:
         """Replication for this node. A node that starts empty with seeds to join must first
-        copy the cluster's data: until then it is "syncing" and refuses writes."""
+        copy the cluster's data (and one restarted before it finished must go on): until
+        then it is "syncing" and refuses writes."""
         c = self.config
         membership = self.membership
         assert membership is not None
@@ -282,11 +335,13 @@ class Node:
                 tombstone_ttl_ms=int(c.tombstone_ttl * 1000),
                 max_value_size=c.max_json_size,
                 max_clock_offset_ms=int(c.max_clock_offset * 1000),
+                throttle_delay=c.sync_throttle_delay,
+                max_connections=c.sync_max_connections,
             ),
             rng=self.rng,
             nonce=self._nonce,
             live_peers=live_peers,
-            syncing=bool(c.seed_nodes) and self.store.count() == 0,
+            syncing=bootstrap_needed(self.store, bool(c.seed_nodes)),
         )
         worker.rebuild_tree()
         return worker
@@ -300,6 +355,9 @@ class Node:
         hc.errorlog = logging.getLogger("kvs.http")
         hc.graceful_timeout = HTTP_GRACE
         hc.keep_alive_timeout = 75.0
+        if self.config.tls_cert_file:
+            hc.certfile = str(self.config.file_path(self.config.tls_cert_file))
+            hc.keyfile = str(self.config.file_path(self.config.tls_key_file))
         self._http_front = HttpFront(app)
         await serve(
             self._http_front, hc, shutdown_trigger=self._shutdown.wait, task_status=task_status

@@ -90,6 +90,7 @@ class SimCluster:
             "cluster_secret": "simulated-cluster-secret",
             "durability": "fsync",  # "os" flushes from a worker thread, which breaks replay
             "lmdb_map_size": 32 << 20,
+            "auth_enabled": False,  # the simulated checks are about data; overrides may set it
         }
         values.update(self.config_overrides)
         return Config(**values)

@@ -23,9 +23,12 @@ short read transaction in the event loop and never hold it across an await.
 from __future__ import annotations
 
 import bisect
+import ctypes
+import functools
 import hashlib
 import logging
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,15 @@ import msgpack
 import trio
 
 from kvs.clock import HybridLogicalClock
-from kvs.model import DEFAULT_PERMISSIONS, Record, RecordCodec, Version, hlc_pack, sync_bucket
+from kvs.model import (
+    DEFAULT_PERMISSIONS,
+    SYSTEM_PREFIX,
+    Record,
+    RecordCodec,
+    Version,
+    hlc_pack,
+    sync_bucket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,7 @@ MAX_OPS_PER_TRANSACTION = 20_000
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, MAX_OPS_PER_TRANSACTION)
 _U64 = struct.Struct(">Q")
 _SCAN_CHUNK = 256
+_RELEASE_EVERY_OPS = 100
 
 # LMDB refuses keys over 511 bytes and the indexes add up to 9 bytes to a key (history: key +
 # 0x00 + hlc), but a KVS key may be 1024 bytes. A key of up to _RAW_KEY_BYTES is stored as
@@ -83,6 +95,11 @@ def _scan_stop(end: bytes) -> bytes:
     return end[:_RAW_KEY_BYTES] + _LONG_MARK * (_HASH_BYTES + 2)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 class StoreError(Exception):
     """The store cannot be opened or used (bad data dir, wrong schema, disk trouble)."""
 
@@ -100,6 +117,9 @@ class Put:
     value: bytes
     expires_at: int | None = None
     if_match: str | None = None  # compare-and-set against the current version's uuid
+    owner: str = ""  # a new key's owner and group (the writing user and their primary group)
+    group: str = ""
+    meta: tuple[str, str, int] | None = None  # replace owner, group, permissions (metadata PUT)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -110,9 +130,11 @@ class Delete:
 
 @dataclass(slots=True, unsafe_hash=True)
 class Merge:
-    """A record from another replica: stored only if it wins under `resolve`."""
+    """A record from another replica: stored only if it wins under `resolve`. `raw`, when
+    given, is the record as the peer encoded it, stored as is (no re-encoding)."""
 
     record: Record
+    raw: bytes | None = None
 
 
 Op = Put | Delete | Merge
@@ -268,6 +290,10 @@ class Store:
         self._buckets = env.open_db(b"buckets")
         self._send, self._receive = trio.open_memory_channel[_Request | _Maintenance](max_pending)
         self.listeners: list[Callable[[list[Change]], None]] = []
+        # Set while a bootstrap writes all over the file: the data file's pages are released
+        # (see release_mapped_pages) every _RELEASE_EVERY_OPS changes and after each commit.
+        self.release_pages_after_commit = False
+        self._map_ranges: list[tuple[int, int]] | None = None
         self.identity: Identity | None = None
         self.stats = {"transactions": 0, "ops": 0, "map_grows": 0, "last_batch": 0, "max_batch": 0}
         # Write batches by size: counts per BATCH_SIZE_BUCKETS bound (plus one overflow slot).
@@ -435,6 +461,37 @@ class Store:
                 size += len(raw)
         return out, len(keys)
 
+    def bucket_records_within(self, groups: list[range], max_bytes: int) -> tuple[list[bytes], int]:
+        """Encoded records of every key in the sync buckets of the longest prefix of `groups`
+        (each a range of buckets: one Merkle leaf) that fits in `max_bytes`, and the length
+        of that prefix -- whole groups only, so it may be 0. Bucket order, then key order."""
+        out: list[bytes] = []
+        size = 0
+        with self._env.begin() as txn:
+            index = txn.cursor(db=self._buckets)
+            records = txn.cursor(db=self._records)
+            for done, group in enumerate(groups):
+                if not group:
+                    continue
+                first, stop = _BUCKET.pack(group.start), group.stop
+                taken: list[bytes] = []
+                more = 0
+                ok = index.set_range(first)
+                while ok:
+                    k = index.key()
+                    if _BUCKET.unpack_from(k)[0] >= stop:
+                        break
+                    raw = records.get(k[2:])
+                    if raw is not None:
+                        taken.append(raw)
+                        more += len(raw)
+                    ok = index.next()
+                if size + more > max_bytes:
+                    return out, done
+                out += taken
+                size += more
+        return out, len(groups)
+
     def _ensure_bucket_index(self) -> None:
         """Build the bucket index for a store written before it existed."""
         with self._env.begin() as txn:
@@ -451,11 +508,27 @@ class Store:
                 txn.put(_bucket_key(record.key, key_b), _summary(record), db=self._buckets)
 
     def count(self) -> int:
-        """Stored keys that are not tombstones (expired-but-unswept keys included)."""
+        """Stored client keys that are not tombstones (expired-but-unswept keys included);
+        system records (users, groups, tokens under SYSTEM_PREFIX) are not counted."""
         with self._env.begin() as txn:
             records = txn.stat(self._records)["entries"]
             tombstones = txn.stat(self._tombstones)["entries"]
-        return records - tombstones
+        return records - tombstones - self.count_system()
+
+    def count_system(self) -> int:
+        """Live-or-expired (not tombstone) system records: a short scan of their range."""
+        start = SYSTEM_PREFIX.encode()
+        end = start[:-1] + b"0"  # the byte after "/"
+        count = 0
+        with self._env.begin(db=self._records) as txn:
+            cursor = txn.cursor()
+            ok = cursor.set_range(start)
+            while ok and cursor.key() < end:
+                # A tombstone's value field is nil; decoding is the sure way to tell.
+                if self._read_codec.decode(cursor.value()).value is not None:
+                    count += 1
+                ok = cursor.next()
+        return count
 
     def tombstone_count(self) -> int:
         """Tombstones (deletes and expired records) not yet collected."""
@@ -543,6 +616,11 @@ class Store:
     def get_system(self, name: str) -> Any:
         """A value from the system database (node identity, incarnation, ...), or None."""
         return self._get_system(name)
+
+    def set_system_now(self, name: str, value: Any) -> None:
+        """Store a system value at once, before the writer runs (start-up only)."""
+        with self._env.begin(write=True, db=self._system) as txn:
+            txn.put(name.encode(), msgpack.packb(value))
 
     async def put_system(self, name: str, value: Any) -> None:
         """Durably store a system value, through the writer like every other write."""
@@ -637,6 +715,8 @@ class Store:
                 self._grow_map()
                 continue
             self.stats["transactions"] += 1
+            if self.release_pages_after_commit:
+                self.release_mapped_pages()
             return changes
 
     def _assign_versions(self, batch: list[_Request | _Maintenance]) -> None:
@@ -663,11 +743,13 @@ class Store:
         new_size = int(current * 2)
         log.info("LMDB map full at %d MiB; growing to %d MiB", current >> 20, new_size >> 20)
         self._env.set_mapsize(new_size)
+        self._map_ranges = None  # the map may have moved
         self.stats["map_grows"] += 1
 
     def _apply(self, batch: list[_Request | _Maintenance]) -> list[Change]:
         """One write transaction for the whole batch. Runs in a worker thread (or inline)."""
         changes: list[Change] = []
+        release_every = _RELEASE_EVERY_OPS if self.release_pages_after_commit else 0
         try:
             with self._env.begin(write=True) as txn:
                 writer = _TransactionWriter(self, txn)
@@ -678,12 +760,45 @@ class Store:
                     item.outcomes = []
                     for op, version in zip(item.ops, item.versions, strict=True):
                         item.outcomes.append(writer.apply(op, version, changes))
+                        if release_every and len(changes) % release_every == 0:
+                            # Mid-transaction too: pages LMDB reads stay mapped (the kernel
+                            # maps 16 neighbours per fault), and LMDB's map is read-only,
+                            # so a page dropped here is simply mapped again if read again.
+                            self.release_mapped_pages()
                     for name, value in item.system.items():
                         txn.put(name.encode(), msgpack.packb(value), db=self._system)
                 txn.put(b"hlc", msgpack.packb(self.clock.last), db=self._system)
         except lmdb.MapFullError:
             raise _GrowMap() from None
         return changes
+
+    def release_mapped_pages(self) -> int:
+        """Drop this process's mappings of the LMDB file's pages (madvise MADV_DONTNEED on
+        the read-only map); returns the bytes of map released, 0 where unsupported.
+
+        Every page a transaction reads (a write reads the B-tree path it changes) stays
+        mapped, and counts in the process's RSS, until the process ends: a bootstrap, which
+        writes all over the file, would end with the whole data file resident. The pages
+        stay in the OS page cache (shared and reclaimable), and the next access maps them
+        again from there; LMDB's map is read-only (no MDB_WRITEMAP), so nothing is lost."""
+        if not sys.platform.startswith("linux"):
+            return 0
+        released = 0
+        try:
+            if self._map_ranges is None:  # found again after the map grows (_grow_map)
+                target = str((self.path / "data.mdb").resolve())
+                with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+                    spans = [line.split()[0] for line in maps if line.rstrip("\n").endswith(target)]
+                bounds = [[int(x, 16) for x in span.split("-")] for span in spans]
+                self._map_ranges = [(start, end - start) for start, end in bounds]
+            madvise = _libc().madvise
+            for start, length in self._map_ranges:
+                if madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), 4) == 0:
+                    released += length  # 4: MADV_DONTNEED
+        except (OSError, AttributeError, ValueError):
+            return released
+        return released
+        return released
 
     def sync_to_disk(self) -> None:
         """Flush to disk (durability: os mode calls this periodically)."""
@@ -722,7 +837,7 @@ class _TransactionWriter:
             incoming = op.record
             if current is not None and not incoming.version.newer_than(current.version):
                 return Unchanged(incoming.key)
-            self._replace(key_b, current, incoming, current_raw)
+            self._replace(key_b, current, incoming, current_raw, op.raw)
             changes.append(Change(current, incoming, local=False))
             return Written(incoming)
         assert version is not None
@@ -737,8 +852,10 @@ class _TransactionWriter:
                 owner, group = current.owner, current.group
                 permissions, created_at = current.permissions, current.created_at
             else:  # a new key (or one that was deleted or expired)
-                owner, group = "", ""
+                owner, group = op.owner, op.group
                 permissions, created_at = DEFAULT_PERMISSIONS, version.timestamp
+            if op.meta is not None:
+                owner, group, permissions = op.meta
             record = Record(
                 op.key, op.value, version, op.expires_at, owner, group, permissions, created_at
             )
@@ -766,8 +883,10 @@ class _TransactionWriter:
         current: Record | None,
         record: Record,
         current_raw: bytes | None = None,
+        raw: bytes | None = None,
     ) -> None:
-        """Store `record` in place of `current` (stored as `current_raw`, if known)."""
+        """Store `record` (encoded as `raw`, if given) in place of `current` (stored as
+        `current_raw`, if known)."""
         s, txn = self.store, self.txn
         if current is not None:
             self._unindex(key_b, current)
@@ -779,7 +898,7 @@ class _TransactionWriter:
                     db=s._history,
                 )
             self._trim_history(key_b)  # also drops what a larger depth kept before a restart
-        self.records.put(key_b, self.codec.encode(record))
+        self.records.put(key_b, self.codec.encode(record) if raw is None else raw)
         self.buckets.put(_bucket_key(record.key, key_b), _summary(record, self.pack))
         self.changes_index.put(_hlc_key(record.version.hlc, key_b), b"")
         if record.deleted:

@@ -102,10 +102,17 @@ class Watcher:
     """One client's subscription. Fed by the hub (in the store's writer task), drained by
     the client's stream: `replay` (when resuming), then `wait` and `take` until `ended`."""
 
-    def __init__(self, hub: WatchHub, prefix: str, limit: int) -> None:
+    def __init__(
+        self,
+        hub: WatchHub,
+        prefix: str,
+        limit: int,
+        readable: Callable[[Record], bool] | None = None,
+    ) -> None:
         self.hub = hub
         self.prefix = prefix
         self.limit = limit
+        self.readable = readable  # None: every key; else only records the caller may read
         self.ended: str | None = None  # why the stream must end: "overflow" or "shutdown"
         self.on_overflow: Callable[[], None] | None = None
         self._buffer: list[WatchEvent] = []
@@ -160,6 +167,8 @@ class Watcher:
             for record in records:
                 if not under(self.prefix, record.key):
                     continue
+                if self.readable is not None and not self.readable(record):
+                    continue
                 if (record.version.uuid, record.deleted) == resume.skip:
                     continue
                 event = WatchEvent.of(record)
@@ -199,8 +208,8 @@ class WatchHub:
         self.events_sent = 0
         store.listeners.append(self.on_changes)
 
-    def subscribe(self, prefix: str) -> Watcher:
-        watcher = Watcher(self, prefix, self.buffer)
+    def subscribe(self, prefix: str, readable: Callable[[Record], bool] | None = None) -> Watcher:
+        watcher = Watcher(self, prefix, self.buffer, readable)
         self.watchers.add(watcher)
         return watcher
 
@@ -210,11 +219,12 @@ class WatchHub:
     def on_changes(self, changes: list[Change]) -> None:
         if not self.watchers:
             return
-        events = [WatchEvent.of(c.new) for c in changes if c.new is not None]
+        records = [c.new for c in changes if c.new is not None]
+        events = [WatchEvent.of(r) for r in records]
         for watcher in list(self.watchers):
-            prefix = watcher.prefix
-            for event in events:
-                if under(prefix, event.key):
+            prefix, readable = watcher.prefix, watcher.readable
+            for record, event in zip(records, events, strict=True):
+                if under(prefix, event.key) and (readable is None or readable(record)):
                     watcher.offer(event)
             watcher.batch_announced()
 

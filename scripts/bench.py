@@ -30,6 +30,7 @@ import os
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_support import metrics_cost
+from bench_support.auth_inprocess import auth_cpu_lines
 from bench_support.backup import add_arguments as _add_backup_args
 from bench_support.backup import cmd_backup
 from bench_support.gossip_report import GossipReport
@@ -62,6 +64,7 @@ from bench_support.procs import (
     cpu_mark,
     foreign_cpu,
     machine_busy,
+    process_cpu_s,
     rss_mb,
 )
 from bench_support.replication import add_arguments as _add_replication_args
@@ -107,6 +110,10 @@ def cmd_http(args: argparse.Namespace) -> int:
         return 2
     if args.no_etcd:
         args.skip.append("etcd")
+    if args.auth:  # KVS anonymous against KVS with a token on every request, nothing else
+        args.skip += ["bare-hypercorn", "etcd", "loadgen-ceiling"]
+    else:
+        args.skip.append("kvs-auth")
     with tempfile.TemporaryDirectory(prefix="kvs-bench-", dir=args.tmp_dir) as tmp_name:
         tmp = Path(tmp_name)
         report = HttpReport(
@@ -130,6 +137,9 @@ def cmd_http(args: argparse.Namespace) -> int:
             targets, start_failed = start_targets(report, args, tmp, servers)
             failed |= start_failed
             failed |= measure_interleaved(report, targets, args, tmp)
+            if args.auth:
+                report.notes.extend(auth_cost_lines(report))
+                report.notes.extend(auth_cpu_lines())
             for target in targets:
                 if target.bulk is not None:
                     failed |= _guarded(
@@ -225,6 +235,31 @@ def measure_startup(report: HttpReport, args: argparse.Namespace, tmp: Path) -> 
     _log("kvs start-up: " + ", ".join(f"{s:.3f} s" for s in report.startup_s))
 
 
+def auth_cost_lines(report: HttpReport) -> list[str]:
+    """The auth check's cost: a token on every request against anonymous requests, as
+    throughput and as the server's CPU time per request (medians). On a busy machine the
+    CPU time is the steadier figure: throughput of a CPU-bound server is its inverse."""
+    lines = []
+    for op in OPS:
+        plain, authed = report.rps("kvs", op), report.rps("kvs-auth", op)
+        cpu_plain = report.cpu_us_per_request.get(f"kvs {op}")
+        cpu_auth = report.cpu_us_per_request.get(f"kvs-auth {op}")
+        if plain and authed:
+            lines.append(
+                f"auth cost, {op} throughput: {authed:,.0f} req/s with a token vs {plain:,.0f}"
+                f" anonymous = {authed / plain:.0%} (target: at least 85%)"
+            )
+        if cpu_plain and cpu_auth:
+            a, b = statistics.median(cpu_plain), statistics.median(cpu_auth)
+            lines.append(
+                f"auth cost, {op} server CPU per request: {b:,.0f} us with a token vs {a:,.0f}"
+                f" anonymous: throughput at full CPU = {a / b:.0%} (target: at least 85%);"
+                f" runs: {', '.join(f'{x:,.0f}' for x in cpu_auth)} vs"
+                f" {', '.join(f'{x:,.0f}' for x in cpu_plain)}"
+            )
+    return lines
+
+
 def start_targets(
     report: HttpReport, args: argparse.Namespace, tmp: Path, servers: contextlib.ExitStack
 ) -> tuple[list[Target], bool]:
@@ -237,6 +272,9 @@ def start_targets(
             [sys.executable, str(SCRIPT), "_bare"], tmp, args.ready_timeout
         ),
         "kvs": lambda: kvs_target(args.kvs_cmd, tmp, sizes, args.ready_timeout, cwd=REPO),
+        "kvs-auth": lambda: kvs_target(
+            args.kvs_cmd, tmp, sizes, args.ready_timeout, cwd=REPO, auth=True
+        ),
         "etcd": lambda: etcd_target(tmp, sizes, args.ready_timeout),
     }
     targets: list[Target] = []
@@ -276,7 +314,9 @@ def measure_interleaved(
     def run(target: Target, op: str, seconds: float, record: bool) -> None:
         nonlocal failed
         try:
+            cpu_before = process_cpu_s(target.proc.pid)
             result = _run_load(target.proc.port, target.workloads[op], args, tmp, seconds)
+            cpu_used = process_cpu_s(target.proc.pid) - cpu_before
         except STEP_ERRORS as exc:
             failed = True
             live.remove(target)
@@ -284,6 +324,10 @@ def measure_interleaved(
             return
         if record:
             runs[target.name, op].append(result)
+            if result.requests:
+                report.cpu_us_per_request.setdefault(f"{target.name} {op}", []).append(
+                    cpu_used / result.requests * 1e6
+                )
             _log(
                 f"  {target.name} {op}: {result.rps:,.0f} req/s  p50 {result.p50_ms:.2f} ms"
                 f"  p99 {result.p99_ms:.2f} ms"
@@ -707,10 +751,15 @@ def _add_http_args(p: argparse.ArgumentParser) -> None:
         "--skip",
         action="append",
         default=[],
-        choices=("loadgen-ceiling", "bare-hypercorn", "kvs", "etcd"),
+        choices=("loadgen-ceiling", "bare-hypercorn", "kvs", "etcd", "kvs-auth"),
         help="skip a step (repeatable)",
     )
     p.add_argument("--no-etcd", action="store_true", help="same as --skip etcd")
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="measure the auth check: KVS anonymous vs KVS (auth on) with a token on every request",
+    )
     p.add_argument(
         "--tmp-dir", help="where the temporary data dirs go (default: the system temp dir)"
     )

@@ -166,8 +166,12 @@ class Cluster:
         *,
         out: Callable[[str], None] = print,
         env: dict[str, str] | None = None,
+        auth: bool = False,
     ) -> None:
         self.directory = directory.resolve()
+        # New clusters only (an existing directory keeps its configs). With auth, node 1
+        # creates the root token on its first start: data/node1/root.token.
+        self.auth = auth
         self.out = out
         self.env = dict(env or {})  # extra environment for the nodes this object starts
         # Processes this object started: polled (and so reaped) instead of probed by pid, so a
@@ -244,6 +248,7 @@ class Cluster:
             text = _set_key(text, "data_dir", f"./data/{spec.name}")
             seeds = "[]" if spec is specs[0] else f'["{seed}"]'
             text = _set_key(text, "seed_nodes", seeds)
+            text = _set_key(text, "auth_enabled", "true" if self.auth else "false")
             _write_private(spec.config, text)
             load_config(spec.config)  # a config the node would refuse is our bug: fail here
         _write_private(
@@ -470,11 +475,20 @@ class Cluster:
                     )
                 time.sleep(POLL_INTERVAL)
 
+    def root_token(self) -> str | None:
+        """Node 1's root token (auth clusters; created on its first start), or None."""
+        path = self.directory / "data" / "node1" / "root.token"
+        try:
+            return path.read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+
     def _wait_converged(self, specs: Sequence[NodeSpec], deadline: float) -> None:
         """Until every node in `specs` lists every other as alive."""
         want = {s.name for s in specs}
         missing: dict[str, set[str]] = {}
-        with _client() as client:
+        token = self.root_token()
+        with _client(token) as client:
             while True:
                 missing = {}
                 for spec in specs:
@@ -526,9 +540,10 @@ class Cluster:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _client() -> httpx.Client:
+def _client(token: str | None = None) -> httpx.Client:
     # trust_env=False: a proxy from the environment must never see loopback traffic.
-    return httpx.Client(timeout=2.0, trust_env=False)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(timeout=2.0, trust_env=False, headers=headers)
 
 
 def alive_members(client: httpx.Client, url: str) -> set[str] | None:
@@ -637,6 +652,11 @@ def build_parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", parents=[common], help="create and start a cluster")
     start.add_argument("-n", type=int, default=None, help="number of nodes (default 3)")
     start.add_argument(
+        "--auth",
+        action="store_true",
+        help="a new cluster with auth_enabled: true (root token in DIR/data/node1/root.token)",
+    )
+    start.add_argument(
         "--base-port",
         type=int,
         default=DEFAULT_BASE_PORT,
@@ -663,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cluster = Cluster(Path(args.dir))
+    cluster = Cluster(Path(args.dir), auth=getattr(args, "auth", False))
     try:
         if args.command == "start":
             if args.n is not None and args.n < 1:

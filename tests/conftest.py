@@ -18,9 +18,11 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
     values: dict[str, Any] = {
         "node_id": "test-node",
         "data_dir": str(tmp_path / "data"),
+        "backup_path": str(tmp_path / "backups"),  # never the working directory's ./backups
         "cluster_secret": "test-secret",
         "durability": "os",  # tests do not need fsync; the process tests cover the real thing
         "clustering_enabled": False,  # single-node tests; cluster tests opt in
+        "auth_enabled": False,  # tests not about auth; tests/unit/test_auth_*.py opt in
     }
     values.update(overrides)
     return Config(**values)

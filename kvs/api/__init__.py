@@ -5,18 +5,21 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from kvs.api.backup import backup_blueprint
 from kvs.api.cluster import cluster_blueprint
 from kvs.api.errors import ApiError, error_response
+from kvs.api.guard import identify, require_scope
 from kvs.api.keys import KeyRoutes
 from kvs.api.kv import allowed_methods, batch_body_limit, kv_blueprint
 from kvs.api.metrics import MetricsMiddleware, metrics_blueprint
 from kvs.api.ops import ops_blueprint
+from kvs.api.security import security_blueprint
 from kvs.api.watch import WatchRoutes
+from kvs.auth.permissions import READ_SCOPE
 from kvs.metrics import make_registry
 from kvs.model import InvalidKey, validate_key
 from kvs.watch import WatchHub
@@ -25,6 +28,13 @@ if TYPE_CHECKING:
     from kvs.node import Node
 
 log = logging.getLogger(__name__)
+
+# Open without a token: liveness (no secrets in it) and the HMAC-authenticated join lookup.
+OPEN_PATHS = frozenset({"/health", "/cluster/info"})
+# The topology and sync state: a token (read scope) unless anonymous reads are allowed.
+CLUSTER_PATHS = frozenset(
+    {"/members", "/members/", "/cluster/stats", "/merkle_tree/root", "/metrics"}
+)
 
 
 def create_app(node: Node) -> QuartTrio:
@@ -40,6 +50,20 @@ def create_app(node: Node) -> QuartTrio:
     app.register_blueprint(ops_blueprint(node))
     app.register_blueprint(cluster_blueprint(node))
     app.register_blueprint(backup_blueprint(node))
+    app.register_blueprint(security_blueprint(node))
+
+    @app.before_request
+    async def authenticate() -> None:
+        # Every request but the open ones: who is calling (401 for a bad token), and the rate
+        # limit; the handlers check scopes and permission bits.
+        if request.path in OPEN_PATHS:
+            return
+        g.principal = await identify(
+            node, request.headers.get("Authorization"), request.remote_addr or "unknown"
+        )
+        if request.path in CLUSTER_PATHS:
+            require_scope(node, g.principal, READ_SCOPE)
+
     # Watch and metrics (issue 6): the hub follows the store's commits; the metrics
     # middleware sits outermost so it counts every request, fast path included.
     hub = WatchHub(node.store, buffer=node.config.watch_buffer)

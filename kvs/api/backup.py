@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, g
 
 from kvs.api.errors import ApiError, json_response
+from kvs.api.guard import require_scope
 from kvs.backup import BackupError
 
 if TYPE_CHECKING:
@@ -20,12 +21,14 @@ def backup_blueprint(node: Node) -> Blueprint:
 
     @bp.route("/api/backup/status", methods=["GET"])
     async def status() -> Response:
+        require_scope(node, g.principal, "admin:backup:read")
         return json_response(node.backups.status())
 
     @bp.route("/api/backup/run", methods=["POST"])
     async def run() -> Response:
         """Take a backup now and answer when it is on disk (a running one is waited for
         first: backups never overlap)."""
+        require_scope(node, g.principal, "admin:backup:create")
         try:
             result = await node.backups.run_once()
         except BackupError as exc:

@@ -15,6 +15,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from kvs.api.errors import ApiError
+from kvs.api.guard import (
+    client_of_scope,
+    identify,
+    new_key_owner,
+    require_bit,
+    require_create,
+    require_scope,
+)
 from kvs.api.kv import (
     TTL_HEADER,
     check_key,
@@ -24,6 +32,15 @@ from kvs.api.kv import (
     require_writable,
     stored_value_json,
 )
+from kvs.auth.permissions import (
+    DELETE,
+    DELETE_SCOPE,
+    READ,
+    READ_SCOPE,
+    WRITE,
+    WRITE_SCOPE,
+    Principal,
+)
 from kvs.store import Conflict, Delete, NotFound, Put, Written
 
 if TYPE_CHECKING:
@@ -32,6 +49,7 @@ if TYPE_CHECKING:
 Scope = dict[str, Any]
 _JSON = (b"content-type", b"application/json")
 _PASS_THROUGH = ("_ls", "_tree")
+_METADATA = ("metadata", "_metadata")  # /kv/{key}/metadata: kvs/api/security.py
 
 
 class _Disconnected(Exception):
@@ -48,7 +66,8 @@ class KeyRoutes:
         if scope["type"] != "http" or not path.startswith("/kv/"):
             return await self.app(scope, receive, send)
         rest = path[4:]
-        if rest == "_batch" or rest.rpartition("/")[2] in _PASS_THROUGH or rest == "":
+        _, slash, last = rest.rpartition("/")
+        if rest in ("_batch", "") or last in _PASS_THROUGH or (slash and last in _METADATA):
             return await self.app(scope, receive, send)
         try:
             status, headers, body = await self._handle(scope, receive, rest)
@@ -69,22 +88,29 @@ class KeyRoutes:
         self, scope: Scope, receive: Any, rest: str
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         method = scope["method"]
+        principal = await identify(
+            self.node, _header(scope, b"authorization"), client_of_scope(scope)
+        )
         if method in ("GET", "HEAD"):
-            return self._get(scope, check_key(rest))
+            return self._get(scope, check_key(rest), principal)
         if method == "PUT":
-            return await self._put(scope, receive, check_key(rest))
+            return await self._put(scope, receive, check_key(rest), principal)
         if method == "DELETE":
-            return await self._delete(check_key(rest))
+            return await self._delete(check_key(rest), principal)
         raise ApiError(
             405,
             f"method {method} is not allowed on a key",
             headers={"Allow": "GET, HEAD, PUT, DELETE"},
         )
 
-    def _get(self, scope: Scope, key: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def _get(
+        self, scope: Scope, key: str, principal: Principal
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        require_scope(self.node, principal, READ_SCOPE)
         record = self.node.store.get_live(key)
         if record is None:
             raise ApiError(404, "key not found", key=key)
+        require_bit(self.node, principal, record, READ)
         etag = b'"%s"' % record.version.uuid.encode()
         inm = _header(scope, b"if-none-match")
         if inm is not None and etag_value(inm) == record.version.uuid:
@@ -92,10 +118,11 @@ class KeyRoutes:
         return 200, [_JSON, (b"etag", etag)], stored_value_json(record)
 
     async def _put(
-        self, scope: Scope, receive: Any, key: str
+        self, scope: Scope, receive: Any, key: str, principal: Principal
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         node = self.node
         require_writable(node)
+        require_scope(node, principal, WRITE_SCOPE)
         raw_query = scope.get("query_string", b"")
         query = parse_qs(raw_query.decode("latin-1")) if raw_query else {}
         raw_ttl = (
@@ -107,7 +134,14 @@ class KeyRoutes:
         body = await _read_body(scope, receive, node.config.max_json_size)
         parse_json_document(body)
         expires_at = node.clock.wall_ms() + int(ttl * 1000) if ttl else None
-        (outcome,) = await node.store.write([Put(key, body, expires_at, if_match)])
+        if node.auth.enabled:
+            current = node.store.get_live(key)
+            if current is not None:
+                require_bit(node, principal, current, WRITE)
+            else:
+                require_create(node, principal, key)
+        owner, group = new_key_owner(node, principal)
+        (outcome,) = await node.store.write([Put(key, body, expires_at, if_match, owner, group)])
         if isinstance(outcome, Conflict):
             message = (
                 "version conflict: If-Match does not name the current version"
@@ -116,15 +150,28 @@ class KeyRoutes:
             )
             raise ApiError(409, message, key=key, current_uuid=outcome.current_uuid)
         assert isinstance(outcome, Written)
+        if node.audit is not None:
+            await node.audit_event("put", principal.user, key)
         v = outcome.record.version
         body = b'{"uuid":"%s","timestamp":%d}' % (v.uuid.encode(), v.timestamp)
         return 200, [_JSON, (b"etag", b'"%s"' % v.uuid.encode())], body
 
-    async def _delete(self, key: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        require_writable(self.node)
-        (outcome,) = await self.node.store.write([Delete(key)])
+    async def _delete(
+        self, key: str, principal: Principal
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        node = self.node
+        require_writable(node)
+        if node.auth.enabled:
+            # Anonymous callers never hold `delete`: deleting always needs a token (Go KVS).
+            require_scope(node, principal, DELETE_SCOPE)
+            current = node.store.get_live(key)
+            if current is not None:
+                require_bit(node, principal, current, DELETE)
+        (outcome,) = await node.store.write([Delete(key)])
         if isinstance(outcome, NotFound):
             raise ApiError(404, "key not found", key=key)
+        if node.audit is not None:
+            await node.audit_event("delete", principal.user, key)
         return 204, [], b""
 
 

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, g, request
 from werkzeug.exceptions import RequestTimeout
 
 from kvs import listing
+from kvs.api import guard
 from kvs.api.errors import ApiError, json_response, raw_json_response
+from kvs.auth.permissions import DELETE, DELETE_SCOPE, READ, READ_SCOPE, WRITE, WRITE_SCOPE, allows
 from kvs.model import (
+    SYSTEM_PREFIX,
     InvalidKey,
     Record,
     canonical_json,
@@ -206,7 +209,8 @@ async def read_body(limit: int) -> bytes:
 
 
 def require_writable(node: Node) -> None:
-    """Writes are refused (503) on a read-only node and on one still bootstrapping."""
+    """Writes are refused (503) on a read-only node, on one still bootstrapping, and on a
+    stale one (cut off longer than tombstone_ttl: it no longer replicates)."""
     mode = node.mode
     if mode == "read-only":
         raise ApiError(
@@ -216,6 +220,13 @@ def require_writable(node: Node) -> None:
         raise ApiError(
             503,
             "this node is syncing its data from the cluster; writes are refused until it finishes",
+            mode=mode,
+        )
+    if mode == "stale":
+        raise ApiError(
+            503,
+            "this node was cut off from the cluster for longer than tombstone_ttl and must be "
+            "re-bootstrapped; writes are refused",
             mode=mode,
         )
 
@@ -250,12 +261,25 @@ def kv_blueprint(node: Node) -> Blueprint:
             raise ApiError(405, f"use GET for {last}", headers={"Allow": allowed_methods(rest)})
         if prefix:
             check_key(prefix)
+        guard.require_scope(node, g.principal, READ_SCOPE)
         return ls(prefix) if last == "_ls" else tree(prefix)
+
+    def readable(record: Record) -> bool:
+        return not node.auth.enabled or allows(
+            g.principal, record.owner, record.group, record.permissions, READ
+        )
 
     def ls(prefix: str) -> Response:
         limit = int_arg("limit", 100, 1000)
         include_metadata = bool_arg("include_metadata")
         children, total = listing.list_children(store, prefix, limit, node.clock.wall_ms())
+        if node.auth.enabled:  # keys the caller may not read are not listed
+            for child in children:
+                if child.record is not None and not readable(child.record):
+                    child.record = None
+            hidden = [c for c in children if c.record is None and not c.has_children]
+            children = [c for c in children if c.record is not None or c.has_children]
+            total -= len(hidden)
         return json_response(
             {
                 "path": prefix,
@@ -272,6 +296,10 @@ def kv_blueprint(node: Node) -> Blueprint:
         if fmt not in ("json", "nested"):
             raise ApiError(400, f"query parameter format must be json or nested, got {fmt!r}")
         records, total = listing.list_tree(store, prefix, depth, limit, node.clock.wall_ms())
+        if node.auth.enabled:  # keys the caller may not read are not listed
+            kept = [r for r in records if readable(r)]
+            total -= len(records) - len(kept)
+            records = kept
         body: dict[str, Any] = {"path": prefix}
         if fmt == "nested":
             body["children"] = listing.nest(records, prefix)
@@ -286,6 +314,9 @@ def kv_blueprint(node: Node) -> Blueprint:
 
     async def batch() -> Response:
         require_writable(node)
+        principal = g.principal
+        if not {WRITE_SCOPE, DELETE_SCOPE} & principal.scopes:
+            guard.require_scope(node, principal, WRITE_SCOPE)  # 401/403 before reading the body
         body = await read_body(batch_body_limit(config))
         shapes = json_number_shapes(body)
         document = parse_json_document(body, shapes)
@@ -299,7 +330,14 @@ def kv_blueprint(node: Node) -> Blueprint:
         store_ops: list[Put | Delete] = []
         for index, op in enumerate(ops):
             store_ops.append(batch_op(index, op, now, may_hold_floats))
+        if node.auth.enabled:
+            store_ops = [authorize_op(index, op, principal) for index, op in enumerate(store_ops)]
         outcomes = await store.write(store_ops) if store_ops else []
+        if node.audit is not None:
+            for op, outcome in zip(store_ops, outcomes, strict=True):
+                if isinstance(outcome, Written):
+                    action = "delete" if isinstance(op, Delete) else "put"
+                    await node.audit_event(action, principal.user, op.key, "batch")
         results: list[dict[str, Any]] = []
         for op, outcome in zip(store_ops, outcomes, strict=True):
             if isinstance(op, Delete):
@@ -311,6 +349,27 @@ def kv_blueprint(node: Node) -> Blueprint:
         # Strings, integers and booleans only, which orjson writes byte for byte as
         # json_response does; json_response's float check trips on most UUIDs (`4e`), so skip it.
         return raw_json_response(orjson.dumps({"results": results}))
+
+    def authorize_op(index: int, op: Put | Delete, principal: Any) -> Put | Delete:
+        """Scope and permission bits for one batch op; a new key gets the caller as owner."""
+        try:
+            current = store.get_live(op.key)
+            if isinstance(op, Delete):
+                guard.require_scope(node, principal, DELETE_SCOPE)
+                if current is not None:
+                    guard.require_bit(node, principal, current, DELETE)
+                return op
+            guard.require_scope(node, principal, WRITE_SCOPE)
+            if current is not None:
+                guard.require_bit(node, principal, current, WRITE)
+            else:
+                guard.require_create(node, principal, op.key)
+        except ApiError as exc:
+            raise ApiError(
+                exc.status, f"op {index}: {exc.message}", exc.headers, index=index
+            ) from None
+        owner, group = guard.new_key_owner(node, principal)
+        return Put(op.key, op.value, op.expires_at, None, owner, group)
 
     def batch_op(index: int, op: Any, now: int, may_hold_floats: bool) -> Put | Delete:
         if not isinstance(op, dict):
@@ -352,6 +411,7 @@ def kv_blueprint(node: Node) -> Blueprint:
 
     @bp.route("/kv_changes", methods=["GET"])
     async def kv_changes() -> Response:
+        guard.require_scope(node, g.principal, READ_SCOPE)
         since = int_arg("since", 0, 2**47, minimum=0)
         limit = int_arg("limit", 100, 1000)
         after = hlc_pack(since + 1) - 1  # every entry in millisecond `since` or earlier
@@ -388,6 +448,7 @@ def kv_blueprint(node: Node) -> Blueprint:
                 "deleted": r.deleted,
             }
             for r in page
+            if not r.key.startswith(SYSTEM_PREFIX)  # users, groups, tokens: not client keys
         ]
         next_since = page[-1].version.timestamp if page else since
         return json_response({"changes": changes, "next": next_since, "more": more})
@@ -400,6 +461,10 @@ def kv_blueprint(node: Node) -> Blueprint:
                 404, "not found: use /api/data/{key}/history or /api/data/{key}/history/{n}"
             )
         key = check_key(match.group("key"))
+        guard.require_scope(node, g.principal, READ_SCOPE)
+        current = store.get_live(key)
+        if current is not None:
+            guard.require_bit(node, g.principal, current, READ)
         versions = store.history(key, limit=config.revision_history_depth)
         n_raw = match.group("n")
         if n_raw is None:

@@ -28,7 +28,10 @@ from urllib.parse import parse_qsl
 import trio
 
 from kvs.api.errors import ApiError
+from kvs.api.guard import client_of_scope, identify, require_scope
 from kvs.api.kv import check_key
+from kvs.auth.permissions import READ, READ_SCOPE, Principal, allows
+from kvs.model import Record
 from kvs.watch import ResumePoint, Watcher, WatchHub, parse_resume, sse_control, sse_event
 
 if TYPE_CHECKING:
@@ -61,9 +64,21 @@ class WatchRoutes:
             return await self.app(scope, receive, send)
         try:
             prefix, resume = self._parse(scope, path)
+            principal = await self._authorize(scope)
         except ApiError as exc:
             return await _send_error(send, exc)
-        await self._stream(prefix, resume, receive, send)
+        await self._stream(prefix, resume, receive, send, principal)
+
+    async def _authorize(self, scope: Scope) -> Principal:
+        """As for a listing: a token with the read scope (or anonymous reads allowed); each
+        event is then shown only if the key's permission bits let the caller read it."""
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+        principal = await identify(self.node, authorization, client_of_scope(scope))
+        require_scope(self.node, principal, READ_SCOPE)
+        return principal
 
     def _parse(self, scope: Scope, path: str) -> tuple[str, ResumePoint | None]:
         if scope["method"] != "GET":
@@ -87,9 +102,16 @@ class WatchRoutes:
             raise ApiError(400, str(exc)) from None
 
     async def _stream(
-        self, prefix: str, resume: ResumePoint | None, receive: Any, send: Any
+        self, prefix: str, resume: ResumePoint | None, receive: Any, send: Any, who: Principal
     ) -> None:
-        watcher = self.hub.subscribe(prefix)  # before the replay reads: nothing falls between
+        readable = None
+        if self.node.auth.enabled:
+
+            def readable(record: Record) -> bool:
+                return allows(who, record.owner, record.group, record.permissions, READ)
+
+        # Subscribed before the replay reads: nothing falls between the two.
+        watcher = self.hub.subscribe(prefix, readable)
         try:
             async with trio.open_nursery() as nursery:
                 scope = nursery.cancel_scope

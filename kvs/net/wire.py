@@ -99,7 +99,8 @@ REASONS: Final = frozenset(
         "oversize",  # more bytes than allowed, refused before parsing (or reading) them
         "malformed",  # not msgpack, trailing bytes, nesting too deep
         "shape",  # valid msgpack, but wrong structure, types or values
-        "timeout",  # a stream peer too slow to send or take a frame
+        "timeout",  # a stream peer too slow to send or take a frame (or to finish one begun)
+        "idle",  # a stream peer sent nothing for the idle time between frames (not an attack)
         "closed",  # a stream peer went away (or an earlier error closed the stream)
     }
 )
@@ -558,7 +559,8 @@ class FrameStream:
     between frames, and WireError for everything else: "oversize", "short" (EOF inside a
     frame), "auth", "malformed", "timeout", "closed" (the connection broke). After an error
     the direction that failed keeps raising (the stream is out of step): close it. The one
-    exception is a receive "timeout": no partial frame is ever consumed, so a retry is safe.
+    exception is a receive "timeout" or "idle": no partial frame is ever consumed, so a retry
+    is safe.
     A send that times out or is cancelled mid-frame breaks the sending direction ("closed").
 
     Nonces must be fresh for every connection (`rng.randbytes(16)` from the node's seeded
@@ -724,14 +726,25 @@ class FrameStream:
                 raise
             self._send_failed = None
 
-    async def receive(self, *, timeout: float | None = None) -> Any:
-        """The next frame's value; see the class docstring for EOF and errors."""
+    async def receive(self, *, timeout: float | None = None, idle: float | None = None) -> Any:
+        """The next frame's value; see the class docstring for EOF and errors.
+
+        `timeout` bounds the reading of one frame. With `idle`, the wait for the frame to
+        begin is bounded by `idle` instead (WireError "idle" when nothing came), and
+        `timeout` starts at the frame's first byte: a long-lived connection may stay quiet,
+        but a peer that begins a frame and dribbles it (slow loris) is cut off after
+        `timeout` with "timeout"."""
         async with self._recv_lock:
             if self._recv_failed is not None:
                 raise WireError(self._recv_failed)
             if self._eof:
                 raise trio.EndOfChannel
             try:
+                if idle is not None:
+                    # Waiting for a frame to begin is bounded by `idle` alone; once its first
+                    # byte is here, the frame must be complete within the frame timeout.
+                    with _deadline(idle, "idle"):
+                        await self._fill(1)
                 with _deadline(self.timeout if timeout is None else timeout):
                     body = await self._read_frame(self.max_frame)
                 payload = body
@@ -746,7 +759,7 @@ class FrameStream:
                     self._recv_seq += 1
                 return _unpack(payload, len(payload))
             except WireError as exc:
-                if exc.reason != "timeout":  # a timeout consumed nothing: a retry is safe
+                if exc.reason not in ("timeout", "idle"):  # nothing consumed: a retry is safe
                     self._recv_failed = exc.reason
                 raise
             except trio.EndOfChannel:
@@ -805,15 +818,15 @@ class FrameStream:
 
 
 @contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """`trio.fail_after` that reports a stalled peer as WireError("timeout")."""
+def _deadline(seconds: float, reason: str = "timeout") -> Iterator[None]:
+    """`trio.fail_after` that reports a stalled peer as WireError(reason)."""
     if math.isnan(seconds) or seconds <= 0:
         raise ValueError("timeout must be positive")
     try:
         with trio.fail_after(seconds):
             yield
     except trio.TooSlowError:
-        raise WireError("timeout") from None
+        raise WireError(reason) from None
 
 
 def _parse_hello(obj: Any, purpose: str) -> tuple[bytes, bool, str | None]:

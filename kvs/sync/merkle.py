@@ -26,15 +26,20 @@ _VERSION = struct.Struct(">QQ")
 
 def record_hash(key: str, version: Version, deleted: bool) -> int:
     """128 bits identifying one version of one key (tombstones differ from values)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(key.encode())
-    h.update(b"\x00")
-    h.update(_VERSION.pack(version.hlc, version.origin_joined))
-    h.update(version.uuid.encode())
-    h.update(b"\x00")
-    h.update(version.origin.encode())
-    h.update(b"\x01" if deleted else b"\x00")
-    return int.from_bytes(h.digest(), "big")
+    # One hash call over the concatenation (the same digest as one update per part: the
+    # bytes hashed are what they always were), a third of the cost.
+    data = b"".join(
+        (
+            key.encode(),
+            b"\x00",
+            _VERSION.pack(version.hlc, version.origin_joined),
+            version.uuid.encode(),
+            b"\x00",
+            version.origin.encode(),
+            b"\x01" if deleted else b"\x00",
+        )
+    )
+    return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
 
 
 def hash_of(record: Record) -> int:

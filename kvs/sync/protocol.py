@@ -6,7 +6,17 @@ Requests travel as msgpack maps over an authenticated `FrameStream` (purpose "sy
     {"op": "children", "nodes": [[level, i]...]} -> {"hashes": [[bytes16 * 16], ...]}
     {"op": "leaves", "leaves": [leaf, ...]}      -> {"entries": [summary, ...], "count": n}
     {"op": "fetch", "keys": [key, ...]}          -> {"records": [encoded record, ...], "count": n}
-    {"op": "push", "records": [encoded, ...]}    -> {"applied": int}
+    {"op": "take", "leaves": [leaf, ...]}        -> {"records": [encoded record, ...], "count": n}
+    {"op": "push", "records": [encoded, ...], "durable": bool}  -> {"applied": int}
+
+A push is answered once its records are committed, or with "durable": false (the push
+link, where anti-entropy is the safety net) once they are validated and queued for the
+next group commit, so the next batch need not wait for the receiver's fsync.
+
+"take" answers with every record of the first `count` leaves, whole leaves only: what a node
+that holds nothing of a leaf needs (a bootstrap), without listing it first. `count` is 0 when
+the first leaf alone does not fit one frame; the client then lists that leaf instead.
+A node that is "stale" (see SyncWorker) refuses "leaves", "take" and "fetch".
 
 A summary is `[key, hlc, origin_joined, origin, uuid, deleted, expires_at]`. A reply must fit
 one frame, so "leaves" and "fetch" answer for the first `count` (>= 1) leaves or keys asked
@@ -25,6 +35,7 @@ MAX_NODES_PER_REQUEST = 4096
 MAX_LEAVES_PER_REQUEST = 1024
 MAX_KEYS_PER_REQUEST = 2000
 MAX_RECORDS_PER_PUSH = 2000
+MAX_RECORDS_PER_REPLY = 1 << 20  # "take" and "fetch" replies (their frame bounds them anyway)
 _U63 = (1 << 63) - 1
 MAX_INT = _U63  # every integer in a record or summary (HLCs, timestamps) is within 0..MAX_INT
 
@@ -77,8 +88,8 @@ def parse_keys(request: dict[str, Any]) -> list[str]:
     return keys
 
 
-def parse_records(value: Any) -> list[bytes]:
-    records = _list(value, MAX_RECORDS_PER_PUSH)
+def parse_records(value: Any, limit: int = MAX_RECORDS_PER_PUSH) -> list[bytes]:
+    records = _list(value, limit)
     if not all(isinstance(r, bytes) for r in records):
         raise ProtocolError("shape")
     return records
@@ -101,11 +112,11 @@ def decode_hashes(reply: Any, count: int) -> list[list[int]]:
     return out
 
 
-def decode_count(reply: Any, requested: int) -> int:
-    """How many of the `requested` leaves or keys a reply covers: at least one, so that a
-    client asking again for the rest always makes progress."""
+def decode_count(reply: Any, requested: int, *, at_least: int = 1) -> int:
+    """How many of the `requested` leaves or keys a reply covers: at least one (unless the
+    caller allows 0), so that a client asking again for the rest always makes progress."""
     count = reply.get("count") if isinstance(reply, dict) else None
-    return _int(count, min(1, requested), requested)
+    return _int(count, min(at_least, requested), requested)
 
 
 def encode_summary(s: Summary) -> list[Any]:

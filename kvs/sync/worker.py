@@ -16,14 +16,16 @@ garbage collection on one replica is never undone by another.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import trio
 
 from kvs.model import InvalidKey, Record, RecordCodec, hlc_ms, validate_key
@@ -31,21 +33,24 @@ from kvs.net.messages import Address, State
 from kvs.net.swim import MemberChanged
 from kvs.net.transport import Transport
 from kvs.net.wire import MAX_FRAME_BYTES, FrameStream, WireError, derive_key
-from kvs.store import Change, Merge, Store, Summary, Written
+from kvs.store import Change, Merge, Store, StoreError, Summary, Written
 from kvs.sync import protocol as p
 from kvs.sync.merkle import MerkleTree
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT = 10.0  # a peer must answer each request within this
-IDLE_TIMEOUT = 120.0  # a server closes a connection idle this long
+REQUEST_TIMEOUT = 10.0  # a peer must answer each request (and send each frame) within this
+IDLE_TIMEOUT = 120.0  # a server closes a connection on which no request began for this long
+PUSHES_IN_FLIGHT = 4  # pushes a server connection merges at once (push link, not durable)
+KEEPALIVE = IDLE_TIMEOUT / 4  # an idle push connection says something this often
 PUSH_QUEUE_LIMIT = 10_000  # keys waiting for one peer; beyond it anti-entropy takes over
 PUSH_BATCH = 500
-FETCH_BATCH = 500
-LEAF_BATCH = 256
+FETCH_BATCH = p.MAX_KEYS_PER_REQUEST
+LEAF_BATCH = p.MAX_LEAVES_PER_REQUEST  # leaves listed (or taken whole) per request
 # Batches are cut by bytes too: a frame over MAX_FRAME_BYTES cannot be sent at all (and the
 # send raises ValueError, which is not an I/O error), and values may be up to 1 MiB each.
 FRAME_BUDGET = MAX_FRAME_BYTES // 4
+MERGE_BATCH = 2000  # fetched records merged per transaction (LMDB holds its pages in memory)
 BOOTSTRAP_RETRY = 0.5  # seconds between exchanges while syncing (not sync_interval)
 BOOTSTRAP_GRACE = 10.0  # seconds a syncing node looks for a peer with data before it concludes
 # that the cluster is new (every live peer is syncing too) and starts taking writes
@@ -60,13 +65,19 @@ _IO_ERRORS = (
 )
 
 
+# System-db names (persisted in the store, so that they survive a restart).
+BOOTSTRAP_STATE = "sync_bootstrap"  # "pending" while bootstrapping, "done" once complete
+LAST_EXCHANGE = "sync_last_exchange_ms"  # wall ms of the last exchange that completed
+
+
 @dataclass
 class SyncSettings:
     sync_interval: float = 5.0
     tombstone_ttl_ms: int = 7 * 86400 * 1000
     max_value_size: int = 1 << 20
     max_clock_offset_ms: int = 60_000
-    pace_delay: float = 0.0  # pause between fetch batches (bootstrap pacing)
+    throttle_delay: float = 0.0  # pause between batches of an exchange (bootstrap pacing)
+    max_connections: int = 64  # inbound sync connections served at once; more are refused
 
 
 @dataclass
@@ -86,6 +97,8 @@ class ExchangeResult:
     bytes_in: int = 0
     bytes_out: int = 0
     peer_syncing: bool = False  # the peer was bootstrapping itself: it may lack the data
+    peer_stale: bool = False  # the peer was cut off too long: it serves nothing
+    skipped: bool = False  # nothing exchanged: the peer pulls itself, or is stale
 
 
 class _CountingStream(trio.abc.Stream):
@@ -134,6 +147,18 @@ def _by_bytes(raws: list[bytes]) -> Iterator[list[bytes]]:
         yield chunk
 
 
+def bootstrap_needed(store: Store, has_seeds: bool) -> bool:
+    """Whether a node starts in `syncing` mode: its bootstrap began and never completed
+    (persisted), or it starts with an empty store and seeds to join. A node restarted in
+    the middle of a bootstrap holds part of the data, and must not take that for all of it."""
+    state = store.get_system(BOOTSTRAP_STATE)
+    if state == "pending":
+        return True
+    if state == "done":
+        return False
+    return has_seeds and store.count() == 0
+
+
 class SyncWorker:
     def __init__(
         self,
@@ -165,12 +190,20 @@ class SyncWorker:
         self.synced = trio.Event()
         if not syncing:
             self.synced.set()
+        # Cut off from the cluster for longer than tombstone_ttl: deletes it missed may be
+        # forgotten everywhere else, so its data could bring deleted keys back. It then
+        # neither sends nor serves records, and refuses writes, until it is re-bootstrapped.
+        self.stale = False
         self._peers: dict[str, Peer] = {}
         self._nursery: trio.Nursery | None = None
         self._kick = trio.Event()
         self._urgent: list[str] = []
         self._peer_syncing: dict[str, bool] = {}  # what each peer said in our last exchange
+        self._lost: set[str] = set()  # peers that died (not left) and have not come back
         self._started_at = 0.0
+        self._inbound = 0
+        self._last_exchange_ms: int | None = None
+        self._persisted_exchange_ms = 0
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -185,7 +218,7 @@ class SyncWorker:
     def _on_changes(self, changes: list[Change]) -> None:
         for change in changes:
             self.tree.replace(change.old, change.new)
-            if change.local and change.new is not None:
+            if change.local and change.new is not None and not self.stale:
                 for peer in self._peers.values():
                     self._enqueue(peer, change.new.key)
 
@@ -201,11 +234,62 @@ class SyncWorker:
         self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED
     ) -> None:
         self._started_at = trio.current_time()
+        if self.syncing and self.store.get_system(BOOTSTRAP_STATE) != "pending":
+            await self.store.put_system(BOOTSTRAP_STATE, "pending")  # before any record comes
+        self._check_staleness_at_start()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             address = await nursery.start(self.transport.serve_stream, self.bind, self._serve)
             nursery.start_soon(self._anti_entropy_loop)
+            # A bootstrap writes all over the data file, and every page it touches would stay
+            # in our RSS (see Store.release_mapped_pages): let them go after every commit.
+            self.store.release_pages_after_commit = self.syncing
             task_status.started(address)
+
+    # --- staleness (a partition or a downtime longer than tombstone_ttl) ---------------------------
+
+    def _check_staleness_at_start(self) -> None:
+        now = self.store.clock.wall_ms()
+        last = self.store.get_system(LAST_EXCHANGE)
+        if isinstance(last, int) and not self.syncing:
+            self._last_exchange_ms = self._persisted_exchange_ms = last
+            self._check_staleness(now)
+        else:
+            self._last_exchange_ms = now  # never synced: a new node or a new cluster
+
+    def _check_staleness(self, now: int) -> bool:
+        last = self._last_exchange_ms
+        if self.stale or self.syncing or last is None:
+            return self.stale
+        if now - last > self.settings.tombstone_ttl_ms:
+            self.stale = True
+            for peer in self._peers.values():
+                peer.pending.clear()
+            hours = (now - last) / 3_600_000
+            log.error(
+                "this node last synced with the cluster %.1f hours ago, longer than "
+                "tombstone_ttl (%.1f hours): deletes it missed may be forgotten by the other "
+                "nodes, so its data could bring deleted keys back. It stops replicating and "
+                "refuses writes (mode 'stale'). Re-bootstrap it: stop it, move its data_dir "
+                "away, and start it again with seed_nodes (README: Replication)",
+                hours,
+                self.settings.tombstone_ttl_ms / 3_600_000,
+            )
+        return self.stale
+
+    async def _note_exchange(self, *, alone: bool = False) -> None:
+        """Remember (and persist, now and then) that we are in step with the cluster: an
+        exchange completed, or there is nobody to be out of step with."""
+        if self.stale:
+            return
+        now = self.store.clock.wall_ms()
+        self._last_exchange_ms = now
+        every = min(60_000, self.settings.tombstone_ttl_ms // 10)
+        if now - self._persisted_exchange_ms >= every:
+            self._persisted_exchange_ms = now
+            await self.store.put_system(LAST_EXCHANGE, now)
+        if alone:
+            self.counters["alone_ticks"] += 1
 
     # --- membership ----------------------------------------------------------------------------
 
@@ -215,14 +299,23 @@ class SyncWorker:
         if member.node_id == self.node_id:
             return
         if change.state is State.ALIVE:
+            self._lost.discard(member.node_id)
             peer = self._peers.get(member.node_id)
             if peer is None or peer.address != member.sync:
                 self._stop_peer(member.node_id)
                 self._start_peer(member.node_id, member.sync)
-            if change.previous in (None, State.DEAD, State.LEFT):
+            # One exchange per pair, not two: the lower node id starts it -- or the joiner,
+            # which pulls the data itself (a peer does not exchange with a syncing node).
+            if change.previous in (None, State.DEAD, State.LEFT) and (
+                self.syncing or self.node_id < member.node_id
+            ):
                 self._urgent.append(member.node_id)
                 self._kick.set()
         elif change.state in (State.DEAD, State.LEFT):
+            if change.state is State.DEAD:
+                self._lost.add(member.node_id)
+            else:
+                self._lost.discard(member.node_id)
             self._stop_peer(member.node_id)
 
     def _start_peer(self, node_id: str, address: Address) -> None:
@@ -240,6 +333,37 @@ class SyncWorker:
     # --- the server ----------------------------------------------------------------------------
 
     async def _serve(self, stream: trio.abc.Stream, peer: Address) -> None:
+        if self._inbound >= self.settings.max_connections:
+            # Closed at once (by the transport, when we return): a flood of connections
+            # cannot tie up memory and tasks, and honest peers retry at their next round.
+            self.counters["refused_connections"] += 1
+            log.debug("refused a sync connection from %s:%d: too many", peer[0], peer[1])
+            return
+        self._inbound += 1
+        try:
+            await self._serve_one(stream, peer)
+        finally:
+            self._inbound -= 1
+
+    async def _serve_one(self, stream: trio.abc.Stream, peer: Address) -> None:
+        # Pushes from the push link are merged in the background, at most PUSHES_IN_FLIGHT
+        # at once per connection, so its next batch need not wait for our fsync; they finish
+        # even if the connection ends (the nursery waits for them).
+        async with trio.open_nursery() as commits:
+            in_flight = trio.Semaphore(PUSHES_IN_FLIGHT)
+
+            async def defer(ops: list[Merge]) -> None:
+                await in_flight.acquire()
+                commits.start_soon(self._merge_then_release, ops, in_flight)
+
+            await self._serve_requests(stream, peer, defer)
+
+    async def _serve_requests(
+        self,
+        stream: trio.abc.Stream,
+        peer: Address,
+        defer: Callable[[list[Merge]], Awaitable[None]],
+    ) -> None:
         stream = _CountingStream(stream, self.counters, "bytes", "served_bytes")
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
@@ -248,10 +372,17 @@ class SyncWorker:
                 )
             while True:
                 try:
-                    request = await frames.receive(timeout=IDLE_TIMEOUT)
+                    # A quiet connection may wait IDLE_TIMEOUT for its next request; a
+                    # request once begun must arrive whole within REQUEST_TIMEOUT.
+                    request = await frames.receive(timeout=REQUEST_TIMEOUT, idle=IDLE_TIMEOUT)
                 except trio.EndOfChannel:
                     return
-                reply = await self._answer(request)
+                except WireError as exc:
+                    if exc.reason != "idle":
+                        raise
+                    self.counters["closed_idle"] += 1  # not an attack: just quiet
+                    return
+                reply = await self._answer(request, defer)
                 await frames.send(reply, timeout=REQUEST_TIMEOUT)
         except p.ProtocolError as exc:
             self.counters[f"dropped_{exc.reason}"] += 1
@@ -266,32 +397,72 @@ class SyncWorker:
         except _IO_ERRORS:
             self.counters["dropped_io"] += 1
 
-    async def _answer(self, request: Any) -> dict[str, Any]:
+    async def _merge_then_release(self, ops: list[Merge], in_flight: trio.Semaphore) -> None:
+        try:
+            await self._merge(ops)
+        except StoreError as exc:  # the records stay with anti-entropy
+            self.counters["merge_failures"] += 1
+            log.error("merging pushed records failed: %s", exc)
+        finally:
+            in_flight.release()
+
+    async def _answer(
+        self,
+        request: Any,
+        defer: Callable[[list[Merge]], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """The reply to one request; counted as served only once it has passed validation.
+        A push with "durable": false is answered once validated and queued (`defer`), not
+        once committed."""
         op = p.request_op(request)
-        self.counters[f"served_{op}"] += 1
         if op == "root":
-            return {
+            reply: dict[str, Any] = {
                 "root": p.encode_hash(self.tree.root),
                 "size": self.tree.size,
                 "syncing": self.syncing,
+                "stale": self._check_staleness(self.store.clock.wall_ms()),
             }
-        if op == "children":
+        elif op == "children":
             nodes = p.parse_nodes(request, self.tree.depth)
-            return {
+            reply = {
                 "hashes": [
                     [p.encode_hash(h) for h in self.tree.children(lvl, i)] for lvl, i in nodes
                 ]
             }
-        if op == "leaves":
-            entries, count = self._summaries_within(p.parse_leaves(request, self.tree.leaves))
-            return {"entries": [p.encode_summary(s) for s in entries], "count": count}
-        if op == "fetch":
-            records, count = self.store.get_raw_within(p.parse_keys(request), FRAME_BUDGET)
-            return {"records": records, "count": count}
-        if op == "push":
-            applied = await self.accept(p.parse_records(request.get("records")))
-            return {"applied": applied}
-        raise p.ProtocolError("shape")
+        elif op == "leaves":
+            leaves = p.parse_leaves(request, self.tree.leaves)
+            self._refuse_if_stale()
+            entries, count = self._summaries_within(leaves)
+            reply = {"entries": [p.encode_summary(s) for s in entries], "count": count}
+        elif op == "take":
+            leaves = p.parse_leaves(request, self.tree.leaves)
+            self._refuse_if_stale()
+            records, count = self.store.bucket_records_within(
+                [self.tree.buckets_of_leaf(leaf) for leaf in leaves], FRAME_BUDGET
+            )
+            reply = {"records": records, "count": count}
+        elif op == "fetch":
+            keys = p.parse_keys(request)
+            self._refuse_if_stale()
+            records, count = self.store.get_raw_within(keys, FRAME_BUDGET)
+            reply = {"records": records, "count": count}
+        elif op == "push":
+            ops = self._merges(p.parse_records(request.get("records")))
+            if request.get("durable") is False and defer is not None:
+                await defer(ops)
+                reply = {"applied": len(ops)}  # taken; committed with the next group commit
+            else:
+                reply = {"applied": await self._merge(ops)}
+        else:
+            raise p.ProtocolError("shape")
+        self.counters[f"served_{op}"] += 1
+        return reply
+
+    def _refuse_if_stale(self) -> None:
+        # Checked here too, not only before our own exchanges: a peer may reach us first.
+        if self._check_staleness(self.store.clock.wall_ms()):
+            # Our records could resurrect deletes the cluster has forgotten.
+            raise p.ProtocolError("stale")
 
     def _summaries_within(self, leaves: list[int]) -> tuple[list[Summary], int]:
         """The summaries of the longest prefix of `leaves` (one leaf at least) that fits
@@ -319,27 +490,9 @@ class SyncWorker:
     async def accept(self, raw_records: list[bytes]) -> int:
         """Validate and merge records from a peer; returns how many were stored.
         A record that fails validation raises ProtocolError (the peer is broken or hostile)."""
-        now = self.store.clock.wall_ms()
-        ops: list[Merge] = []
-        for raw in raw_records:
-            record = self._check(raw)
-            if record.expired(now):
-                # Taken as the tombstone it has become here: skipping it would leave an older
-                # version of the key live on this replica, and sync would spread it back.
-                record = record.expired_tombstone()
-                self.counters["expired_as_tombstone"] += 1
-            if record.deleted and hlc_ms(record.version.hlc) < now - self.settings.tombstone_ttl_ms:
-                self.counters["skipped_old_tombstone"] += 1
-                continue
-            lead = hlc_ms(record.version.hlc) - now
-            if lead > self.settings.max_clock_offset_ms:
-                self.counters["clock_offset_exceeded"] += 1
-                log.warning(
-                    "a record from %s is %d ms in our future: check that node's clock",
-                    record.version.origin,
-                    lead,
-                )
-            ops.append(Merge(record))
+        return await self._merge(self._merges(raw_records))
+
+    async def _merge(self, ops: list[Merge]) -> int:
         if not ops:
             return 0
         outcomes = await self.store.write(ops)
@@ -347,20 +500,57 @@ class SyncWorker:
         self.counters["records_merged"] += stored
         return stored
 
+    def _merges(self, raw_records: list[bytes]) -> list[Merge]:
+        """The store ops for records from a peer, every one validated first (ProtocolError)."""
+        now = self.store.clock.wall_ms()
+        ops: list[Merge] = []
+        oldest_tombstone = now - self.settings.tombstone_ttl_ms
+        for raw in raw_records:
+            record = self._check(raw)
+            stored: bytes | None = raw  # as the peer encoded it: no re-encoding
+            if record.expires_at is not None and record.expired(now):
+                # Taken as the tombstone it has become here: skipping it would leave an older
+                # version of the key live on this replica, and sync would spread it back.
+                record, stored = record.expired_tombstone(), None
+                self.counters["expired_as_tombstone"] += 1
+            written_ms = hlc_ms(record.version.hlc)
+            if record.value is None and written_ms < oldest_tombstone:
+                self.counters["skipped_old_tombstone"] += 1
+                continue
+            lead = written_ms - now
+            if lead > self.settings.max_clock_offset_ms:
+                self.counters["clock_offset_exceeded"] += 1
+                log.warning(
+                    "a record from %s is %d ms in our future: check that node's clock",
+                    record.version.origin,
+                    lead,
+                )
+            ops.append(Merge(record, stored))
+        return ops
+
     def _check(self, raw: bytes) -> Record:
         try:
             record = self.codec.decode(raw, max_value_size=self.settings.max_value_size)
             validate_key(record.key, allow_reserved=True)
             if record.value is not None:
-                json.loads(record.value)
+                try:  # orjson is ~5x faster; what it refuses (huge integers, deep nesting)
+                    orjson.loads(record.value)  # the stdlib, which the API uses, decides
+                except orjson.JSONDecodeError:
+                    json.loads(record.value)
         except (ValueError, InvalidKey, RecursionError):
             raise p.ProtocolError("bad_record") from None
         # The indexes and the Merkle tree pack these as unsigned 64-bit integers, and peers'
         # summaries must pass `decode_summaries`: out of range, the store write or the tree
         # update would fail (crashing this connection's node, or leaving the tree wrong).
         v = record.version
-        numbers = (v.hlc, v.origin_joined, record.created_at, record.expires_at or 0)
-        if not all(0 <= n <= p.MAX_INT for n in numbers) or not 0 <= record.permissions <= 0xFFF:
+        top = p.MAX_INT
+        if not (
+            0 <= v.hlc <= top
+            and 0 <= v.origin_joined <= top
+            and 0 <= record.created_at <= top
+            and 0 <= (record.expires_at or 0) <= top
+            and 0 <= record.permissions <= 0xFFF
+        ):
             raise p.ProtocolError("bad_record")
         return record
 
@@ -372,6 +562,9 @@ class SyncWorker:
             with trio.move_on_after(interval * (0.75 + 0.5 * self.rng.random())):
                 await self._kick.wait()
             self._kick = trio.Event()
+            if self.stale:
+                self._urgent.clear()
+                continue
             targets = list(dict.fromkeys(self._urgent))
             self._urgent.clear()
             if not targets:
@@ -380,10 +573,16 @@ class SyncWorker:
                     peers = [x for x in peers if not self._peer_syncing.get(x[0])] or peers
                 if peers:
                     targets = [self.rng.choice(peers)[0]]
+                elif not self._lost and not self.syncing:
+                    # Nobody to be out of step with (no peer died without leaving): this
+                    # node is the whole cluster, and its data is current.
+                    await self._note_exchange(alone=True)
             for node_id in targets:
                 address = dict(self._live_peers()).get(node_id)
                 if address is None:
                     continue
+                if self._check_staleness(self.store.clock.wall_ms()):
+                    break
                 try:
                     result = await self.exchange(address)
                 except (p.ProtocolError, *_IO_ERRORS) as exc:
@@ -391,9 +590,14 @@ class SyncWorker:
                     log.debug("anti-entropy with %s failed: %s", node_id, exc)
                     continue
                 self._peer_syncing[node_id] = result.peer_syncing
+                if not result.skipped:
+                    await self._note_exchange()
                 if self.syncing and self._bootstrapped_by(result):
+                    await self.store.put_system(BOOTSTRAP_STATE, "done")
                     self.syncing = False
+                    self.store.release_pages_after_commit = False
                     self.synced.set()
+                    await self._note_exchange()
                     log.info("bootstrap complete: %d records", self.tree.size)
             if self.syncing and not self._live_peers():
                 await trio.sleep(0.5)  # nobody to bootstrap from yet: ask again soon
@@ -404,6 +608,8 @@ class SyncWorker:
         starts empty and syncing) -- which is only believed after BOOTSTRAP_GRACE, once
         membership has had time to find the others. Two nodes joining together must not
         each take the other's empty store for the cluster's data."""
+        if result.peer_stale:
+            return False
         if not result.peer_syncing:
             return True
         if trio.current_time() - self._started_at < BOOTSTRAP_GRACE:
@@ -411,7 +617,13 @@ class SyncWorker:
         return all(self._peer_syncing.get(node_id) for node_id, _ in self._live_peers())
 
     async def exchange(self, address: Address) -> ExchangeResult:
-        """One full anti-entropy exchange with the peer at `address` (its sync address)."""
+        """One full anti-entropy exchange with the peer at `address` (its sync address).
+
+        Streamed, a batch of differing leaves at a time: list them (or, for a leaf we hold
+        nothing of, take its records whole), fetch what wins, push what the peer lacks, then
+        pause `throttle_delay` -- so a bootstrap holds one batch in memory, never the data
+        set, and paces itself. Received records are applied by a second task while the next
+        batch is on the wire."""
         result = ExchangeResult()
         stream = _CountingStream(
             await self._connect(address), self.counters, "bytes", "exchange_bytes"
@@ -427,47 +639,102 @@ class SyncWorker:
             if not isinstance(reply, dict) or not isinstance(reply.get("root"), bytes):
                 raise p.ProtocolError("shape")
             result.peer_syncing = reply.get("syncing") is True
+            result.peer_stale = reply.get("stale") is True
+            if result.peer_stale:
+                self.counters["exchanges_skipped_stale_peer"] += 1
+                result.skipped = True
+                return result
+            if result.peer_syncing and not self.syncing:
+                # A joiner pulls the data itself (paced, once): were we to exchange too,
+                # a bootstrap would copy everything twice.
+                self.counters["exchanges_left_to_joiner"] += 1
+                result.skipped = True
+                return result
             if int.from_bytes(reply["root"], "big") == self.tree.root:
                 self.counters["exchanges_equal"] += 1
                 return result
             leaves = await self._differing_leaves(call)
             result.differing_leaves = len(leaves)
-            to_fetch: list[str] = []
-            to_push: list[str] = []
-            start = 0
-            while start < len(leaves):
-                chunk = leaves[start : start + LEAF_BATCH]
-                reply = await call({"op": "leaves", "leaves": chunk})
-                remote = {s.key: s for s in p.decode_summaries(reply, 10**7)}
-                chunk = chunk[: p.decode_count(reply, len(chunk))]  # what fit in the reply
-                start += len(chunk)
-                local = {s.key: s for s in self._summaries(chunk)}
-                for key, theirs in remote.items():
-                    mine = local.get(key)
-                    if mine is None or theirs.version.newer_than(mine.version):
-                        to_fetch.append(key)
-                for key, mine in local.items():
-                    theirs = remote.get(key)
-                    if theirs is None or mine.version.newer_than(theirs.version):
-                        to_push.append(key)
-            start = 0
-            while start < len(to_fetch):
-                keys = to_fetch[start : start + FETCH_BATCH]
-                reply = await call({"op": "fetch", "keys": keys})
-                records = p.parse_records(reply.get("records") if isinstance(reply, dict) else None)
-                start += p.decode_count(reply, len(keys))  # the keys whose records fit
-                result.fetched += await self.accept(records)
-                if self.settings.pace_delay:
-                    await trio.sleep(self.settings.pace_delay)
-            for start in range(0, len(to_push), PUSH_BATCH):
-                for raw in _by_bytes(self.store.get_raw_many(to_push[start : start + PUSH_BATCH])):
-                    reply = await call({"op": "push", "records": raw})
-                    result.pushed += len(raw)
+            send, receive = trio.open_memory_channel[list[bytes]](1)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._apply_fetched, receive, result)
+                async with send:
+                    for start in range(0, len(leaves), LEAF_BATCH):
+                        await self._exchange_leaves(
+                            call, leaves[start : start + LEAF_BATCH], send, result
+                        )
+                        if self.settings.throttle_delay:
+                            await trio.sleep(self.settings.throttle_delay)
         result.bytes_in, result.bytes_out = stream.bytes_in, stream.bytes_out
         self.counters["exchanges"] += 1
         self.counters["records_fetched"] += result.fetched
         self.counters["records_pushed"] += result.pushed
         return result
+
+    async def _apply_fetched(
+        self, receive: trio.MemoryReceiveChannel[list[bytes]], result: ExchangeResult
+    ) -> None:
+        async with receive:
+            async for raws in receive:
+                # Transactions of MERGE_BATCH records: LMDB copies every page a transaction
+                # changes into memory until it commits, so their size bounds our heap.
+                for start in range(0, len(raws), MERGE_BATCH):
+                    result.fetched += await self.accept(raws[start : start + MERGE_BATCH])
+
+    async def _exchange_leaves(
+        self,
+        call: Callable[[dict[str, Any]], Any],
+        batch: list[int],
+        apply: trio.MemorySendChannel[list[bytes]],
+        result: ExchangeResult,
+    ) -> None:
+        """Reconcile one batch of differing leaves with the peer."""
+        counts = self.tree.counts
+        whole = [leaf for leaf in batch if counts[leaf] == 0]
+        listed = [leaf for leaf in batch if counts[leaf] != 0]
+        while whole:  # leaves we hold nothing of: everything the peer has there wins
+            reply = await call({"op": "take", "leaves": whole})
+            records = p.parse_records(
+                reply.get("records") if isinstance(reply, dict) else None, p.MAX_RECORDS_PER_REPLY
+            )
+            count = p.decode_count(reply, len(whole), at_least=0)
+            if count == 0:  # the first leaf alone is too big for one frame: list it
+                listed.append(whole.pop(0))
+                continue
+            whole = whole[count:]
+            if records:
+                await apply.send(records)
+        while listed:
+            reply = await call({"op": "leaves", "leaves": listed})
+            remote = {s.key: s for s in p.decode_summaries(reply, 10**7)}
+            done = p.decode_count(reply, len(listed))  # what fit in the reply
+            chunk, listed = listed[:done], listed[done:]
+            local = {s.key: s for s in self._summaries(chunk)}
+            to_fetch = [
+                key
+                for key, theirs in remote.items()
+                if (mine := local.get(key)) is None or theirs.version.newer_than(mine.version)
+            ]
+            to_push = [
+                key
+                for key, mine in local.items()
+                if (theirs := remote.get(key)) is None or mine.version.newer_than(theirs.version)
+            ]
+            start = 0
+            while start < len(to_fetch):
+                keys = to_fetch[start : start + FETCH_BATCH]
+                reply = await call({"op": "fetch", "keys": keys})
+                records = p.parse_records(
+                    reply.get("records") if isinstance(reply, dict) else None,
+                    p.MAX_RECORDS_PER_REPLY,
+                )
+                start += p.decode_count(reply, len(keys))  # the keys whose records fit
+                if records:
+                    await apply.send(records)
+            for start in range(0, len(to_push), PUSH_BATCH):
+                for raw in _by_bytes(self.store.get_raw_many(to_push[start : start + PUSH_BATCH])):
+                    await call({"op": "push", "records": raw})
+                    result.pushed += len(raw)
 
     async def _differing_leaves(self, call: Callable[[dict[str, Any]], Any]) -> list[int]:
         frontier = [(0, 0)]
@@ -498,11 +765,16 @@ class SyncWorker:
     # --- push replication ----------------------------------------------------------------------
 
     async def _pusher(self, peer: Peer) -> None:
-        """Send this peer every local write over one persistent connection, in batches."""
+        """Send this peer every local write over one persistent connection, in batches.
+
+        An idle connection sends a keepalive ("root") every KEEPALIVE seconds, well within
+        the server's IDLE_TIMEOUT; a batch whose push fails goes back to the head of the
+        queue and is sent again on the next connection (a receiver merges idempotently)."""
         with trio.CancelScope() as scope:
             peer.scope = scope
             backoff = 0.1
             while True:
+                in_flight: list[str] = []
                 try:
                     stream = _CountingStream(
                         await self._connect(peer.address), self.counters, "bytes", "push_bytes"
@@ -513,21 +785,39 @@ class SyncWorker:
                         while True:
                             if not peer.pending:
                                 peer.wakeup = trio.Event()
-                                await peer.wakeup.wait()
-                            keys = list(peer.pending)[:PUSH_BATCH]
-                            for key in keys:
+                                with trio.move_on_after(KEEPALIVE) as idle:
+                                    await peer.wakeup.wait()
+                                if idle.cancelled_caught:
+                                    await frames.send({"op": "root"}, timeout=REQUEST_TIMEOUT)
+                                    await frames.receive(timeout=REQUEST_TIMEOUT)
+                                    self.counters["push_keepalives"] += 1
+                                    continue
+                            if self.stale:
+                                peer.pending.clear()
+                                continue
+                            in_flight = list(itertools.islice(peer.pending, PUSH_BATCH))
+                            for key in in_flight:
                                 del peer.pending[key]
-                            for raw in _by_bytes(self.store.get_raw_many(keys)):
+                            for raw in _by_bytes(self.store.get_raw_many(in_flight)):
                                 await frames.send(
-                                    {"op": "push", "records": raw}, timeout=REQUEST_TIMEOUT
+                                    {"op": "push", "records": raw, "durable": False},
+                                    timeout=REQUEST_TIMEOUT,
                                 )
                                 await frames.receive(timeout=REQUEST_TIMEOUT)
                                 self.counters["pushed_on_write"] += len(raw)
+                            in_flight = []
                 except _IO_ERRORS as exc:
-                    # Whatever was queued is left to anti-entropy; keep going with new writes.
                     self.counters["push_failures"] += 1
                     log.debug("push to %s failed: %s", peer.node_id, exc)
-                    peer.pending.clear()
+                    if in_flight:  # not acknowledged: send it again, first
+                        self.counters["push_requeued"] += len(in_flight)
+                        rest = peer.pending
+                        peer.pending = dict.fromkeys(in_flight)
+                        for key in rest:
+                            if len(peer.pending) >= PUSH_QUEUE_LIMIT:
+                                self.counters["push_queue_overflow"] += 1
+                                break
+                            peer.pending[key] = None
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
 
@@ -538,6 +828,9 @@ class SyncWorker:
             "root": self.tree.root_hex(),
             "keys": self.tree.size,
             "syncing": self.syncing,
+            "stale": self.stale,
+            "last_exchange_ms": self._last_exchange_ms,
+            "inbound_connections": self._inbound,
             "peers": sorted(self._peers),
             "push_queue": {k: len(v.pending) for k, v in sorted(self._peers.items())},
             "counters": dict(sorted(self.counters.items())),

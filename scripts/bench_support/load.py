@@ -37,6 +37,7 @@ class Workload:
 
     name: str
     requests: tuple[Request, ...]
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request (Authorization)
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,21 @@ class LoadResult:
 WRK_SCRIPT = r"""
 local reqs = {}
 
+-- headers given with -H (Authorization) go with every request
+local function with_base(extra)
+  local h = {}
+  for k, v in pairs(wrk.headers) do h[k] = v end
+  for k, v in pairs(extra) do h[k] = v end
+  return h
+end
+
 init = function(args)
   for line in io.lines(args[1]) do
     local method, path, body = line:match("^(%S+) (%S+) ?(.*)$")
     if body == "" then
-      reqs[#reqs + 1] = wrk.format(method, path, {})
+      reqs[#reqs + 1] = wrk.format(method, path, with_base({}))
     else
-      reqs[#reqs + 1] = wrk.format(method, path, {["Content-Type"] = "application/json"}, body)
+      reqs[#reqs + 1] = wrk.format(method, path, with_base({["Content-Type"] = "application/json"}), body)
     end
   end
   math.randomseed(tonumber(tostring(reqs):match("0x(%x+)"), 16) % 2147483647 + os.time())
@@ -126,6 +135,7 @@ def run_wrk(
         "10s",
         "-s",
         str(script),
+        *(arg for name, value in workload.headers for arg in ("-H", f"{name}: {value}")),
         f"http://{LOOPBACK}:{port}/",
         "--",
         str(reqfile),
@@ -217,7 +227,7 @@ class _PyRun:
 
     def __init__(self, workload: Workload, port: int) -> None:
         host = f"{LOOPBACK}:{port}"
-        self.raw = [_format(req, host) for req in workload.requests]
+        self.raw = [_format(req, host, workload.headers) for req in workload.requests]
         self.rng = random.Random()
         self.stopping = False
         self.latencies: list[float] = []
@@ -234,8 +244,9 @@ class _PyRun:
             self.errors += 1
 
 
-def _format(req: Request, host: str) -> bytes:
+def _format(req: Request, host: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
     head = f"{req.method} {req.path} HTTP/1.1\r\nHost: {host}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers)
     if req.body or req.method in ("POST", "PUT"):
         head += f"Content-Type: application/json\r\nContent-Length: {len(req.body)}\r\n"
     return head.encode() + b"\r\n" + req.body

@@ -54,12 +54,14 @@ def http_request(
     *,
     timeout: float = 10.0,
     conn: http.client.HTTPConnection | None = None,
+    extra_headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     """One request to 127.0.0.1:port; reuses `conn` when given (keep-alive for bulk loads)."""
     own = conn is None
     c = conn or http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers.update(extra_headers or {})
         c.request(method, path, body=body, headers=headers)
         resp = c.getresponse()
         return resp.status, resp.read()
@@ -69,11 +71,19 @@ def http_request(
 
 
 def http_json(
-    port: int, method: str, path: str, payload: Any = None, *, timeout: float = 30.0
+    port: int,
+    method: str,
+    path: str,
+    payload: Any = None,
+    *,
+    timeout: float = 30.0,
+    extra_headers: dict[str, str] | None = None,
 ) -> Any:
     """A JSON request that must answer 200; raises BenchError with the body otherwise."""
     body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
-    status, data = http_request(port, method, path, body, timeout=timeout)
+    status, data = http_request(
+        port, method, path, body, timeout=timeout, extra_headers=extra_headers
+    )
     if status != 200:
         raise BenchError(f"{method} {path} answered {status}: {data[:300]!r}")
     return json.loads(data) if data else None
@@ -178,6 +188,13 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise BenchError(f"no VmRSS in /proc/{pid}/status")
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) `pid` has used, from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_times() -> tuple[int, int]:

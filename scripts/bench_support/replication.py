@@ -836,7 +836,7 @@ def render(report: ReplicationReport) -> str:
             f"| data sets built offline (kvs.store.Store), s | {ae.build_s:,.1f} |",
             f"| node2 start-up with {ae.keys:,} keys (spawn -> /health), s | {ae.start_s:,.2f} |",
             f"| node2 /health -> same Merkle root on both (join + exchange), s | {_ms(ae.converge_s)} |",
-            "| exchanges that found differences, per node (both start one at first contact) | "
+            "| exchanges that found differences, per node (one exchange per pair: the lower node id starts it) | "
             + ", ".join(f"{k} {v}" for k, v in ae.exchanges.items())
             + " |",
             "| bytes of the exchanges each node started (in + out) | "

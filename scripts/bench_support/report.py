@@ -67,6 +67,8 @@ class HttpReport:
     startup_s: list[float] = field(default_factory=list)
     generator_ceiling: LoadResult | None = None
     notes: list[str] = field(default_factory=list)
+    # (target, op) -> the server's CPU microseconds per request, one per recorded run
+    cpu_us_per_request: dict[str, list[float]] = field(default_factory=dict)
 
     def row(self, target: str) -> Row:
         return self.rows.setdefault(target, Row(target))
@@ -144,7 +146,8 @@ def render(report: HttpReport) -> str:
         "| target | GET req/s | GET p50 ms | GET p99 ms | PUT req/s | PUT p50 ms | PUT p99 ms | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in TARGETS:
+    extra = tuple(n for n, r in report.rows.items() if n not in TARGETS and r.results)
+    for name in TARGETS + extra:  # kvs-auth only when measured (--auth)
         row = report.rows.get(name)
         if row is None or not row.results:
             out.append(f"| {name} | {row.note if row else 'not run'} | | | | | | |")

@@ -169,7 +169,7 @@ def bare_target(argv_prefix: Sequence[str], tmp: Path, timeout: float) -> Iterat
 # ---------------------------------------------------------------- KVS
 
 
-def write_kvs_config(path: Path, data_dir: Path) -> int:
+def write_kvs_config(path: Path, data_dir: Path, *, auth: bool = False) -> int:
     """Write a node config on fresh loopback ports; return its HTTP port.
 
     YAML by hand: every value is a plain scalar, and JSON strings are valid YAML."""
@@ -182,7 +182,7 @@ def write_kvs_config(path: Path, data_dir: Path) -> int:
         f"sync_port: {sync_port}",
         f"data_dir: {json.dumps(str(data_dir))}",
         f'cluster_secret: "{secrets.token_hex(24)}"',
-        "auth_enabled: false",
+        f"auth_enabled: {'true' if auth else 'false'}",  # the root token: data_dir/root.token
         "log_level: warning",
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -191,12 +191,12 @@ def write_kvs_config(path: Path, data_dir: Path) -> int:
 
 @contextlib.contextmanager
 def kvs_node(
-    kvs_cmd: str, home: Path, timeout: float, *, cwd: Path | None = None
+    kvs_cmd: str, home: Path, timeout: float, *, cwd: Path | None = None, auth: bool = False
 ) -> Iterator[Proc]:
     """A KVS node on an empty store under `home`, ready (GET /health 200) when yielded."""
     home.mkdir(parents=True)
     config = home / "config.yaml"
-    port = write_kvs_config(config, home / "data")
+    port = write_kvs_config(config, home / "data", auth=auth)
     argv = [*shlex.split(kvs_cmd), str(config)]
     with spawned(f"kvs ({home.name})", argv, port, home / "node.log", cwd=cwd) as proc:
         wait_ready(proc, "/health", timeout=timeout)
@@ -220,21 +220,37 @@ def kvs_batch_failures(data: bytes, expected: int) -> int:
 
 @contextlib.contextmanager
 def kvs_target(
-    kvs_cmd: str, tmp: Path, sizes: Sizes, timeout: float, *, cwd: Path | None = None
+    kvs_cmd: str,
+    tmp: Path,
+    sizes: Sizes,
+    timeout: float,
+    *,
+    cwd: Path | None = None,
+    auth: bool = False,
 ) -> Iterator[Target]:
-    with kvs_node(kvs_cmd, tmp / "kvs", timeout, cwd=cwd) as proc:
+    """KVS; with `auth`, a node with auth on and the root token on every request."""
+    name = "kvs-auth" if auth else "kvs"
+    with kvs_node(kvs_cmd, tmp / name, timeout, cwd=cwd, auth=auth) as proc:
         port = proc.port
+        headers: dict[str, str] = {}
+        if auth:
+            token = (tmp / name / "data" / "root.token").read_text().strip()
+            headers["Authorization"] = f"Bearer {token}"
 
         def prepare() -> None:
             keys = [f"bench/k{i}" for i in range(sizes.get_keys)]
             for lo in range(0, len(keys), KVS_BATCH_MAX):
                 part = keys[lo : lo + KVS_BATCH_MAX]
                 status, data = http_request(
-                    port, "POST", "/kv/_batch", kvs_batch_body(part, doc, lo)
+                    port,
+                    "POST",
+                    "/kv/_batch",
+                    kvs_batch_body(part, doc, lo),
+                    extra_headers=headers,
                 )
                 if status != 200 or kvs_batch_failures(data, len(part)):
                     raise BenchError(f"kvs _batch pre-load answered {status}: {data[:300]!r}")
-            got = http_json(port, "GET", "/kv/bench/k0")
+            got = http_json(port, "GET", "/kv/bench/k0", extra_headers=headers)
             if got.get("data") != doc(0):
                 raise BenchError(
                     f"kvs GET /kv/bench/k0 returned {str(got)[:300]}, not the document loaded"
@@ -246,9 +262,12 @@ def kvs_target(
                 for b in range(sizes.bulk_batches)
             ]
 
+        sent = tuple(headers.items())
         workloads = {
             "GET": Workload(
-                "GET", tuple(Request("GET", f"/kv/bench/k{i}") for i in range(sizes.get_keys))
+                "GET",
+                tuple(Request("GET", f"/kv/bench/k{i}") for i in range(sizes.get_keys)),
+                sent,
             ),
             "PUT": Workload(
                 "PUT",
@@ -256,6 +275,7 @@ def kvs_target(
                     Request("PUT", f"/kv/bench/p{i}", dumps(small_doc(i)))
                     for i in range(sizes.put_keys)
                 ),
+                sent,
             ),
         }
         plan = BulkPlan(
@@ -265,7 +285,7 @@ def kvs_target(
             bodies,
             kvs_batch_failures,
         )
-        yield Target("kvs", proc, workloads, prepare, plan)
+        yield Target(name, proc, workloads, prepare, None if auth else plan)
 
 
 # ---------------------------------------------------------------- etcd

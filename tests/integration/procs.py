@@ -101,6 +101,8 @@ def init_config(directory: Path, name: str = "config.yaml", **overrides: object)
     path = directory / name
     result = run_kvs("init", str(path), "--port", str(port), cwd=directory)
     assert result.returncode == 0, result.stderr
+    # Tests not about auth run without it; the auth tests pass auth_enabled=True.
+    overrides.setdefault("auth_enabled", False)
     set_keys(path, gossip_port=gossip_port, sync_port=sync_port, **overrides)
     return path
 

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -43,7 +44,7 @@ def assert_config_file(path: Path) -> None:
     assert len(data["cluster_secret"]) >= 32
     assert data["durability"] == "fsync"
     assert data["data_dir"] == "./data"
-    assert data["auth_enabled"] is False
+    assert data["auth_enabled"] is True  # as in the Go KVS: secure by default
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *names: str) -> str:
@@ -75,8 +76,24 @@ def test_init_in_empty_dir_then_bare_kvs_serves(tmp_path: Path) -> None:
         assert health is not None
         assert health.json()["node_id"] == config_value(config, "node_id")
         assert (cwd / "data").is_dir()  # data_dir ./data, beside the config
+        # Auth is on by default: the first start made a root token, in a 0600 file only.
+        token_file = cwd / "data" / "root.token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        url = f"{node.base_url}/kv/readme/socks"
+        assert httpx.put(url, content=b'{"pairs": 3}').status_code == 401
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.put(url, content=b'{"pairs": 3}', headers=headers).status_code == 200
+        assert httpx.get(url, headers=headers).json()["data"] == {"pairs": 3}
         assert node.stop(signal.SIGTERM) == 0
         assert_clean_stderr(node.stderr(), config_value(config, "cluster_secret"))
+        assert token not in node.stderr()
+        assert token not in node.stdout_path.read_text()  # not a terminal: the file only
+    # A later start never makes another root token.
+    token_file.unlink()
+    with running(None, cwd=cwd, port=port, log_dir=tmp_path / "logs") as node:
+        assert node.stop(signal.SIGTERM) == 0
+    assert not token_file.exists()
 
 
 def test_bare_kvs_creates_config_yaml_then_serves_or_reports_busy_port(tmp_path: Path) -> None:
@@ -136,10 +153,10 @@ def write_config(directory: Path, **overrides: object) -> Path:
     [
         ({"bogus_key": 1}, "bogus_key"),
         ({"port": "abc"}, "port"),
-        ({"auth_enabled": True}, "auth_enabled"),
+        ({"rate_limit_requests": 0}, "rate_limit_requests"),
         ({"durability": "sometimes"}, "durability"),
     ],
-    ids=["unknown-key", "wrong-type", "auth-enabled", "bad-choice"],
+    ids=["unknown-key", "wrong-type", "rate-limit", "bad-choice"],
 )
 def test_bad_config_value_is_one_line_naming_the_key(
     tmp_path: Path, overrides: dict[str, object], named: str

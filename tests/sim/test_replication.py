@@ -373,6 +373,10 @@ def test_a_fresh_node_is_syncing_until_its_first_exchange_then_has_the_same_root
                     await history.put(node, f"data/{i}", value(i))
             await cluster.wait_for(lambda: replicas_agree(cluster), timeout=60)
             expected = cluster.nodes[names[0]].node.sync.tree.root  # type: ignore[union-attr]
+            pushed_before = {
+                name: cluster.nodes[name].node.sync.counters["records_pushed"]  # type: ignore[union-attr]
+                for name in names
+            }
 
             fresh = await cluster.start(
                 "fresh", seeds=[cluster.nodes[names[1]].http_address], skew_ms=-MAX_SKEW_MS
@@ -395,9 +399,90 @@ def test_a_fresh_node_is_syncing_until_its_first_exchange_then_has_the_same_root
             assert sync.counters["exchanges"] >= 1
             assert sync.tree.root == expected
             assert sync.tree.size == rebuilt_tree(fresh).size
+            # The data was copied once, by the joiner: no older node pushed it too.
+            for name in names:
+                counters = cluster.nodes[name].node.sync.counters  # type: ignore[union-attr]
+                assert counters["records_pushed"] == pushed_before[name], name
+            assert sync.counters["records_fetched"] == sync.tree.size
             await cluster.wait_for(lambda: replicas_agree(cluster), timeout=60)
             history.check(cluster)
             assert await history.put(fresh, "after/bootstrap", b"2") is not None
+
+    run_simulation(scenario, seed, **LAN)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_a_node_restarted_mid_bootstrap_resumes_it_and_one_that_finished_does_not(
+    tmp_path: Path, seed: int
+) -> None:
+    history = History()
+
+    async def scenario(net: SimNetwork) -> None:
+        # Paced (sync_throttle_delay) so that the crash lands in the middle of the bootstrap.
+        async with SimCluster.open(net, tmp_path, sync_throttle_delay=2.0) as cluster:
+            first = await cluster.start("n000")
+            history.watch(first)
+            await first.store.write([Put(f"data/{i}", value(i)) for i in range(3000)])
+            expected = first.sync.tree.root  # type: ignore[union-attr]
+            fresh = await cluster.start("fresh", seeds=[cluster.nodes["n000"].http_address])
+            await cluster.wait_for(lambda: 0 < fresh.sync.tree.size < 3000, timeout=30)  # type: ignore[union-attr]
+            assert fresh.mode == "syncing"
+            cluster.crash("fresh")
+            fresh = await restart(cluster, "fresh", history)
+            assert fresh.store.count() > 0 and fresh.mode == "syncing"  # not taken as done
+            await cluster.wait_for(lambda: fresh.mode == "normal", timeout=60)
+            assert fresh.sync.tree.root == expected  # type: ignore[union-attr]
+            cluster.crash("fresh")
+            fresh = await restart(cluster, "fresh", history)
+            assert fresh.mode == "normal"
+            await cluster.wait_for(lambda: replicas_agree(cluster), timeout=60)
+            history.check(cluster)
+
+    run_simulation(scenario, seed, **LAN)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:1])
+def test_a_node_partitioned_longer_than_tombstone_ttl_goes_stale_until_re_bootstrapped(
+    tmp_path: Path, seed: int
+) -> None:
+    history = History()
+
+    async def scenario(net: SimNetwork) -> None:
+        async with SimCluster.open(net, tmp_path, tombstone_ttl=60.0) as cluster:
+            names = await start_skewed(cluster, [0, 0, 0], history)
+            await cluster.wait_for(lambda: replicas_agree(cluster), timeout=30)
+            node0, cut = cluster.nodes[names[0]].node, names[2]
+            await history.put(node0, "doomed", value(1))
+            await cluster.wait_for(lambda: replicas_agree(cluster), timeout=30)
+            hosts = [cluster.nodes[name].host for name in names]
+            net.partition(hosts[:2], hosts[2:])
+            await history.delete(node0, "doomed")  # n002 never hears of it
+            await trio.sleep(130)  # the tombstone is collected on n000 and n001
+            assert node0.store.get("doomed") is None
+            net.heal()
+            await cluster.wait_for(lambda: cluster.converged(), timeout=120)
+            await trio.sleep(15)
+            stale = cluster.nodes[cut].node
+            assert stale.mode == "stale"
+            assert all(cluster.nodes[n].node.mode == "normal" for n in names[:2])
+            # The deleted key did not come back, and the stale node takes no writes.
+            assert node0.store.get("doomed") is None
+            client = stale.app.test_client()
+            assert (await (await client.get("/health")).get_json())["mode"] == "stale"
+            response = await client.put("/kv/x", json=1)
+            assert response.status_code == 503
+            assert "re-bootstrapped" in (await response.get_json())["error"]
+            # The README's procedure: stop it, move its data_dir away, start it with seeds.
+            cluster.crash(cut)
+            await cluster.nodes[cut].stopped.wait()  # type: ignore[union-attr]
+            (tmp_path / cut).rename(tmp_path / f"{cut}.stale")
+            fresh = await restart(cluster, cut, history)
+            assert fresh.mode == "syncing"
+            await cluster.wait_for(lambda: replicas_agree(cluster), timeout=60)
+            assert fresh.store.get("doomed") is None
+            history.deletes.clear()  # its tombstone was collected, as it should be
+            history.puts = [x for x in history.puts if x[0] != "doomed"]
+            history.check(cluster)
 
     run_simulation(scenario, seed, **LAN)
 

@@ -324,7 +324,7 @@ async def test_history_only_answers_get(client):
 # --- generic errors ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/kv_nope", "/api/users", "/health/x", "/metricz"])
+@pytest.mark.parametrize("path", ["/", "/nope", "/kv_nope", "/api/nope", "/health/x", "/metricz"])
 async def test_unknown_routes_are_404_json(client, path):
     for method in ("GET", "PUT", "DELETE", "POST"):
         await expect_error(await client.open(path, method=method, data=b"1"), 404)

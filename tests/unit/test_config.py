@@ -63,7 +63,10 @@ def test_minimal_mapping_gets_the_documented_defaults() -> None:
     assert config.durability == "fsync"
     assert config.sync_interval == 5.0
     assert config.clustering_enabled is True
-    assert config.auth_enabled is False
+    assert config.auth_enabled is True
+    assert config.rate_limiting_enabled is False
+    assert config.tamper_logging_enabled is False
+    assert (config.rate_limit_requests, config.rate_limit_window) == (1000, 1.0)
     assert config.source is None
 
 
@@ -243,8 +246,6 @@ def test_a_key_with_a_line_break_still_gives_a_one_line_error() -> None:
         "fetch_delay_ms",
         "compression_enabled",
         "default_ttl",
-        "rate_limit_requests",
-        "rate_limit_window",
         "tamper_log_actions",
     ],
 )
@@ -316,11 +317,34 @@ cluster_secret: ""
 
 
 @pytest.mark.parametrize("key", ["auth_enabled", "tamper_logging_enabled", "rate_limiting_enabled"])
-def test_unbuilt_security_features_refuse_to_start_when_enabled(key: str) -> None:
-    error = error_for({**BASE, key: True})
-    assert error.key == key
-    assert "not implemented" in str(error)
-    assert config_with(**{key: False}).__getattribute__(key) is False
+def test_security_features_can_be_switched_either_way(key: str) -> None:
+    assert getattr(config_with(**{key: True}), key) is True
+    assert getattr(config_with(**{key: False}), key) is False
+
+
+def test_tls_needs_both_files_and_they_must_exist(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    config_file = str(tmp_path / "config.yaml")
+    error = error_for({**BASE, "tls_cert_file": "cert.pem"}, config_file)
+    assert error.key == "tls_key_file"
+    error = error_for(
+        {**BASE, "tls_cert_file": "cert.pem", "tls_key_file": "nokey.pem"}, config_file
+    )
+    assert error.key == "tls_key_file" and "does not exist" in str(error)
+    (tmp_path / "key.pem").write_text("y")
+    config = from_mapping(
+        {**BASE, "tls_cert_file": "cert.pem", "tls_key_file": "key.pem"}, config_file
+    )
+    assert config.file_path(config.tls_cert_file) == cert.resolve()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("rate_limit_requests", 0), ("rate_limit_requests", "many"), ("rate_limit_window", 0)],
+)
+def test_bad_rate_limit_values_name_the_key(key: str, value: Any) -> None:
+    assert error_for({**BASE, key: value}).key == key
 
 
 # --- durations and sizes ------------------------------------------------------------------------

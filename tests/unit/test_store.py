@@ -922,3 +922,35 @@ async def test_one_failing_op_fails_only_its_own_request(store: Store) -> None:
     assert store.count() == 30
     assert store.get("x") is None  # the failed request is atomic: none of its ops applied
     assert store.get("z") is None
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux /proc needed")
+async def test_release_mapped_pages_takes_the_data_file_out_of_rss(store: Store) -> None:
+    """A bootstrap reads and writes all over the data file; its pages must not stay in RSS."""
+    rng = random.Random(1)
+    for start in range(0, 4000, 1000):  # ~16 MB of incompressible values
+        await store.write(
+            [
+                Put(f"big/{i}", b'"' + rng.randbytes(2048).hex().encode() + b'"')
+                for i in range(start, start + 1000)
+            ]
+        )
+    assert sum(1 for _ in store.scan("big/")) == 4000  # every page read through the map
+    mapped = _rss_file_kib()
+    released = store.release_mapped_pages()
+    after = _rss_file_kib()
+    assert released >= store.info()["used_bytes"]
+    assert mapped - after >= 12_000, (mapped, after)  # KiB: the data file's pages left RSS
+    assert sum(1 for _ in store.scan("big/")) == 4000  # and are mapped again on demand
+    assert store.get("big/7") is not None

@@ -765,6 +765,30 @@ async def test_a_stalled_peer_times_out(autojump_clock: Any) -> None:
     assert scope.cancelled_caught
 
 
+async def test_idle_bounds_the_wait_for_a_frame_and_timeout_the_frame_begun(
+    autojump_clock: Any,
+) -> None:
+    """A quiet connection may wait `idle`; a frame once begun must be whole within `timeout`
+    of its first byte (a slow loris is cut off fast however long the idle allowance)."""
+    c, s, up, _ = tapped_pair()
+    client, server = await handshake(c, s, STREAM_KEY, STREAM_KEY, timeout=2.0)
+    assert isinstance(client, FrameStream) and isinstance(server, FrameStream)
+    start = trio.current_time()
+    with pytest.raises(WireError) as err:
+        await server.receive(idle=100.0)
+    assert err.value.reason == "idle"
+    assert trio.current_time() - start == pytest.approx(100.0)
+    await client.send("quiet, then on time")
+    assert await server.receive(idle=100.0) == "quiet, then on time"
+    up.rewrite = lambda data: data[:7]  # the frame begins, then silence
+    await client.send("slow")
+    start = trio.current_time()
+    with pytest.raises(WireError) as err:
+        await server.receive(idle=100.0)
+    assert err.value.reason == "timeout"
+    assert trio.current_time() - start == pytest.approx(2.0)
+
+
 async def test_a_peer_that_stops_reading_times_out_the_sender(autojump_clock: Any) -> None:
     a, b = trio.testing.lockstep_stream_pair()  # no buffer: send blocks until the peer reads
     with pytest.raises(WireError) as err:

@@ -1,0 +1,90 @@
+"""Authentication, rate limiting and permission checks as the HTTP layer applies them.
+
+Shared by the raw-ASGI key path (kvs/api/keys.py) and the Quart blueprints, so both refuse
+the same requests with the same statuses and messages."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvs.api.errors import ApiError
+from kvs.auth.permissions import BIT_NAMES, CREATE, Principal
+from kvs.auth.service import AuthError
+from kvs.model import Record
+
+if TYPE_CHECKING:
+    from kvs.node import Node
+
+
+def api_error(exc: AuthError) -> ApiError:
+    return ApiError(exc.status, exc.message, headers=exc.headers)
+
+
+async def identify(node: Node, authorization: str | None, client: str) -> Principal:
+    """Authenticate (when auth is on) and count the request against the caller's rate."""
+    auth = node.auth
+    try:
+        principal = auth.authenticate(authorization) if auth.enabled else auth.anonymous
+    except AuthError as exc:
+        await auth.failed(client, exc.message)
+        try:  # failed attempts count against the client's address: no free guessing
+            auth.rate_limit(auth.anonymous, client)
+        except AuthError as limited:
+            raise api_error(limited) from None
+        raise api_error(exc) from None
+    try:
+        auth.rate_limit(principal, client)
+    except AuthError as exc:
+        raise api_error(exc) from None
+    return principal
+
+
+def require_scope(node: Node, principal: Principal, scope: str) -> None:
+    if node.auth.enabled:
+        try:
+            node.auth.require_scope(principal, scope)
+        except AuthError as exc:
+            raise api_error(exc) from None
+
+
+def require_bit(node: Node, principal: Principal, record: Record, bit: int) -> None:
+    """The key's permission bits must grant `bit` to the caller (403, or 401 if anonymous)."""
+    if node.auth.enabled:
+        try:
+            node.auth.require_bit(
+                principal,
+                record.owner,
+                record.group,
+                record.permissions,
+                bit,
+                f"{BIT_NAMES[bit]} key {record.key!r}",
+            )
+        except AuthError as exc:
+            raise api_error(exc) from None
+
+
+def nearest_ancestor(node: Node, key: str) -> Record | None:
+    """The closest live key above `key` (`a/b` for `a/b/c`, else `a`), or None."""
+    parts = key.split("/")
+    for end in range(len(parts) - 1, 0, -1):
+        record = node.store.get_live("/".join(parts[:end]))
+        if record is not None:
+            return record
+    return None
+
+
+def require_create(node: Node, principal: Principal, key: str) -> None:
+    """Creating a key needs Create on its nearest existing ancestor key, if it has one."""
+    if node.auth.enabled:
+        parent = nearest_ancestor(node, key)
+        if parent is not None:
+            require_bit(node, principal, parent, CREATE)
+
+
+def new_key_owner(node: Node, principal: Principal) -> tuple[str, str]:
+    return (principal.user, principal.primary_group) if node.auth.enabled else ("", "")
+
+
+def client_of_scope(scope: dict) -> str:  # type: ignore[type-arg]
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"

@@ -1,0 +1,53 @@
+"""HTTPS for the API (issue 5): a real node serving a certificate made by `trustme`."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+from tests.integration.procs import (
+    READY_TIMEOUT,
+    KvsProcess,
+    config_value,
+    init_config,
+)
+
+
+def test_node_serves_https_with_the_configured_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "node.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "node.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    config = init_config(tmp_path, tls_cert_file="node.pem", tls_key_file="node.key")
+    port = int(config_value(config, "port"))
+    node = KvsProcess([str(config)], cwd=tmp_path, port=port, log_dir=tmp_path / "logs")
+    try:
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        url = f"https://127.0.0.1:{port}"
+        deadline = time.monotonic() + READY_TIMEOUT
+        with httpx.Client(verify=context, trust_env=False, timeout=5) as client:
+            while True:
+                assert node.popen.poll() is None, node.stderr()
+                try:
+                    if client.get(f"{url}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, node.stderr()
+                time.sleep(0.05)
+            assert client.put(f"{url}/kv/tls/doc", content=b'{"a": 1}').status_code == 200
+            assert client.get(f"{url}/kv/tls/doc").json()["data"] == {"a": 1}
+        # a client that does not trust the CA refuses the connection
+        with pytest.raises(httpx.ConnectError), httpx.Client(trust_env=False) as untrusting:
+            untrusting.get(f"{url}/health")
+        # and plain HTTP on the TLS port gets no answer
+        with pytest.raises(httpx.HTTPError), httpx.Client(trust_env=False, timeout=3) as plain:
+            plain.get(f"http://127.0.0.1:{port}/health")
+    finally:
+        node.kill()
