@@ -2,9 +2,8 @@
 
     kvs [CONFIG]          run a node in the foreground (config.yaml, created if missing)
     kvs init [PATH]       write a commented default config without starting
-    kvs members [--url URL] [--json]
-                          a node's member table (URL default: $KVS_URL or
-                          http://127.0.0.1:8080); exit 1 if the node is unreachable or errs
+    kvs get|put|rm|ls|tree|history|watch|members|user|group|token ... [--url] [--token]
+                          client commands (kvs/cli_client.py); exit 1 on an error answer
     kvs conflict DIR1 DIR2 [--key KEY]... [--json]
                           write same-timestamp conflicting data into two stopped nodes'
                           data dirs and print which value must win (kvs/conflict.py)
@@ -16,29 +15,23 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
-import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from kvs import cli_auth, cli_ops
+from kvs import cli_auth, cli_client, cli_ops
 from kvs import config as config_mod
 from kvs.config import DEFAULT_CONFIG_NAME, Config, ConfigError
 from kvs.logs import setup_logging
 from kvs.store import StoreError
 
 EXIT_OK = 0
-EXIT_ERROR = 1  # a client command whose node is unreachable or answers an error
 EXIT_USAGE = 2
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-URL_ENV = "KVS_URL"
 
 log = logging.getLogger("kvs")
 
@@ -196,118 +189,6 @@ def _bind_error(config: Config, exc: OSError) -> ConfigError:
     )
 
 
-def _error(message: str) -> int:
-    print(f"kvs: {message}", file=sys.stderr)
-    return EXIT_ERROR
-
-
-def _base_url(text: str) -> str | None:
-    """`http://host:port` from what the user typed (`host:port` alone is fine); None if
-    it is not an http(s) URL with a host."""
-    import httpx
-
-    text = text.strip().rstrip("/")
-    if "://" not in text:
-        text = "http://" + text
-    try:
-        url = httpx.URL(text)
-    except (httpx.InvalidURL, ValueError):
-        return None
-    if url.scheme not in ("http", "https") or not url.host:
-        return None
-    return text
-
-
-def cmd_members(args: argparse.Namespace) -> int:
-    import httpx
-
-    given = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
-    base = _base_url(given)
-    if base is None:
-        return _fail(f"--url: {given!r} is not an http:// URL (for example {DEFAULT_URL})")
-    url = f"{base}/members/"
-    token = os.environ.get(cli_auth.TOKEN_ENV)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.get(url, timeout=args.timeout, headers=headers)
-    except httpx.HTTPError as exc:
-        return _error(f"cannot reach {base}: {exc or type(exc).__name__}")
-    if response.status_code != 200:
-        return _error(f"GET {url} answered {response.status_code}: {_error_text(response)}")
-    try:
-        members = response.json()
-    except ValueError:
-        return _error(f"GET {url} did not answer JSON")
-    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
-        return _error(f"GET {url} did not answer a member table")
-    if args.json:
-        print(json.dumps(members, indent=2))
-    else:
-        print(format_members(members, now_ms=time.time_ns() // 1_000_000))
-    return EXIT_OK
-
-
-def _error_text(response: Any) -> str:
-    try:
-        body = response.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            return str(body["error"])
-    except ValueError:
-        pass
-    return response.text.strip()[:200] or response.reason_phrase
-
-
-def format_members(members: list[dict[str, Any]], *, now_ms: int) -> str:
-    """The member table for people: one row per member, `*` marking the node asked."""
-    header = ("NODE_ID", "STATE", "INC", "HTTP", "GOSSIP", "CHANGED")
-    rows = [
-        (
-            f"{m.get('node_id', '?')}{' *' if m.get('self') else ''}",
-            str(m.get("state", "?")),
-            str(m.get("incarnation", "?")),
-            str(m.get("http_address", "?")),
-            str(m.get("gossip_address", "?")),
-            _age(m.get("last_change"), now_ms),
-        )
-        for m in members
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.rjust(w) if i == 2 else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in [header, *rows]
-    ]
-    counts: dict[str, int] = {}
-    for m in members:
-        counts[str(m.get("state", "?"))] = counts.get(str(m.get("state", "?")), 0) + 1
-    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    lines.append(f"{len(members)} members: {summary}" if members else "no members")
-    return "\n".join(lines)
-
-
-def _age(last_change: Any, now_ms: int) -> str:
-    """`12s ago`, `5m ago`, ... from a wall-clock ms timestamp (`?` if there is none)."""
-    if isinstance(last_change, bool) or not isinstance(last_change, int):
-        return "?"
-    seconds = max(0, now_ms - last_change) // 1000
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvs", description="KVS: a distributed key-value store for JSON documents"
@@ -326,20 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"config file (default ./{DEFAULT_CONFIG_NAME}, created if missing)",
     )
     serve.set_defaults(func=cmd_serve)
-    members = sub.add_parser("members", help="show a node's member table")
-    members.add_argument(
-        "--url",
-        help=f"the node's HTTP address (default ${URL_ENV}, else {DEFAULT_URL})",
-    )
-    members.add_argument("--json", action="store_true", help="print the raw JSON")
-    members.epilog = f"With authentication on, put a token in ${cli_auth.TOKEN_ENV}."
-    members.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=5.0,
-        help="seconds to wait for the node (default 5)",
-    )
-    members.set_defaults(func=cmd_members)
+    cli_client.register(sub)  # get, put, rm, ls, tree, history, watch, members, user, ...
     conflict = sub.add_parser(
         "conflict",
         help="write same-timestamp conflicting data into two stopped nodes' data dirs",
@@ -356,7 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS = {"init", "serve", "members", "conflict", *cli_ops.SUBCOMMANDS, *cli_auth.SUBCOMMANDS}
+SUBCOMMANDS = {
+    "init",
+    "serve",
+    "conflict",
+    *cli_client.COMMANDS,
+    *cli_ops.SUBCOMMANDS,
+    *cli_auth.SUBCOMMANDS,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,9 +49,12 @@ def _usage(message: str) -> int:
 
 
 def _base_url(given: str) -> str | None:
-    from kvs.cli import _base_url as parse
+    from kvs.client import resolve_url  # the client library's URL rules (kvs/client.py)
 
-    return parse(given)
+    try:
+        return resolve_url(given)
+    except ValueError:
+        return None
 
 
 def _request(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any]:

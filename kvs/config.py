@@ -75,6 +75,10 @@ class Config:
     sync_throttle_delay: float = 0.0  # pause between batches of an exchange (bootstrap pacing)
     sync_max_connections: int = 64  # inbound sync connections at once; more are refused
 
+    # watch streams (issue 6, client/watch): a watcher further behind than this many
+    # events is disconnected (it resumes with since=) instead of buffering without bound
+    watch_buffer: int = 4096
+
     # security (issue 5: auth, rate limits, tamper-evident log, TLS; README "Security")
     auth_enabled: bool = True
     allow_anonymous_read: bool = False
@@ -319,6 +323,7 @@ _CHECKS: dict[str, Any] = {
     "retransmit_mult": _check_int(1, 100),
     "push_pull_interval": _check_positive_duration,
     "dead_member_retention": _check_positive_duration,
+    "watch_buffer": _check_int(1, 10_000_000),  # watch streams (issue 6, client/watch)
     # security
     "auth_enabled": _check_bool,
     "allow_anonymous_read": _check_bool,

@@ -105,6 +105,11 @@ class Node:
             return "stale"
         return "normal"
 
+    @property
+    def stopping(self) -> trio.Event:
+        """Set once a graceful shutdown begins (long-lived streams end on it)."""
+        return self._shutdown
+
     def uptime_s(self) -> float:
         return trio.current_time() - self._started_at
 

@@ -22,6 +22,7 @@ short read transaction in the event loop and never hold it across an await.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import functools
 import hashlib
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MAX_OPS_PER_TRANSACTION = 20_000
+# Upper bounds of the group-commit batch-size histogram (ops per transaction), for /metrics.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, MAX_OPS_PER_TRANSACTION)
 _U64 = struct.Struct(">Q")
 _SCAN_CHUNK = 256
 _RELEASE_EVERY_OPS = 100
@@ -293,6 +296,11 @@ class Store:
         self._map_ranges: list[tuple[int, int]] | None = None
         self.identity: Identity | None = None
         self.stats = {"transactions": 0, "ops": 0, "map_grows": 0, "last_batch": 0, "max_batch": 0}
+        # Write batches by size: counts per BATCH_SIZE_BUCKETS bound (plus one overflow slot).
+        self.batch_sizes = [0] * (len(BATCH_SIZE_BUCKETS) + 1)
+        # True from before a batch's commit until its listeners have run: a read made then may
+        # see changes no listener has been told of yet (a watch replay must not send them twice).
+        self.publishing = False
         self._check_schema()
         self._ensure_bucket_index()
         persisted = self._get_system("hlc")
@@ -522,6 +530,11 @@ class Store:
                 ok = cursor.next()
         return count
 
+    def tombstone_count(self) -> int:
+        """Tombstones (deletes and expired records) not yet collected."""
+        with self._env.begin() as txn:
+            return int(txn.stat(self._tombstones)["entries"])
+
     def info(self) -> dict[str, int]:
         env_info = self._env.info()
         stat = self._env.stat()
@@ -659,6 +672,7 @@ class Store:
                 batch.append(item)
                 ops += len(getattr(item, "ops", ()))
             self._assign_versions(batch)
+            self.publishing = True
             try:
                 changes = await self._commit(batch)
             except Exception as exc:
@@ -676,6 +690,8 @@ class Store:
             self.stats["ops"] += ops
             self.stats["last_batch"] = ops
             self.stats["max_batch"] = max(self.stats["max_batch"], ops)
+            if ops:
+                self.batch_sizes[bisect.bisect_left(BATCH_SIZE_BUCKETS, ops)] += 1
             for item in batch:
                 if isinstance(item, _Request):
                     item.done.set()
@@ -685,6 +701,7 @@ class Store:
                         listener(changes)
                     except Exception:  # a broken observer must not stop every write
                         log.exception("store listener %r failed", listener)
+            self.publishing = False
 
     async def _commit(self, batch: list[_Request | _Maintenance]) -> list[Change]:
         """Apply `batch` in one write transaction, growing the map until it fits."""

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_support import metrics_cost
 from bench_support.auth_inprocess import auth_cpu_lines
 from bench_support.backup import add_arguments as _add_backup_args
 from bench_support.backup import cmd_backup
@@ -783,6 +784,11 @@ COMMANDS: dict[str, Command] = {
         "replication: lag at 500 writes/s, anti-entropy cost, bootstrap of a new node",
         _add_replication_args,
         cmd_replication,
+    ),
+    "metrics-cost": Command(
+        "CPU cost of request metrics on the single-key fast path (in process)",
+        metrics_cost.add_args,
+        metrics_cost.run,
     ),
     "backup": Command(
         "backup of a 1M-key store: time, file vs LMDB size, PUT throughput during vs before",

@@ -15,10 +15,14 @@ from kvs.api.errors import ApiError, error_response
 from kvs.api.guard import identify, require_scope
 from kvs.api.keys import KeyRoutes
 from kvs.api.kv import allowed_methods, batch_body_limit, kv_blueprint
+from kvs.api.metrics import MetricsMiddleware, metrics_blueprint
 from kvs.api.ops import ops_blueprint
 from kvs.api.security import security_blueprint
+from kvs.api.watch import WatchRoutes
 from kvs.auth.permissions import READ_SCOPE
+from kvs.metrics import make_registry
 from kvs.model import InvalidKey, validate_key
+from kvs.watch import WatchHub
 
 if TYPE_CHECKING:
     from kvs.node import Node
@@ -28,7 +32,9 @@ log = logging.getLogger(__name__)
 # Open without a token: liveness (no secrets in it) and the HMAC-authenticated join lookup.
 OPEN_PATHS = frozenset({"/health", "/cluster/info"})
 # The topology and sync state: a token (read scope) unless anonymous reads are allowed.
-CLUSTER_PATHS = frozenset({"/members", "/members/", "/cluster/stats", "/merkle_tree/root"})
+CLUSTER_PATHS = frozenset(
+    {"/members", "/members/", "/cluster/stats", "/merkle_tree/root", "/metrics"}
+)
 
 
 def create_app(node: Node) -> QuartTrio:
@@ -57,6 +63,12 @@ def create_app(node: Node) -> QuartTrio:
         )
         if request.path in CLUSTER_PATHS:
             require_scope(node, g.principal, READ_SCOPE)
+
+    # Watch and metrics (issue 6): the hub follows the store's commits; the metrics
+    # middleware sits outermost so it counts every request, fast path included.
+    hub = WatchHub(node.store, buffer=node.config.watch_buffer)
+    registry, http_metrics = make_registry(node, hub)
+    app.register_blueprint(metrics_blueprint(registry))
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
@@ -91,4 +103,5 @@ def create_app(node: Node) -> QuartTrio:
         return error_response(500, "internal error; see the node's log")
 
     app.asgi_app = KeyRoutes(app.asgi_app, node)  # type: ignore[method-assign]
+    app.asgi_app = MetricsMiddleware(WatchRoutes(app.asgi_app, node, hub), http_metrics)  # type: ignore[method-assign]
     return app
