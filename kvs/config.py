@@ -45,6 +45,7 @@ class Config:
     read_only: bool = False
     log_level: str = "info"
     cluster_secret: str = ""
+    http_stall_timeout: float = 20.0  # a client that stops reading is dropped after this long
 
     # storage
     max_json_size: int = 1024 * 1024
@@ -307,6 +308,7 @@ _CHECKS: dict[str, Any] = {
     "tombstone_ttl": _check_positive_duration,
     "lmdb_map_size": _check_size(1 << 20),
     "durability": _check_choice("fsync", "os"),
+    "http_stall_timeout": _check_positive_duration,
     "sync_interval": _check_positive_duration,
     "max_clock_offset": _check_positive_duration,
     "sync_throttle_delay": _check_duration,
@@ -493,6 +495,7 @@ revision_history_depth: 3
 tombstone_ttl: 7d             # how long deletes are remembered for replicas that were away
 lmdb_map_size: 1GiB           # initial; grows automatically
 read_only: false
+http_stall_timeout: 20s       # drop an HTTP client that stops reading (a response, a watch) this long
 
 # Cluster
 clustering_enabled: true

@@ -20,11 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from kvs.api import create_app
-from kvs.api.front import HTTP_GRACE, HttpFront
+from kvs.api.front import HTTP_GRACE, FrontConfig, HttpFront
 from kvs.audit import AUDIT_DIR, AuditLog
 from kvs.auth.service import AuthService, IssuedToken
 from kvs.backup_service import BackupService, BackupSettings
@@ -349,7 +348,8 @@ class Node:
     async def _serve_http(
         self, app: Any, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        hc = HypercornConfig()
+        hc = FrontConfig()
+        hc.stall_timeout = self.config.http_stall_timeout
         hc.bind = [f"{self.config.bind_address}:{self.config.port}"]
         hc.accesslog = None
         hc.errorlog = logging.getLogger("kvs.http")

@@ -15,7 +15,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
-from kvs.api.front import HttpFront
+from kvs.api.front import FrontConfig, HttpFront
 
 ASGIApp = Any
 
@@ -58,20 +58,25 @@ def quart_app() -> QuartTrio:
 
 @pytest.fixture
 async def start_server(nursery: trio.Nursery) -> AsyncIterator[Any]:
-    async def start(app: ASGIApp, **settings: Any) -> tuple[int, trio.Event]:
-        config = HypercornConfig()
+    async def start(
+        app: ASGIApp, config_class: type[HypercornConfig] = HypercornConfig, **settings: Any
+    ) -> tuple[int, trio.Event, trio.Event]:
+        config = config_class()
         config.bind = ["127.0.0.1:0"]
         config.accesslog = None
         config.graceful_timeout = 10
         for name, value in settings.items():
             setattr(config, name, value)
-        stop = trio.Event()
-        binds = await nursery.start(
-            lambda task_status: serve(
-                app, config, shutdown_trigger=stop.wait, task_status=task_status
-            )
-        )
-        return int(binds[0].rsplit(":", 1)[1]), stop
+        stop, stopped = trio.Event(), trio.Event()
+
+        async def run(task_status: Any) -> None:
+            try:
+                await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+            finally:
+                stopped.set()
+
+        binds = await nursery.start(run)
+        return int(binds[0].rsplit(":", 1)[1]), stop, stopped
 
     yield start
     nursery.cancel_scope.cancel()
@@ -93,7 +98,7 @@ async def read_until_closed(stream: trio.SocketStream, timeout: float) -> bytes 
 async def test_idle_keep_alive_connection_times_out_after_a_quart_request(
     start_server: Any,
 ) -> None:
-    port, _ = await start_server(HttpFront(quart_app()), keep_alive_timeout=0.3)
+    port, _, _ = await start_server(HttpFront(quart_app()), keep_alive_timeout=0.3)
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -105,7 +110,7 @@ async def test_idle_keep_alive_connection_times_out_after_a_quart_request(
 
 async def test_early_413_on_chunked_body_answers_and_closes(start_server: Any) -> None:
     front = HttpFront(early_413)
-    port, _ = await start_server(front)
+    port, _, _ = await start_server(front)
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         await stream.send_all(b"PUT /k HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -143,7 +148,7 @@ async def test_wait_idle_waits_for_the_request_in_flight(start_server: Any) -> N
         await send({"type": "http.response.body", "body": b"ok"})
 
     front = HttpFront(slow)
-    port, _ = await start_server(front)
+    port, _, _ = await start_server(front)
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -158,3 +163,30 @@ async def test_wait_idle_waits_for_the_request_in_flight(start_server: Any) -> N
             await front.wait_idle()
         assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 200")
     assert front.in_flight == 0
+
+
+async def endless_stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Like a watch: a response that never ends, written as fast as the client takes it."""
+    if scope["type"] == "lifespan":
+        await handle_lifespan(receive, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    chunk = b"x" * 65536
+    while True:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def test_a_client_that_stops_reading_cannot_hold_a_shutdown_open(start_server: Any) -> None:
+    # Hypercorn shields its socket writes from cancellation: without TCP_USER_TIMEOUT (what
+    # FrontConfig adds) a client that stops reading kept the server from ever stopping.
+    port, stop, stopped = await start_server(
+        HttpFront(endless_stream), FrontConfig, stall_timeout=1.0, graceful_timeout=0.5
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await trio.sleep(0.5)  # the server's send buffer and our receive buffer fill up
+    stop.set()
+    with trio.fail_after(15):
+        await stopped.wait()
+    await stream.aclose()
