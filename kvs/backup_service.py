@@ -18,7 +18,6 @@ from typing import Any
 
 import lmdb
 import trio
-from croniter import croniter
 
 from kvs.backup import BackupError, BackupResult, apply_retention, create_backup, list_backups
 
@@ -31,6 +30,8 @@ def utc_now() -> dt.datetime:
 
 def next_run(schedule: str, after: dt.datetime) -> dt.datetime:
     """The first time strictly after `after` that the cron expression `schedule` names (UTC)."""
+    from croniter import croniter  # here: a node without a backup schedule never needs it
+
     return croniter(schedule, after.astimezone(dt.UTC)).get_next(dt.datetime)
 
 

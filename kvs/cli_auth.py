@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 SUBCOMMANDS = {"audit", "join"}
-TOKEN_ENV = "KVS_TOKEN"  # the token client subcommands send (kvs members)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 

@@ -20,9 +20,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kvs.client import DEFAULT_URL, TOKEN_ENV, URL_ENV, Client, KvsError, WatchEnded
+from kvs.client_env import DEFAULT_URL, TOKEN_ENV, URL_ENV
+
+if TYPE_CHECKING:
+    from kvs.client import Client
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -42,7 +45,7 @@ COMMANDS = (
     "token",
 )
 
-Handler = Callable[[Client, argparse.Namespace], int]
+Handler = Callable[["Client", argparse.Namespace], int]
 
 
 class UsageError(Exception):
@@ -175,6 +178,10 @@ def _missing_action(parser: argparse.ArgumentParser) -> int:
 
 def run(handler: Handler, args: argparse.Namespace) -> int:
     """Open a client from the common options, run `handler`, map errors to exit statuses."""
+    # Imported here, not at the top: the HTTP client (httpx) is a tenth of a second of
+    # start-up that `kvs` running a node never needs.
+    from kvs.client import Client, KvsError, WatchEnded
+
     try:
         client = Client(args.url, args.token, timeout=args.timeout)
     except ValueError as exc:

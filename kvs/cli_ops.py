@@ -19,14 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kvs.client_env import DEFAULT_URL, TOKEN_ENV, URL_ENV
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-URL_ENV = "KVS_URL"
-TOKEN_ENV = "KVS_TOKEN"
 
 SUBCOMMANDS = {"backup", "restore", "start", "stop", "restart", "status"}
 

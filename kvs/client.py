@@ -30,9 +30,8 @@ from urllib.parse import quote
 
 import httpx
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-URL_ENV = "KVS_URL"
-TOKEN_ENV = "KVS_TOKEN"
+from kvs.client_env import DEFAULT_URL, TOKEN_ENV, URL_ENV
+
 DEFAULT_TIMEOUT = 10.0
 WATCH_READ_TIMEOUT = 60.0  # the node sends a keep-alive every 15 s on an idle watch
 

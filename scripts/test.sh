@@ -8,4 +8,7 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# Bytecode once, up front: the suite starts many real node processes, and where
+# PYTHONDONTWRITEBYTECODE is set each of them would compile every module again.
+.venv/bin/python -m compileall -q kvs scripts
 exec .venv/bin/python -m pytest "$@"

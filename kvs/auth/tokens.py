@@ -8,8 +8,6 @@ import hmac
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-
 ALGORITHM = "HS256"
 ISSUER = "kvs"
 _KEY_LABEL = b"kvs jwt signing key v1"  # a new label gives an unrelated key (rotation, uses)
@@ -49,6 +47,8 @@ def issue(key: bytes, *, user: str, token_id: str, now_s: int, expires_in_s: int
         "nbf": now_s,
         "exp": now_s + expires_in_s,
     }
+    import jwt  # here, not at the top: pyjwt loads cryptography, a tenth of a second of start-up
+
     return jwt.encode(payload, key, algorithm=ALGORITHM)
 
 
@@ -56,6 +56,8 @@ def verify(key: bytes, token: str, now_s: float) -> Claims:
     """Check signature (HS256 only: `alg: none` and any other algorithm are refused), issuer,
     and exp/nbf/iat against `now_s` (the node's clock, so tests can move it); raise TokenError
     saying which check failed."""
+    import jwt  # see issue()
+
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
