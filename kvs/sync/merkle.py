@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from kvs.model import SYNC_BUCKETS, Record, Version, sync_bucket
+
+if TYPE_CHECKING:
+    from kvs.store import Change
 
 FANOUT = 16
 DEFAULT_DEPTH = 4  # 16**4 leaves == the store's 65,536 sync buckets
@@ -96,6 +101,40 @@ class MerkleTree:
             self.remove(old)
         if new is not None:
             self.add(new)
+
+    def replace_many(self, changes: Iterable[Change]) -> None:
+        """`replace` for each of a commit's changes (each concerns one key), in one pass.
+
+        The same XORs, batched: a commit's deltas are summed per leaf, then per inner node
+        level by level. Every write and every record a sync
+        takes comes through here; it was a fifth of a bootstrapping node's CPU."""
+        per_leaf = SYNC_BUCKETS // self.leaves
+        counts = self.counts
+        deltas: dict[int, int] = {}
+        for change in changes:
+            old, new = change.old, change.new
+            if old is None and new is None:
+                continue
+            delta = 0
+            if old is not None:
+                delta = record_hash(old.key, old.version, old.value is None)
+            if new is not None:
+                delta ^= record_hash(new.key, new.version, new.value is None)
+            leaf = sync_bucket((new or old).key) // per_leaf  # type: ignore[union-attr]
+            if old is None:
+                counts[leaf] += 1
+                self.size += 1
+            elif new is None:
+                counts[leaf] -= 1
+                self.size -= 1
+            deltas[leaf] = deltas.get(leaf, 0) ^ delta
+        for row in reversed(self.levels):
+            above: dict[int, int] = {}
+            for index, delta in deltas.items():
+                row[index] ^= delta
+                parent = index // FANOUT
+                above[parent] = above.get(parent, 0) ^ delta
+            deltas = above
 
     @property
     def root(self) -> int:

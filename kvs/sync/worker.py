@@ -216,8 +216,8 @@ class SyncWorker:
         self.store.listeners.append(self._on_changes)
 
     def _on_changes(self, changes: list[Change]) -> None:
+        self.tree.replace_many(changes)
         for change in changes:
-            self.tree.replace(change.old, change.new)
             if change.local and change.new is not None and not self.stale:
                 for peer in self._peers.values():
                     self._enqueue(peer, change.new.key)

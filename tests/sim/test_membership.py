@@ -20,7 +20,9 @@ SEEDS = seeds_from_env([1, 2, 3])
 LAN = {"latency": 0.0005, "jitter": 0.001}
 
 
-@pytest.mark.parametrize("seed", SEEDS[:2])  # ~15 s of wall time each
+# One seed (~15 s of wall time): the suite must stay under five minutes on 2 cores; the
+# smaller scenarios below run every seed, and KVS_SIM_SEED=<seed> runs this one with others.
+@pytest.mark.parametrize("seed", SEEDS[:1])
 def test_fifty_nodes_join_through_one_seed_and_agree(tmp_path: Path, seed: int) -> None:
     async def scenario(net: SimNetwork) -> None:
         async with SimCluster.open(net, tmp_path) as cluster:

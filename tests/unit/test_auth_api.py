@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import jwt
 import pytest
@@ -455,10 +456,14 @@ async def test_10000_requests_from_one_user_are_429_with_retry_after_others_unaf
     client = client_of(node)
     statuses: dict[int, int] = {}
     last = None
+    started = trio.current_time()
     for _ in range(10_000):
         last = await client.get("/kv/r", headers=greedy.headers)
         statuses[last.status_code] = statuses.get(last.status_code, 0) + 1
-    assert statuses[200] <= 500 and statuses[429] >= 9_500, statuses
+    # A sliding window lets the rate (500 per 60 s) through as time passes: the loop takes
+    # seconds on a slow machine, and more when it crosses a window boundary.
+    allowed = 500 + math.ceil(500 * (trio.current_time() - started) / 60) + 1
+    assert statuses[200] <= allowed and statuses[429] >= 10_000 - allowed, statuses
     body = await expect_error(last, 429)
     assert "rate limit" in body["error"]
     assert 1 <= int(last.headers["Retry-After"]) <= 60

@@ -87,6 +87,34 @@ def test_incremental_updates_equal_a_tree_rebuilt_from_the_final_state(
     assert_consistent(tree)
 
 
+@settings(max_examples=150, deadline=None)
+@given(ops=operations, depth=st.integers(1, DEFAULT_DEPTH), cuts=st.lists(st.integers(0, 60)))
+def test_replace_many_equals_one_replace_per_change(
+    ops: list[tuple[str, str, Version]], depth: int, cuts: list[int]
+) -> None:
+    """A commit's changes applied at once (what the sync worker does) give the tree that
+    applying them one by one gives, however the changes are split into commits."""
+    one_by_one, batched = MerkleTree(depth), MerkleTree(depth)
+    state: dict[str, Record] = {}
+    changes: list[Any] = []
+    for kind, key, v in ops:
+        old = state.get(key)
+        new = None if kind == "remove" else Record(key, None if kind == "delete" else b"1", v)
+        one_by_one.replace(old, new)
+        changes.append(SimpleNamespace(old=old, new=new))
+        if new is None:
+            state.pop(key, None)
+        else:
+            state[key] = new
+    bounds = sorted({0, len(changes), *(c for c in cuts if c < len(changes))})
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        batched.replace_many(changes[start:end])
+    assert batched.levels == one_by_one.levels
+    assert batched.counts == one_by_one.counts
+    assert batched.size == one_by_one.size == len(state)
+    assert_consistent(batched)
+
+
 # --- XOR algebra -------------------------------------------------------------------------------
 
 
