@@ -361,7 +361,6 @@ def _check_cron(value: Any) -> str:
 _ACCEPTED_FOR_COMPATIBILITY = {
     "catchup_interval",
     "bootstrap_max_age_hours",
-    "throttle_delay_ms",
     "fetch_delay_ms",
     "compression_enabled",
     "default_ttl",
@@ -380,10 +379,16 @@ def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Confi
         raise ConfigError("(top level)", "the config file must be a mapping of key: value", path)
     values: dict[str, Any] = {}
     go_intervals: dict[str, float] = {}
+    go_throttle_ms: int | None = None
     for key, raw in data.items():
         if not isinstance(key, str):
             raise ConfigError(str(key), "config keys must be strings", path)
         if key in _ACCEPTED_FOR_COMPATIBILITY:
+            continue
+        if key == "throttle_delay_ms":
+            if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+                raise ConfigError(key, "must be a whole number of milliseconds, 0 or more", path)
+            go_throttle_ms = raw
             continue
         if key in _GO_GOSSIP_INTERVALS:
             try:
@@ -405,6 +410,10 @@ def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Confi
         # The Go KVS gossiped whole member lists every gossip_interval_min..max seconds: that
         # is our push-pull. (Failure detection is SWIM's probe_interval, far shorter.)
         values["push_pull_interval"] = sum(go_intervals.values()) / len(go_intervals)
+    if go_throttle_ms is not None and "sync_throttle_delay" not in values:
+        # The Go KVS paused throttle_delay_ms between the requests of a bootstrap: our pause
+        # between the batches of an exchange.
+        values["sync_throttle_delay"] = go_throttle_ms / 1000
     if values.get("probe_timeout", Config.probe_timeout) >= values.get(
         "probe_interval", Config.probe_interval
     ):

@@ -242,7 +242,6 @@ def test_a_key_with_a_line_break_still_gives_a_one_line_error() -> None:
     [
         "catchup_interval",
         "bootstrap_max_age_hours",
-        "throttle_delay_ms",
         "fetch_delay_ms",
         "compression_enabled",
         "default_ttl",
@@ -261,6 +260,16 @@ def test_go_kvs_gossip_intervals_map_to_push_pull_interval() -> None:
     assert explicit.push_pull_interval == 10.0
     error = error_for({**BASE, "gossip_interval_max": "soon"})
     assert "gossip_interval_max" in str(error)
+
+
+def test_go_kvs_throttle_delay_ms_maps_to_sync_throttle_delay() -> None:
+    assert config_with(throttle_delay_ms=100).sync_throttle_delay == 0.1
+    assert config_with(throttle_delay_ms=0).sync_throttle_delay == 0.0
+    explicit = config_with(throttle_delay_ms=100, sync_throttle_delay="20ms")
+    assert explicit.sync_throttle_delay == 0.02
+    for bad in ("soon", -1, 1.5, True):
+        error = error_for({**BASE, "throttle_delay_ms": bad})
+        assert "throttle_delay_ms" in str(error)
 
 
 def test_probe_timeout_must_be_shorter_than_probe_interval() -> None:
@@ -311,6 +320,7 @@ cluster_secret: ""
     assert config.node_id == "go-node-1"
     assert config.port == 8090
     assert config.sync_interval == 300.0
+    assert config.sync_throttle_delay == 0.1  # throttle_delay_ms: 100
     assert config.backup_enabled is True
     assert config.backup_schedule == "0 0 * * *"
     assert config.backup_retention == 7
