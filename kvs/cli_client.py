@@ -14,8 +14,10 @@ stderr); 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -334,7 +336,17 @@ def cmd_history(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _end_watch(signum: int, frame: object) -> None:
+    """Ctrl-C ends a watch at once, as it ends `tail -f`: the stream is read-only, so nothing
+    needs cleaning up, and unwinding a KeyboardInterrupt through the HTTP client's open
+    stream could block (a test saw the process still alive 30 s after SIGINT, once)."""
+    with contextlib.suppress(OSError):  # a closed pipe: nothing more to say anyway
+        sys.stdout.flush()
+    os._exit(EXIT_OK)
+
+
 def cmd_watch(client: Client, args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGINT, _end_watch)
     for event in client.watch(args.prefix, since=args.since):
         if args.json:
             record = {
