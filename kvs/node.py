@@ -34,7 +34,7 @@ from kvs.net.messages import MemberInfo, State
 from kvs.net.seeds import http_seed_resolver
 from kvs.net.swim import SwimConfig
 from kvs.net.transport import RealTransport, Transport
-from kvs.store import Store
+from kvs.store import MAINTENANCE_BATCH, Store
 from kvs.sync.worker import SyncSettings, SyncWorker, bootstrap_needed
 
 log = logging.getLogger(__name__)
@@ -366,11 +366,20 @@ class Node:
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
 
-    async def _housekeeping(self) -> None:
+    async def sweep(self) -> int:
+        """Expire what is due and collect old tombstones, all of it, a bounded transaction
+        at a time (each one blocks the event loop while it runs); returns how many."""
         ttl_ms = int(self.config.tombstone_ttl * 1000)
+        removed = step = await self.store.maintain(tombstone_ttl_ms=ttl_ms)
+        while step >= MAINTENANCE_BATCH:  # a full transaction: more may be due
+            step = await self.store.maintain(tombstone_ttl_ms=ttl_ms)
+            removed += step
+        return removed
+
+    async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL)
-            removed = await self.store.maintain(tombstone_ttl_ms=ttl_ms)
+            removed = await self.sweep()
             if removed:
                 log.debug("housekeeping removed %d expired records and old tombstones", removed)
             if self.config.durability == "os":

@@ -52,10 +52,14 @@ from kvs.model import (
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-MAX_OPS_PER_TRANSACTION = 20_000
+# Group commit stops taking more requests at this many ops. Large transactions run on the
+# event loop (see Store._commit), which cannot answer anything meanwhile: ~4,000 ops is
+# ~70 ms of it here, well inside the membership's probe timeout (250 ms by default).
+MAX_OPS_PER_TRANSACTION = 4096
 INLINE_TRANSACTION_OPS = 64  # from this many ops on, a transaction runs on the event loop
 # Upper bounds of the group-commit batch-size histogram (ops per transaction), for /metrics.
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, MAX_OPS_PER_TRANSACTION)
+MAINTENANCE_BATCH = 2_000  # expired records or old tombstones handled per transaction
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, MAX_OPS_PER_TRANSACTION)
 _U64 = struct.Struct(">Q")
 _SCAN_CHUNK = 256
 _RELEASE_EVERY_OPS = 100
@@ -631,7 +635,7 @@ class Store:
         if request.error is not None:
             raise request.error
 
-    async def maintain(self, *, tombstone_ttl_ms: int, limit: int = 10_000) -> int:
+    async def maintain(self, *, tombstone_ttl_ms: int, limit: int = MAINTENANCE_BATCH) -> int:
         """Turn expired records into tombstones (`Record.expired_tombstone`) and remove old
         tombstones; returns how many records were expired or removed."""
         now = self.clock.wall_ms()

@@ -12,10 +12,12 @@ import lmdb
 import msgpack
 import pytest
 import trio
+import trio.testing
 
 from kvs.clock import HybridLogicalClock
 from kvs.model import Record, Version, hlc_ms, hlc_pack, resolve
 from kvs.store import (
+    MAINTENANCE_BATCH,
     Change,
     Conflict,
     Delete,
@@ -954,3 +956,26 @@ async def test_release_mapped_pages_takes_the_data_file_out_of_rss(store: Store)
     assert mapped - after >= 12_000, (mapped, after)  # KiB: the data file's pages left RSS
     assert sum(1 for _ in store.scan("big/")) == 4000  # and are mapped again on demand
     assert store.get("big/7") is not None
+
+
+async def test_a_node_sweep_takes_everything_due_in_bounded_transactions(
+    start_node: Any, wall: ManualWallClock, mock_clock: trio.testing.MockClock
+) -> None:
+    """More than one transaction's worth of expired keys: one sweep expires them all, but
+    no transaction is larger than MAINTENANCE_BATCH (each blocks the event loop). Trio's
+    clock stands still (mock_clock), so the node's own housekeeping never runs meanwhile."""
+    node = await start_node(wall_ms=wall)
+    due = MAINTENANCE_BATCH * 2 + 7
+    expires = wall.now_ms + 10
+    for start in range(0, due, 1000):
+        end = min(start + 1000, due)
+        await node.store.write([Put(f"t/{i}", b"1", expires_at=expires) for i in range(start, end)])
+    await node.store.write([Put("kept", b"1")])
+    wall.advance(1)
+    transactions = node.store.stats["transactions"]
+    assert await node.sweep() == due
+    assert node.store.get_live("kept") is not None
+    assert all(node.store.get(f"t/{i}").deleted for i in range(due))  # tombstones now
+    # One transaction per MAINTENANCE_BATCH (and an empty one answering each call).
+    assert node.store.stats["transactions"] - transactions >= -(-due // MAINTENANCE_BATCH)
+    assert await node.sweep() == 0
