@@ -718,10 +718,9 @@ class Store:
         call, so each of its thousands of calls would wait for the busy event loop to hand
         the GIL back (up to the 5 ms switch interval). Measured: a put costs 1 µs alone and
         1 ms with another busy Python thread."""
-        small = all(isinstance(item, _Request) for item in batch) and (
-            sum(len(item.ops) for item in batch) < INLINE_TRANSACTION_OPS  # type: ignore[union-attr]
-        )
-        in_thread = self._in_thread and small
+        ops = sum(len(item.ops) for item in batch if isinstance(item, _Request))
+        sweep = any(isinstance(item, _Maintenance) for item in batch)
+        in_thread = self._in_thread and not sweep and ops < INLINE_TRANSACTION_OPS
         while True:
             try:
                 if in_thread:

@@ -106,8 +106,8 @@ class MerkleTree:
         """`replace` for each of a commit's changes (each concerns one key), in one pass.
 
         The same XORs, batched: a commit's deltas are summed per leaf, then per inner node
-        level by level. Every write and every record a sync
-        takes comes through here; it was a fifth of a bootstrapping node's CPU."""
+        level by level, instead of walking every change up to the root. Every write and
+        every record a sync takes comes through here."""
         per_leaf = SYNC_BUCKETS // self.leaves
         counts = self.counts
         deltas: dict[int, int] = {}
