@@ -53,13 +53,14 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 # Group commit stops taking more requests at this many ops. Large transactions run on the
-# event loop (see Store._commit), which cannot answer anything meanwhile: ~4,000 ops is
-# ~70 ms of it here, well inside the membership's probe timeout (250 ms by default).
-MAX_OPS_PER_TRANSACTION = 4096
+# event loop (see Store._commit), which cannot answer anything meanwhile: ~2,000 ops is
+# ~35-60 ms of it here, well inside the membership's probe timeout (250 ms by default) even
+# on a machine several times slower.
+MAX_OPS_PER_TRANSACTION = 2048
 INLINE_TRANSACTION_OPS = 64  # from this many ops on, a transaction runs on the event loop
 # Upper bounds of the group-commit batch-size histogram (ops per transaction), for /metrics.
 MAINTENANCE_BATCH = 2_000  # expired records or old tombstones handled per transaction
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, MAX_OPS_PER_TRANSACTION)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, MAX_OPS_PER_TRANSACTION)
 _U64 = struct.Struct(">Q")
 _SCAN_CHUNK = 256
 _RELEASE_EVERY_OPS = 100
