@@ -54,7 +54,7 @@ class UsageError(Exception):
     """Bad input found after argparse (a JSON argument that is not JSON): exit status 2."""
 
 
-def _positive_seconds(text: str) -> float:
+def positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -70,19 +70,24 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def add_client_args(p: argparse.ArgumentParser, timeout: float) -> None:
+    """--url, --token and --timeout: how every subcommand that talks to a node finds it."""
+    p.add_argument(
         "--url", help=f"the node's HTTP address (default ${URL_ENV}, else {DEFAULT_URL})"
     )
-    common.add_argument("--token", help=f"API token (default ${TOKEN_ENV})")
-    common.add_argument("--json", action="store_true", help="print the node's JSON")
-    common.add_argument(
+    p.add_argument("--token", help=f"API token (default ${TOKEN_ENV}); sent as a Bearer token")
+    p.add_argument(
         "--timeout",
-        type=_positive_seconds,
-        default=5.0,
-        help="seconds to wait for the node (default 5)",
+        type=positive_seconds,
+        default=timeout,
+        help=f"seconds to wait for the node (default {timeout:g})",
     )
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    add_client_args(common, timeout=5.0)
+    common.add_argument("--json", action="store_true", help="print the node's JSON")
     return common
 
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kvs.cli_client import add_client_args, positive_seconds
 from kvs.client_env import DEFAULT_URL, TOKEN_ENV, URL_ENV
 
 EXIT_OK = 0
@@ -280,39 +281,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- argument parsing
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
-def _client_args(p: argparse.ArgumentParser, timeout: float) -> None:
-    p.add_argument(
-        "--url", help=f"the node's HTTP address (default ${URL_ENV}, else {DEFAULT_URL})"
-    )
-    p.add_argument("--token", help=f"API token (default ${TOKEN_ENV}); sent as a Bearer token")
-    p.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=timeout,
-        help=f"seconds to wait for the node (default {timeout:g})",
-    )
-
-
 def register(sub: Any) -> None:
     """Add the operations subcommands to `kvs`'s subparsers."""
     backup = sub.add_parser("backup", help="take a backup on a running node, or show backup status")
     backup_sub = backup.add_subparsers(dest="backup_command", required=True)
     now = backup_sub.add_parser("now", help="take a backup now; prints the file's path")
-    _client_args(now, 3600.0)
+    add_client_args(now, 3600.0)
     now.add_argument("-v", "--verbose", action="store_true", help="also print size and time")
     now.set_defaults(func=cmd_backup_now)
     status = backup_sub.add_parser("status", help="the node's backup status, as JSON")
-    _client_args(status, 10.0)
+    add_client_args(status, 10.0)
     status.set_defaults(func=cmd_backup_status)
 
     restore = sub.add_parser(
@@ -337,7 +315,7 @@ def register(sub: Any) -> None:
         p.add_argument("config", help="the node's config file")
         p.add_argument(
             "--timeout",
-            type=_positive_seconds,
+            type=positive_seconds,
             default=60.0,
             help="seconds to wait for readiness or a graceful exit (default 60)",
         )
