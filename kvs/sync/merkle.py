@@ -17,12 +17,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from kvs.model import SYNC_BUCKETS, Record, Version, sync_bucket
-
-if TYPE_CHECKING:
-    from kvs.store import Change
 
 FANOUT = 16
 DEFAULT_DEPTH = 4  # 16**4 leaves == the store's 65,536 sync buckets
@@ -92,27 +88,19 @@ class MerkleTree:
         self.toggle(record.key, record.version, record.deleted, adding=False)
 
     def replace(self, old: Record | None, new: Record | None) -> None:
-        """Apply one store change: `old` -> `new` (either may be None)."""
-        if old is not None and new is not None and old.key == new.key:
-            leaf = self.leaf_of(new.key)
-            self._apply(leaf, hash_of(old) ^ hash_of(new))
-            return
-        if old is not None:
-            self.remove(old)
-        if new is not None:
-            self.add(new)
+        """Apply one store change of one key: `old` -> `new` (either may be None)."""
+        self.replace_many([(old, new)])
 
-    def replace_many(self, changes: Iterable[Change]) -> None:
-        """`replace` for each of a commit's changes (each concerns one key), in one pass.
+    def replace_many(self, changes: Iterable[tuple[Record | None, Record | None]]) -> None:
+        """`replace` for each of a commit's `(old, new)` changes, in one pass.
 
-        The same XORs, batched: a commit's deltas are summed per leaf, then per inner node
+        The XORs are batched: a commit's deltas are summed per leaf, then per inner node
         level by level, instead of walking every change up to the root. Every write and
         every record a sync takes comes through here."""
         per_leaf = SYNC_BUCKETS // self.leaves
         counts = self.counts
         deltas: dict[int, int] = {}
-        for change in changes:
-            old, new = change.old, change.new
+        for old, new in changes:
             if old is None and new is None:
                 continue
             delta = 0

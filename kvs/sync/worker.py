@@ -216,7 +216,7 @@ class SyncWorker:
         self.store.listeners.append(self._on_changes)
 
     def _on_changes(self, changes: list[Change]) -> None:
-        self.tree.replace_many(changes)
+        self.tree.replace_many((change.old, change.new) for change in changes)
         for change in changes:
             if change.local and change.new is not None and not self.stale:
                 for peer in self._peers.values():

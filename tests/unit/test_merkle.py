@@ -96,12 +96,12 @@ def test_replace_many_equals_one_replace_per_change(
     applying them one by one gives, however the changes are split into commits."""
     one_by_one, batched = MerkleTree(depth), MerkleTree(depth)
     state: dict[str, Record] = {}
-    changes: list[Any] = []
+    changes: list[tuple[Record | None, Record | None]] = []
     for kind, key, v in ops:
         old = state.get(key)
         new = None if kind == "remove" else Record(key, None if kind == "delete" else b"1", v)
         one_by_one.replace(old, new)
-        changes.append(SimpleNamespace(old=old, new=new))
+        changes.append((old, new))
         if new is None:
             state.pop(key, None)
         else:
