@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ class BackupService:
         self,
         *,
         node_id: str,
-        env: Callable[[], lmdb.Environment],
+        env: Callable[[], AbstractContextManager[lmdb.Environment]],
         settings: BackupSettings,
         now: Callable[[], dt.datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = trio.sleep,
@@ -112,7 +113,8 @@ class BackupService:
         with contextlib.suppress(OSError):
             for stale in directory.glob(f".kvs-{self.node_id}-*.tmp"):
                 stale.unlink(missing_ok=True)
-        result = create_backup(self._env(), directory, self.node_id, self._now_ms)
+        with self._env() as env:  # held: the store's environment stays open meanwhile
+            result = create_backup(env, directory, self.node_id, self._now_ms)
         removed = apply_retention(
             directory, self.node_id, self._now_ms(), self.settings.retention_days
         )

@@ -75,6 +75,7 @@ class Config:
     max_clock_offset: float = 60.0  # a peer's records further ahead than this are logged
     sync_throttle_delay: float = 0.0  # pause between batches of an exchange (bootstrap pacing)
     sync_max_connections: int = 64  # inbound sync connections at once; more are refused
+    sync_snapshot_min_keys: int = 10_000  # bootstrap by snapshot from this many keys (0: never)
 
     # watch streams (issue 6, client/watch): a watcher further behind than this many
     # events is disconnected (it resumes with since=) instead of buffering without bound
@@ -313,6 +314,7 @@ _CHECKS: dict[str, Any] = {
     "max_clock_offset": _check_positive_duration,
     "sync_throttle_delay": _check_duration,
     "sync_max_connections": _check_int(1, 100_000),
+    "sync_snapshot_min_keys": _check_int(0, 2**62),
     "clustering_enabled": _check_bool,
     "advertise_address": _check_advertise,
     "probe_interval": _check_positive_duration,

@@ -77,7 +77,7 @@ class Node:
         self._http_front: HttpFront | None = None
         self.backups = BackupService(
             node_id=self.node_id,
-            env=lambda: self.store.env,
+            env=lambda: self.store.lease_env(),
             settings=BackupSettings(
                 enabled=config.backup_enabled,
                 schedule=config.backup_schedule,
@@ -336,6 +336,7 @@ class Node:
                 max_clock_offset_ms=int(c.max_clock_offset * 1000),
                 throttle_delay=c.sync_throttle_delay,
                 max_connections=c.sync_max_connections,
+                snapshot_min_keys=c.sync_snapshot_min_keys,
             ),
             rng=self.rng,
             nonce=self._nonce,

@@ -23,12 +23,16 @@ short read transaction in the event loop and never hold it across an await.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import functools
 import hashlib
 import logging
+import os
+import shutil
 import struct
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +88,15 @@ def _storage_key(key: str) -> bytes:
         return raw
     digest = hashlib.blake2b(raw, digest_size=_HASH_BYTES).digest()
     return raw[:_RAW_KEY_BYTES] + _LONG_MARK + digest
+
+
+def index_entries(
+    record: Record, pack: Callable[[Any], bytes] = msgpack.packb
+) -> tuple[bytes, bytes, bytes]:
+    """(storage key, bucket key, summary): where the store files `record`, for checking a
+    snapshot from a peer (kvs/sync/snapshot.py)."""
+    key_b = _storage_key(record.key)
+    return key_b, _bucket_key(record.key, key_b), _summary(record, pack)
 
 
 def _same_long_group(a: bytes, b: bytes) -> bool:
@@ -201,6 +214,17 @@ class _Maintenance:
         self.removed = 0
 
 
+class _Replace:
+    """Marker the writer runs itself: put a verified snapshot in place of the data file."""
+
+    def __init__(self, staged: Path) -> None:
+        self.staged = staged
+        self.installed: Callable[[], None] = lambda: None
+        self.carried: list[bytes] = []
+        self.error: BaseException | None = None
+        self.done = trio.Event()
+
+
 class _GrowMap(Exception):
     pass
 
@@ -265,6 +289,7 @@ class Store:
         max_pending: int = 65_536,
     ) -> None:
         self.path = Path(path)
+        self._map_size = map_size
         self.clock = clock
         self._new_uuid = new_uuid
         self.history_depth = history_depth
@@ -272,11 +297,44 @@ class Store:
         self._sync = durability == "fsync"
         self._read_codec = RecordCodec(compression_level)
         self._write_codec = RecordCodec(compression_level)
+        self._open_env()
+        self._send, self._receive = trio.open_memory_channel[_Request | _Maintenance | _Replace](
+            max_pending
+        )
+        self.listeners: list[Callable[[list[Change]], None]] = []
+        # Called after `replace_data` put a snapshot in place: no Change is published for the
+        # records it brought, so whoever caches what the store holds must forget it here.
+        self.replaced_listeners: list[Callable[[], None]] = []
+        # Held by a thread that uses the environment outside the writer (a backup's copy):
+        # `replace_data` closes the environment only when no one holds it.
+        self._lease = threading.Lock()
+        # Set while a bootstrap writes all over the file: the data file's pages are released
+        # (see release_mapped_pages) every _RELEASE_EVERY_OPS changes and after each commit.
+        self.release_pages_after_commit = False
+        self.identity: Identity | None = None
+        self.stats = {"transactions": 0, "ops": 0, "map_grows": 0, "last_batch": 0, "max_batch": 0}
+        # Write batches by size: counts per BATCH_SIZE_BUCKETS bound (plus one overflow slot).
+        self.batch_sizes = [0] * (len(BATCH_SIZE_BUCKETS) + 1)
+        # True from before a batch's commit until its listeners have run: a read made then may
+        # see changes no listener has been told of yet (a watch replay must not send them twice).
+        self.publishing = False
+        self._check_schema()
+        self._ensure_bucket_index()
+        persisted = self._get_system("hlc")
+        if persisted:
+            clock.observe(persisted)
+
+    def _open_env(self) -> None:
+        self._map_ranges: list[tuple[int, int]] | None = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            data_file = self.path / "data.mdb"
+            size = data_file.stat().st_size if data_file.exists() else 0
             self._env = lmdb.open(
                 str(self.path),
-                map_size=map_size,
+                # A data file larger than the configured map (a snapshot from a peer with a
+                # larger one) is opened whole, with room to grow.
+                map_size=max(self._map_size, 2 * size),
                 max_dbs=8,
                 sync=self._sync,
                 metasync=self._sync,
@@ -294,24 +352,6 @@ class Store:
         self._tombstones = env.open_db(b"tombstones")
         self._system = env.open_db(b"system")
         self._buckets = env.open_db(b"buckets")
-        self._send, self._receive = trio.open_memory_channel[_Request | _Maintenance](max_pending)
-        self.listeners: list[Callable[[list[Change]], None]] = []
-        # Set while a bootstrap writes all over the file: the data file's pages are released
-        # (see release_mapped_pages) every _RELEASE_EVERY_OPS changes and after each commit.
-        self.release_pages_after_commit = False
-        self._map_ranges: list[tuple[int, int]] | None = None
-        self.identity: Identity | None = None
-        self.stats = {"transactions": 0, "ops": 0, "map_grows": 0, "last_batch": 0, "max_batch": 0}
-        # Write batches by size: counts per BATCH_SIZE_BUCKETS bound (plus one overflow slot).
-        self.batch_sizes = [0] * (len(BATCH_SIZE_BUCKETS) + 1)
-        # True from before a batch's commit until its listeners have run: a read made then may
-        # see changes no listener has been told of yet (a watch replay must not send them twice).
-        self.publishing = False
-        self._check_schema()
-        self._ensure_bucket_index()
-        persisted = self._get_system("hlc")
-        if persisted:
-            clock.observe(persisted)
 
     # --- identity and schema ----------------------------------------------------------------
 
@@ -355,8 +395,23 @@ class Store:
 
     @property
     def env(self) -> lmdb.Environment:
-        """The LMDB environment, for a consistent copy (kvs/backup.py); never for writes."""
+        """The LMDB environment, for a consistent copy (kvs/sync/snapshot.py); never for
+        writes. Only within an event-loop step: `replace_data` may close it between steps."""
         return self._env
+
+    def lease_env_nowait(self) -> bool:
+        """Take the lease of `lease_env` from the event loop, if free; `release_env` ends it."""
+        return self._lease.acquire(blocking=False)
+
+    def release_env(self) -> None:
+        self._lease.release()
+
+    @contextlib.contextmanager
+    def lease_env(self) -> Iterator[lmdb.Environment]:
+        """The environment for a worker thread (a backup's copy): `replace_data` waits until
+        it is given back before it closes the environment."""
+        with self._lease:
+            yield self._env
 
     # --- reads (event loop, short transactions) ------------------------------------------------
 
@@ -426,6 +481,29 @@ class Store:
                     ok = cursor.next()
             for _, raw in batch:
                 yield _read_summary(raw)
+            if len(batch) < chunk:
+                return
+            position = batch[-1][0]
+
+    def iter_raw_items(
+        self, db_name: str = "records", chunk: int = 4096
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of one database as stored: records by storage key, or
+        (`"buckets"`) summaries by bucket key; a short read transaction per chunk (for
+        checking a snapshot from a peer)."""
+        db = {"records": self._records, "buckets": self._buckets}[db_name]
+        position = b""
+        while True:
+            batch: list[tuple[bytes, bytes]] = []
+            with self._env.begin(db=db) as txn:
+                cursor = txn.cursor()
+                ok = cursor.set_range(position)
+                if ok and position and cursor.key() == position:
+                    ok = cursor.next()
+                while ok and len(batch) < chunk:
+                    batch.append((cursor.key(), cursor.value()))
+                    ok = cursor.next()
+            yield from batch
             if len(batch) < chunk:
                 return
             position = batch[-1][0]
@@ -667,13 +745,24 @@ class Store:
         """The group-commit loop. Runs until cancelled; in-flight transactions finish first."""
         task_status.started()
         receive = self._receive
+        replace: _Replace | None = None
         while True:
-            batch = [await receive.receive()]
-            ops = len(getattr(batch[0], "ops", ()))
+            if replace is not None:  # in queue order: after the writes before it
+                await self._replace_data(replace)
+                replace = None
+            first = await receive.receive()
+            if isinstance(first, _Replace):
+                replace = first
+                continue
+            batch: list[_Request | _Maintenance] = [first]
+            ops = len(getattr(first, "ops", ()))
             while ops < MAX_OPS_PER_TRANSACTION:
                 try:
                     item = receive.receive_nowait()
                 except trio.WouldBlock:
+                    break
+                if isinstance(item, _Replace):
+                    replace = item
                     break
                 batch.append(item)
                 ops += len(getattr(item, "ops", ()))
@@ -709,6 +798,83 @@ class Store:
                         log.exception("store listener %r failed", listener)
             self.publishing = False
 
+    async def replace_data(
+        self, staged: Path, installed: Callable[[], None] = lambda: None
+    ) -> list[bytes]:
+        """Put the LMDB data file in directory `staged` (a verified snapshot of a peer's
+        store) in place of this store's, keeping this store's system entries (identity,
+        HLC, bootstrap state...). Returns the records this store held before, as encoded:
+        the caller merges them again (they arrived while the snapshot was on its way).
+
+        Runs in the writer, between transactions, so no write sees half of it; `installed`
+        runs there too, right after, before any other write (the Merkle tree is swapped in
+        it). No Change is published for the snapshot's records: `replaced_listeners` are
+        called instead."""
+        request = _Replace(staged)
+        request.installed = installed
+        await self._send.send(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.carried
+
+    async def _replace_data(self, request: _Replace) -> None:
+        try:
+            while not self._lease.acquire(blocking=False):  # a backup is copying the data
+                await trio.sleep(0.05)
+            try:
+                request.carried = [raw for _, raw in self.iter_raw_items()]
+                self._swap_in(request.staged)
+            finally:
+                self._lease.release()
+            request.installed()
+            for listener in self.replaced_listeners:
+                listener()
+        except Exception as exc:
+            request.error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
+            log.error("replacing the data with a snapshot failed: %s", exc)
+        finally:
+            request.done.set()
+
+    def _swap_in(self, staged: Path) -> None:
+        with self._env.begin(db=self._system) as txn:
+            system = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+        # Our own system entries go into the snapshot first, and it reaches the disk before
+        # it replaces the data file: a crash leaves either store whole, never the peer's
+        # identity in our data_dir.
+        env = lmdb.open(
+            str(staged),
+            max_dbs=8,
+            map_size=max(self._map_size, 2 * (staged / "data.mdb").stat().st_size),
+        )
+        try:
+            db = env.open_db(b"system")
+            with env.begin(write=True, db=db) as txn:
+                txn.drop(db, delete=False)
+                for key, value in system:
+                    txn.put(key, value)
+            env.sync(True)
+        finally:
+            env.close()
+        self._env.close()
+        try:
+            os.replace(staged / "data.mdb", self.path / "data.mdb")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path / "lock.mdb")  # it described the file replaced
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            self._open_env()  # the new file, or the old one if it could not be replaced
+        shutil.rmtree(staged, ignore_errors=True)
+        self._check_schema()
+        self._ensure_bucket_index()
+        persisted = self._get_system("hlc")
+        if persisted:
+            self.clock.observe(persisted)
+
     async def _commit(self, batch: list[_Request | _Maintenance]) -> list[Change]:
         """Apply `batch` in one write transaction, growing the map until it fits.
 
@@ -736,7 +902,14 @@ class Store:
                 else:
                     changes = self._apply(batch)
             except _GrowMap:
-                self._grow_map()
+                # Not while a thread reads the map (a backup's or a snapshot's copy):
+                # growing it may move it.
+                while not self._lease.acquire(blocking=False):
+                    await trio.sleep(0.05)
+                try:
+                    self._grow_map()
+                finally:
+                    self._lease.release()
                 continue
             self.stats["transactions"] += 1
             if self.release_pages_after_commit:
@@ -821,7 +994,6 @@ class Store:
                     released += length  # 4: MADV_DONTNEED
         except (OSError, AttributeError, ValueError):
             return released
-        return released
         return released
 
     def sync_to_disk(self) -> None:

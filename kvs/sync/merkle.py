@@ -59,6 +59,22 @@ class MerkleTree:
         self.counts = [0] * self.leaves  # records per leaf
         self.size = 0
 
+    @classmethod
+    def from_leaves(cls, leaves: list[int], counts: list[int]) -> MerkleTree:
+        """The full-depth tree over these leaf hashes and per-leaf record counts."""
+        tree = cls()
+        if len(leaves) != tree.leaves or len(counts) != tree.leaves:
+            raise ValueError(f"a tree of depth {tree.depth} has {tree.leaves} leaves")
+        tree.levels[-1] = list(leaves)
+        tree.counts = list(counts)
+        tree.size = sum(counts)
+        for level in range(tree.depth - 1, -1, -1):
+            below = tree.levels[level + 1]
+            row = tree.levels[level]
+            for index, value in enumerate(below):
+                row[index // FANOUT] ^= value
+        return tree
+
     def leaf_of(self, key: str) -> int:
         """Leaves are the store's sync buckets (grouped, for a shallower tree)."""
         return sync_bucket(key) // (SYNC_BUCKETS // self.leaves)

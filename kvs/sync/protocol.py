@@ -8,6 +8,7 @@ Requests travel as msgpack maps over an authenticated `FrameStream` (purpose "sy
     {"op": "fetch", "keys": [key, ...]}          -> {"records": [encoded record, ...], "count": n}
     {"op": "take", "leaves": [leaf, ...]}        -> {"records": [encoded record, ...], "count": n}
     {"op": "push", "records": [encoded, ...], "durable": bool}  -> {"applied": int}
+    {"op": "snapshot", "format": {...}}          -> a stream of frames (kvs/sync/snapshot.py)
 
 A push is answered once its records are committed, or with "durable": false (the push
 link, where anti-entropy is the safety net) once they are validated and queued for the
@@ -26,9 +27,12 @@ raises `ProtocolError`, and the connection is dropped.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from kvs.model import Version
+import orjson
+
+from kvs.model import InvalidKey, Record, RecordCodec, Version, validate_key
 from kvs.store import Summary
 
 MAX_NODES_PER_REQUEST = 4096
@@ -140,3 +144,31 @@ def decode_summaries(reply: Any, limit: int) -> list[Summary]:
             raise ProtocolError("shape")
         out.append(Summary(key, Version(_int(hlc), _int(joined), origin, uid), deleted, expires_at))
     return out
+
+
+def check_record(codec: RecordCodec, raw: bytes, max_value_size: int) -> Record:
+    """Decode a record from a peer (pushed, fetched, or in a snapshot), or raise
+    ProtocolError("bad_record"): it must be one we could have stored ourselves."""
+    try:
+        record = codec.decode(raw, max_value_size=max_value_size)
+        validate_key(record.key, allow_reserved=True)
+        if record.value is not None:
+            try:  # orjson is ~5x faster; what it refuses (huge integers, deep nesting)
+                orjson.loads(record.value)  # the stdlib, which the API uses, decides
+            except orjson.JSONDecodeError:
+                json.loads(record.value)
+    except (ValueError, InvalidKey, RecursionError):
+        raise ProtocolError("bad_record") from None
+    # The indexes and the Merkle tree pack these as unsigned 64-bit integers, and peers'
+    # summaries must pass `decode_summaries`: out of range, the store write or the tree
+    # update would fail (crashing this connection's node, or leaving the tree wrong).
+    v = record.version
+    if not (
+        0 <= v.hlc <= MAX_INT
+        and 0 <= v.origin_joined <= MAX_INT
+        and 0 <= record.created_at <= MAX_INT
+        and 0 <= (record.expires_at or 0) <= MAX_INT
+        and 0 <= record.permissions <= 0xFFF
+    ):
+        raise ProtocolError("bad_record")
+    return record

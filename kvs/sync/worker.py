@@ -17,24 +17,24 @@ garbage collection on one replica is never undone by another.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import random
+import shutil
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import trio
 
-from kvs.model import InvalidKey, Record, RecordCodec, hlc_ms, validate_key
+from kvs.model import Record, RecordCodec, hlc_ms
 from kvs.net.messages import Address, State
 from kvs.net.swim import MemberChanged
 from kvs.net.transport import Transport
 from kvs.net.wire import MAX_FRAME_BYTES, FrameStream, WireError, derive_key
 from kvs.store import Change, Merge, Store, StoreError, Summary, Written
 from kvs.sync import protocol as p
+from kvs.sync import snapshot
 from kvs.sync.merkle import MerkleTree
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ IDLE_TIMEOUT = 120.0  # a server closes a connection on which no request began f
 PUSHES_IN_FLIGHT = 4  # pushes a server connection merges at once (push link, not durable)
 KEEPALIVE = IDLE_TIMEOUT / 4  # an idle push connection says something this often
 PUSH_QUEUE_LIMIT = 10_000  # keys waiting for one peer; beyond it anti-entropy takes over
+SNAPSHOT_MAX_CARRIED = 10_000  # a joiner holding more bootstraps by records only
 PUSH_BATCH = 500
 FETCH_BATCH = p.MAX_KEYS_PER_REQUEST
 LEAF_BATCH = p.MAX_LEAVES_PER_REQUEST  # leaves listed (or taken whole) per request
@@ -78,6 +79,9 @@ class SyncSettings:
     max_clock_offset_ms: int = 60_000
     throttle_delay: float = 0.0  # pause between batches of an exchange (bootstrap pacing)
     max_connections: int = 64  # inbound sync connections served at once; more are refused
+    # A joiner copies a peer's whole data file (kvs/sync/snapshot.py) when the peer holds at
+    # least this many keys; fewer, or 0, and it takes the records one by one.
+    snapshot_min_keys: int = 10_000
 
 
 @dataclass
@@ -198,6 +202,8 @@ class SyncWorker:
         self._nursery: trio.Nursery | None = None
         self._kick = trio.Event()
         self._urgent: list[str] = []
+        self._snapshot_failed = False  # then this run bootstraps by records only
+        self.data_format = snapshot.snapshot_format()  # what a copy of our store depends on
         self._peer_syncing: dict[str, bool] = {}  # what each peer said in our last exchange
         self._lost: set[str] = set()  # peers that died (not left) and have not come back
         self._started_at = 0.0
@@ -382,6 +388,9 @@ class SyncWorker:
                         raise
                     self.counters["closed_idle"] += 1  # not an attack: just quiet
                     return
+                if isinstance(request, dict) and request.get("op") == "snapshot":
+                    await self._serve_snapshot(frames, request)
+                    continue
                 reply = await self._answer(request, defer)
                 await frames.send(reply, timeout=REQUEST_TIMEOUT)
         except p.ProtocolError as exc:
@@ -396,6 +405,37 @@ class SyncWorker:
             self.counters["dropped_timeout"] += 1
         except _IO_ERRORS:
             self.counters["dropped_io"] += 1
+
+    async def _serve_snapshot(self, frames: FrameStream, request: dict[str, Any]) -> None:
+        """Stream a copy of the store (kvs/sync/snapshot.py), or refuse saying why."""
+        refusal = None
+        if request.get("format") != self.data_format:
+            refusal = "format"  # another LMDB, byte order, word or page size, or schema
+        elif self.stale or self.syncing:
+            refusal = "stale" if self.stale else "syncing"
+        else:
+            # The copy and the tree must describe the same commits: start it while no commit
+            # waits for its listeners (a commit growing the map waits for the lease: never
+            # wait for "publishing" while holding it).
+            while self.store.publishing:
+                await trio.sleep(0.001)
+        if refusal is None and not self.store.lease_env_nowait():
+            refusal = "busy"  # one copy at a time (a snapshot or a backup)
+        if refusal is not None:
+            self.counters[f"snapshots_refused_{refusal}"] += 1
+            await frames.send({"refused": refusal}, timeout=REQUEST_TIMEOUT)
+            return
+        try:
+            copied = await snapshot.serve(
+                frames, self.store, lambda: (self.tree.root, self.tree.size), REQUEST_TIMEOUT
+            )
+        except snapshot.SnapshotError as exc:
+            log.error("serving a snapshot failed: %s", exc)
+            raise p.ProtocolError("snapshot") from None  # the connection is out of step
+        finally:
+            self.store.release_env()
+        self.counters["served_snapshot"] += 1
+        self.counters["snapshot_bytes_served"] += copied
 
     async def _merge_then_release(self, ops: list[Merge], in_flight: trio.Semaphore) -> None:
         try:
@@ -529,30 +569,7 @@ class SyncWorker:
         return ops
 
     def _check(self, raw: bytes) -> Record:
-        try:
-            record = self.codec.decode(raw, max_value_size=self.settings.max_value_size)
-            validate_key(record.key, allow_reserved=True)
-            if record.value is not None:
-                try:  # orjson is ~5x faster; what it refuses (huge integers, deep nesting)
-                    orjson.loads(record.value)  # the stdlib, which the API uses, decides
-                except orjson.JSONDecodeError:
-                    json.loads(record.value)
-        except (ValueError, InvalidKey, RecursionError):
-            raise p.ProtocolError("bad_record") from None
-        # The indexes and the Merkle tree pack these as unsigned 64-bit integers, and peers'
-        # summaries must pass `decode_summaries`: out of range, the store write or the tree
-        # update would fail (crashing this connection's node, or leaving the tree wrong).
-        v = record.version
-        top = p.MAX_INT
-        if not (
-            0 <= v.hlc <= top
-            and 0 <= v.origin_joined <= top
-            and 0 <= record.created_at <= top
-            and 0 <= (record.expires_at or 0) <= top
-            and 0 <= record.permissions <= 0xFFF
-        ):
-            raise p.ProtocolError("bad_record")
-        return record
+        return p.check_record(self.codec, raw, self.settings.max_value_size)
 
     # --- anti-entropy (client side) ------------------------------------------------------------
 
@@ -650,6 +667,10 @@ class SyncWorker:
                 self.counters["exchanges_left_to_joiner"] += 1
                 result.skipped = True
                 return result
+            if self._snapshot_wanted(reply) and await self._bootstrap_from_snapshot(frames):
+                reply = await call({"op": "root"})
+                if not isinstance(reply, dict) or not isinstance(reply.get("root"), bytes):
+                    raise p.ProtocolError("shape")
             if int.from_bytes(reply["root"], "big") == self.tree.root:
                 self.counters["exchanges_equal"] += 1
                 return result
@@ -670,6 +691,74 @@ class SyncWorker:
         self.counters["records_fetched"] += result.fetched
         self.counters["records_pushed"] += result.pushed
         return result
+
+    def _snapshot_wanted(self, root_reply: dict[str, Any]) -> bool:
+        """Whether to copy the peer's whole store instead of taking its records: while
+        bootstrapping with (next to) nothing yet, from a peer with enough keys that one
+        read of a copy beats a write per record."""
+        size = root_reply.get("size")
+        return (
+            self.syncing
+            and not self._snapshot_failed
+            and self.settings.snapshot_min_keys > 0
+            and self.tree.size <= SNAPSHOT_MAX_CARRIED
+            and isinstance(size, int)
+            and size >= self.settings.snapshot_min_keys
+        )
+
+    async def _bootstrap_from_snapshot(self, frames: FrameStream) -> bool:
+        """Take a snapshot of the peer's store in place of ours; False if the peer refused.
+        On any failure the bootstrap goes on by records (this exchange ends; the next one
+        takes them)."""
+        staging = self.store.path / snapshot.STAGING_DIR
+        began = trio.current_time()
+        try:
+            header = await snapshot.receive(
+                frames,
+                staging,
+                timeout=REQUEST_TIMEOUT,
+                pause=self.settings.throttle_delay,
+                data_format=self.data_format,
+            )
+            if header is None:
+                self.counters["snapshots_refused"] += 1
+                return False
+            received = trio.current_time()
+            tree, highest = await snapshot.verify(staging, header, self.settings.max_value_size)
+            checked = trio.current_time()
+
+            def installed() -> None:  # in the writer, before any other write
+                self.tree = tree
+                self.store.clock.observe(highest)
+
+            carried = await self.store.replace_data(staging, installed)
+        except (snapshot.SnapshotError, StoreError, OSError) as exc:
+            self._snapshot_failed = True
+            self.counters["snapshot_failures"] += 1
+            log.warning("bootstrap by snapshot failed (%s); taking records instead", exc)
+            raise p.ProtocolError("snapshot") from None
+        except BaseException:
+            self._snapshot_failed = True
+            self.counters["snapshot_failures"] += 1
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if carried:  # what peers pushed to us meanwhile: merged again, winners kept
+            await self.accept(carried)
+        self.counters["snapshots"] += 1
+        self.counters["snapshot_records"] += header.size
+        self.counters["snapshot_receive_ms"] += round((received - began) * 1000)
+        self.counters["snapshot_check_ms"] += round((checked - received) * 1000)
+        self.counters["snapshot_install_ms"] += round((trio.current_time() - checked) * 1000)
+        log.info(
+            "bootstrap: took a snapshot of %d records (%.1f s to receive, %.1f s to check, "
+            "%.1f s to put in place)",
+            header.size,
+            received - began,
+            checked - received,
+            trio.current_time() - checked,
+        )
+        return True
 
     async def _apply_fetched(
         self, receive: trio.MemoryReceiveChannel[list[bytes]], result: ExchangeResult

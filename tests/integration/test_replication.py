@@ -274,7 +274,11 @@ def test_a_node_killed_during_a_write_load_catches_up(cluster: LiveCluster) -> N
 # --- a fourth node bootstraps an existing data set --------------------------------------------
 
 
-def test_a_fourth_node_joins_an_existing_data_set(cluster: LiveCluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("by", ["records", "snapshot"])
+def test_a_fourth_node_joins_an_existing_data_set(
+    cluster: LiveCluster, tmp_path: Path, by: str
+) -> None:
+    """Once taking the records one by one, once by a copy of node1's store (a snapshot)."""
     url1 = cluster.url("node1")
     with client() as c:
         for start in range(0, 2000, 1000):
@@ -289,10 +293,13 @@ def test_a_fourth_node_joins_an_existing_data_set(cluster: LiveCluster, tmp_path
     assert expected is not None and expected["keys"] >= 2000
 
     seed = cluster.specs["node1"].http_address
-    config = init_config(tmp_path / "node4", cluster_secret=cluster.secret(), node_id="node4")
+    name = f"node4-{by}"
+    config = init_config(tmp_path / name, cluster_secret=cluster.secret(), node_id=name)
     text = config.read_text()
     assert "seed_nodes: []" in text
-    config.write_text(text.replace("seed_nodes: []", f'seed_nodes: ["{seed}"]'))
+    text = text.replace("seed_nodes: []", f'seed_nodes: ["{seed}"]')
+    min_keys = 1000 if by == "snapshot" else 0
+    config.write_text(text + f"sync_snapshot_min_keys: {min_keys}\n")
 
     samples: list[tuple[float, bool, str, int]] = []  # (t, syncing, root, keys)
     with running(config, log_dir=tmp_path / "logs") as node4:
@@ -307,6 +314,12 @@ def test_a_fourth_node_joins_an_existing_data_set(cluster: LiveCluster, tmp_path
             return not sync["syncing"] and sync["root"] == expected["root"]
 
         wait_for("node4 reaches the cluster's Merkle root", converged)
+        counters = get_json(f"{node4.base_url}/cluster/stats")["sync"]["counters"]
+        if by == "snapshot":
+            assert counters.get("snapshots") == 1, counters
+            assert counters.get("records_merged", 0) < expected["keys"], counters
+        else:
+            assert "snapshots" not in counters and counters["records_merged"] >= 2000, counters
         health = get_json(f"{node4.base_url}/health")
         assert health["mode"] == "normal"
         assert health["keys"] == get_json(f"{url1}/health")["keys"]  # tombstones aside
@@ -322,14 +335,14 @@ def test_a_fourth_node_joins_an_existing_data_set(cluster: LiveCluster, tmp_path
         # It now serves reads and takes writes like any member, and its writes spread.
         with client() as c:
             assert c.get(f"{node4.base_url}/kv/dataset/01234").json()["data"]["i"] == 1234
-            response = c.put(f"{node4.base_url}/kv/joined/node4", json={"hello": 4})
+            response = c.put(f"{node4.base_url}/kv/joined/{name}", json={"hello": 4})
             assert response.status_code == 200, response.text
         uid = response.json()["uuid"]
         wait_for(
             "node4's write reaches node1",
             lambda: (
                 (root_of(url1) or {}).get("keys") == expected["keys"] + 1
-                and get_json(f"{url1}/kv/joined/node4")["uuid"] == uid
+                and get_json(f"{url1}/kv/joined/{name}")["uuid"] == uid
             ),
         )
         assert_clean_stderr(node4.stderr(), cluster.secret())

@@ -6,6 +6,7 @@ so "midnight" arrives at once.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import random
@@ -262,7 +263,7 @@ async def test_schedule_takes_a_backup_at_each_midnight_and_applies_retention(tm
     directory = tmp_path / "backups"
     service = BackupService(
         node_id="n1",
-        env=lambda: env,
+        env=lambda: contextlib.nullcontext(env),
         settings=BackupSettings(True, "0 0 * * *", directory, retention_days=2),
         now=wall,
         sleep=wall.sleep,
@@ -301,7 +302,7 @@ async def test_a_clock_that_jumps_back_delays_the_run_instead_of_running_early(t
     env = lmdb.open(str(tmp_path / "data"), max_dbs=8)
     service = BackupService(
         node_id="n1",
-        env=lambda: env,
+        env=lambda: contextlib.nullcontext(env),
         settings=BackupSettings(True, "0 0 * * *", tmp_path / "b", 7),
         now=wall,
         sleep=sleep_then_jump_back,
