@@ -98,6 +98,8 @@ class AuthService:
         self.audit_hook: AuditHook | None = None
         self.counters = {"auth_failed": 0, "cache_hits": 0, "cache_misses": 0, "rate_limited": 0}
         store.listeners.append(self._on_changes)
+        # A bootstrap by snapshot brings users, groups and tokens without a Change each.
+        store.replaced_listeners.append(self._cache.clear)
 
     def _node_local_secret(self) -> str:
         """Without a cluster secret, tokens are signed with a random key kept in this node's

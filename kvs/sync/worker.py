@@ -219,7 +219,8 @@ class SyncWorker:
         for s in self.store.iter_summaries():
             tree.toggle(s.key, s.version, s.deleted, adding=True)
         self.tree = tree
-        self.store.listeners.append(self._on_changes)
+        if self._on_changes not in self.store.listeners:  # rebuilt: still told once
+            self.store.listeners.append(self._on_changes)
 
     def _on_changes(self, changes: list[Change]) -> None:
         self.tree.replace_many((change.old, change.new) for change in changes)
@@ -240,6 +241,8 @@ class SyncWorker:
         self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED
     ) -> None:
         self._started_at = trio.current_time()
+        # A copy a crash interrupted (a finished one was put in place or removed).
+        shutil.rmtree(self.store.path / snapshot.STAGING_DIR, ignore_errors=True)
         if self.syncing and self.store.get_system(BOOTSTRAP_STATE) != "pending":
             await self.store.put_system(BOOTSTRAP_STATE, "pending")  # before any record comes
         self._check_staleness_at_start()

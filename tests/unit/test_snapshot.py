@@ -44,7 +44,10 @@ async def test_a_joiner_takes_a_snapshot_keeps_its_identity_and_what_it_had(
         # Pushed to b before its bootstrap: a does not have it; b must keep it.
         await b.merge(record("only/on/b", b'"mine"', T0 + 9, origin="c"))
         before = identity(b.store)
+        replaced: list[bool] = []
+        b.store.replaced_listeners.append(lambda: replaced.append(True))
         result = await b.worker.exchange(A)
+        assert replaced == [True]  # e.g. the auth cache is cleared
         assert b.worker.counters["snapshots"] == 1
         assert a.worker.counters["served_snapshot"] == 1
         # Everything came in the copy; the exchange went on and gave a what b carried.
