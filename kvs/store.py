@@ -468,29 +468,15 @@ class Store:
 
     def iter_summaries(self, chunk: int = 4096) -> Iterator[Summary]:
         """All summaries, a short read transaction per chunk (for rebuilding the Merkle tree)."""
-        position = b""
-        while True:
-            batch: list[tuple[bytes, bytes]] = []
-            with self._env.begin(db=self._buckets) as txn:
-                cursor = txn.cursor()
-                ok = cursor.set_range(position)
-                if ok and position and cursor.key() == position:
-                    ok = cursor.next()
-                while ok and len(batch) < chunk:
-                    batch.append((cursor.key(), cursor.value()))
-                    ok = cursor.next()
-            for _, raw in batch:
-                yield _read_summary(raw)
-            if len(batch) < chunk:
-                return
-            position = batch[-1][0]
+        for _, raw in self.iter_raw_items("buckets", chunk):
+            yield _read_summary(raw)
 
     def iter_raw_items(
         self, db_name: str = "records", chunk: int = 4096
     ) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) of one database as stored: records by storage key, or
         (`"buckets"`) summaries by bucket key; a short read transaction per chunk (for
-        checking a snapshot from a peer)."""
+        checking a snapshot from a peer, rebuilding the Merkle tree)."""
         db = {"records": self._records, "buckets": self._buckets}[db_name]
         position = b""
         while True:

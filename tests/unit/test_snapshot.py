@@ -83,7 +83,7 @@ async def test_small_data_sets_and_peers_of_another_format_are_taken_by_records(
 
     async with (
         open_replica(tmp_path, name="c", transport=transport, serve=True) as c,
-        open_replica(tmp_path, name="d", transport=transport, snapshot_min_keys=1) as d,
+        open_replica(tmp_path, name="d", transport=transport, serve=True, snapshot_min_keys=1) as d,
     ):
         await fill(c, 300)
         d.worker.syncing = True
@@ -92,6 +92,11 @@ async def test_small_data_sets_and_peers_of_another_format_are_taken_by_records(
         frames = await _session(transport, ("c", 1))
         await frames.send({"op": "snapshot", "format": snapshot.snapshot_format()})
         assert await frames.receive() == {"refused": "format"}
+        # A node that is bootstrapping itself has no copy to give.
+        d.worker.syncing = True
+        asked = await _session(transport, ("d", 1))
+        await asked.send({"op": "snapshot", "format": d.worker.data_format})
+        assert await asked.receive() == {"refused": "syncing"}
         result = await d.worker.exchange(("c", 1))
         assert result.fetched == 300 and d.worker.counters["snapshots_refused"] == 1
         assert c.worker.counters["snapshots_refused_format"] == 2
