@@ -100,6 +100,7 @@ class LagResult:
     seconds: float
     connections: int
     poll_ms: float
+    observe: str = "poll"  # how followers are read: /kv_changes in a loop, or a watch stream
     writes: int = 0
     achieved_rate: float = 0.0
     put_errors: int = 0
@@ -316,9 +317,45 @@ class _Poller(threading.Thread):
             conn.close()
 
 
+class _Watcher(_Poller):
+    """Holds GET /kv/lag/_watch open on one follower (server-sent events) and notes when
+    each lag/ key's event arrives: no polling, so no load of its own on the follower."""
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=1.0)
+        try:
+            conn.request("GET", f"/kv/lag/_watch?since={self.since}")
+            response = conn.getresponse()
+            if response.status != 200:
+                raise BenchError(f"/kv/lag/_watch answered {response.status}")
+            while not self.halt.is_set():
+                try:
+                    line = response.fp.readline()
+                except TimeoutError:
+                    continue  # only to look at `halt` again
+                if not line:
+                    raise BenchError("the watch stream ended")
+                if not line.startswith(b"data: "):
+                    continue
+                now, wall = time.perf_counter(), time.time() * 1000
+                key = json.loads(line[6:]).get("key", "")
+                self.polls += 1
+                if key.startswith("lag/") and key not in self.seen:
+                    self.seen[key] = now
+                    self.seen_wall[key] = wall
+        except (OSError, http.client.HTTPException, BenchError, ValueError) as exc:
+            self.error = repr(exc)
+        finally:
+            conn.close()
+
+
 def measure_lag(args: argparse.Namespace, tmp: Path) -> LagResult:
     result = LagResult(
-        rate=args.rate, seconds=args.lag_seconds, connections=args.connections, poll_ms=args.poll_ms
+        rate=args.rate,
+        seconds=args.lag_seconds,
+        connections=args.connections,
+        poll_ms=args.poll_ms,
+        observe=args.observe,
     )
     total = int(args.rate * args.lag_seconds)
     with _cluster(tmp / "lag") as c:
@@ -327,8 +364,9 @@ def measure_lag(args: argparse.Namespace, tmp: Path) -> LagResult:
         ports = {s.name: s.http_port for s in specs}
         time.sleep(1.0)  # let the push connections open
         since = time.time_ns() // 1_000_000 - 1000
+        observer = _Watcher if args.observe == "watch" else _Poller
         pollers = {
-            name: _Poller(ports[name], since, args.poll_ms / 1000) for name in ("node2", "node3")
+            name: observer(ports[name], since, args.poll_ms / 1000) for name in ("node2", "node3")
         }
         for p in pollers.values():
             p.start()
@@ -686,6 +724,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"lag: a follower poller's pause between /kv_changes reads (default {POLL_MS:g})",
     )
     p.add_argument(
+        "--observe",
+        choices=("poll", "watch"),
+        default="poll",
+        help="lag: read the followers by polling /kv_changes (default) or by a watch stream",
+    )
+    p.add_argument(
         "--keys",
         type=int,
         default=1_000_000,
@@ -755,9 +799,15 @@ def render(report: ReplicationReport) -> str:
             f" {lag.seconds:g} s over {lag.connections} connections, open loop; achieved"
             f" {lag.achieved_rate:,.0f}/s)",
             "",
-            "Lag = when the follower first lists the key in GET /kv_changes (read in a loop with"
-            f" a {lag.poll_ms:g} ms pause: up to that much of each figure is the poller's) minus:"
-            " the write's timestamp (node1's HLC at the write, same machine clock: the commit"
+            (
+                "Lag = when the follower first lists the key in GET /kv_changes (read in a loop"
+                f" with a {lag.poll_ms:g} ms pause: up to that much of each figure is the"
+                " poller's) minus:"
+                if lag.observe == "poll"
+                else "Lag = when the follower's watch stream (GET /kv/lag/_watch, server-sent"
+                " events: no polling) delivers the key's event minus:"
+            )
+            + " the write's timestamp (node1's HLC at the write, same machine clock: the commit"
             " and the push are in it; the primary figure), or when the client sent the PUT"
             " (adds node1's whole PUT latency: an upper bound), or when the 200 came back.",
             "",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import platform
 import shutil
 import statistics
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,7 @@ def machine_info(data_dir: Path) -> dict[str, str]:
         "cpu": _cpu_model(),
         "data filesystem": _fs_type(data_dir),
         "kvs code": code_version(),
+        "cpu speed now": cpu_speed(),
     }
     for tool, flag in (("wrk", "-v"), ("etcd", "--version")):
         if shutil.which(tool):
@@ -94,6 +97,24 @@ def machine_info(data_dir: Path) -> dict[str, str]:
             first = (done.stdout or done.stderr).strip().splitlines()
             info[tool] = first[0] if first else "?"
     return info
+
+
+def cpu_speed() -> str:
+    """A fixed piece of Python work, timed (best of five): this machine's speed moves by up
+    to 2x between phases, and runs compare only when this figure does."""
+
+    def work() -> int:
+        total = 0
+        for i in range(200_000):
+            total += i * i % 7
+        return total
+
+    best = math.inf
+    for _ in range(5):
+        began = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - began)
+    return f"{best * 1000:.1f} ms for a fixed Python loop (lower is faster)"
 
 
 REPO = Path(__file__).resolve().parents[2]
