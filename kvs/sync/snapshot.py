@@ -8,7 +8,7 @@ is mostly reading it once to check it. The exchange goes on over the same connec
     joiner -> peer   {"op": "snapshot", "format": {...}}
     peer -> joiner   {"refused": reason}                      ("format", "busy", "stale",
                                                                "syncing": take records)
-                  or {"snapshot": {"root": bytes16, "size": n, "hlc": h}}
+                  or {"snapshot": {"root": bytes16, "size": n}}
                      {"chunk": bytes} ...                     (a zstd stream, in pieces)
                      {"end": true, "raw_size": n, "sha256": bytes32}
 
@@ -29,6 +29,7 @@ usual, for what the peer wrote since the copy.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import mmap
@@ -71,7 +72,6 @@ class SnapshotError(Exception):
 class Header:
     root: int
     size: int
-    hlc: int
 
 
 def snapshot_format() -> dict[str, Any]:
@@ -102,7 +102,7 @@ async def serve(
     root, size = root_and_size()
     try:
         await frames.send(
-            {"snapshot": {"root": p.encode_hash(root), "size": size, "hlc": store.clock.last}},
+            {"snapshot": {"root": p.encode_hash(root), "size": size}},
             timeout=timeout,
         )
         return await _stream_copy(frames, env, txn, timeout)
@@ -173,10 +173,10 @@ async def receive(
     info = reply.get("snapshot") if isinstance(reply, dict) else None
     if not isinstance(info, dict):
         raise p.ProtocolError("shape")
-    root, size, hlc = info.get("root"), info.get("size"), info.get("hlc")
-    if not (isinstance(root, bytes) and len(root) == 16 and _uint(size) and _uint(hlc)):
+    root, size = info.get("root"), info.get("size")
+    if not (isinstance(root, bytes) and len(root) == 16 and _uint(size)):
         raise p.ProtocolError("shape")
-    header = Header(int.from_bytes(root, "big"), size, hlc)
+    header = Header(int.from_bytes(root, "big"), size)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     room = shutil.disk_usage(staging).free - DISK_RESERVE
@@ -201,7 +201,9 @@ async def receive(
                 await trio.sleep(pause)  # sync_throttle_delay: the peer waits on TCP meanwhile
         writer.flush()
         out.flush()
-        os.fsync(out.fileno())
+        # Hundreds of MB may still be on their way to the disk: not on the event loop, which
+        # must go on answering the membership's probes.
+        await trio.to_thread.run_sync(os.fsync, out.fileno())
     if sink.written != frame.get("raw_size") or sha.digest() != frame.get("sha256"):
         raise SnapshotError("the snapshot arrived damaged (size or SHA-256 differs)")
     return header
@@ -380,6 +382,8 @@ def main(argv: list[str]) -> int:
     """`python -m kvs.sync.snapshot STAGING MAX_VALUE_SIZE PART PARTS`: one part of
     `verify`, its result as msgpack on stdout."""
     staging, max_value_size, part, parts = Path(argv[0]), *map(int, argv[1:4])
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(10)  # below every node's event loop (membership probes must be answered)
     sys.stdout.buffer.write(msgpack.packb(check_part(staging, max_value_size, part, parts)))
     return 0
 

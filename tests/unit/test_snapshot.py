@@ -164,11 +164,11 @@ async def _fake_peer(server: trio.abc.Stream, frames_to_send: list[Any]) -> None
         ([{"chunk": b"not zstd at all"}], "does not decompress"),
         ([{"chunk": b""}, {"end": True, "raw_size": 5, "sha256": b"x" * 32}], "damaged"),
         ([{"chunk": "text"}], "shape"),
-        ([{"snapshot": {"root": b"short", "size": 0, "hlc": 0}}], "shape"),
+        ([{"snapshot": {"root": b"short", "size": 0}}], "shape"),
     ],
 )
 async def test_a_damaged_stream_is_refused(tmp_path: Path, sent: list[Any], error: str) -> None:
-    header = {"snapshot": {"root": bytes(16), "size": 0, "hlc": 0}}
+    header = {"snapshot": {"root": bytes(16), "size": 0}}
     if "snapshot" not in sent[0]:
         sent = [header, *sent]
     client, server = trio.testing.memory_stream_pair()
