@@ -179,3 +179,35 @@ async def test_a_damaged_stream_is_refused(tmp_path: Path, sent: list[Any], erro
         )
         with pytest.raises(Exception, match=error):
             await snapshot.receive(frames, tmp_path / "staging", timeout=5)
+
+
+async def test_the_data_is_replaced_only_once_no_thread_holds_the_environment(
+    tmp_path: Path,
+) -> None:
+    """A backup's copy reads the map from a worker thread: closing the environment under it
+    would crash the node, so `replace_data` waits for the lease (and keeps taking none of
+    the writes queued behind it until then)."""
+    async with (
+        open_replica(tmp_path, name="a") as a,
+        open_replica(tmp_path, name="b") as b,
+    ):
+        await fill(a, 20)
+        staged = tmp_path / "staged"
+        staged.mkdir()
+        a.store.env.copy(str(staged), compact=True)
+        assert b.store.lease_env_nowait()  # as a backup in progress holds it
+        done = trio.Event()
+
+        async def replace() -> None:
+            await b.store.replace_data(staged)
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(replace)
+            for _ in range(3):
+                await trio.testing.wait_all_tasks_blocked()
+                await trio.sleep(0.06)  # the writer looks at the lease every 50 ms
+            assert not done.is_set() and b.store.count() == 0
+            b.store.release_env()
+        assert done.is_set() and b.store.count() == 20
+        assert identity(b.store) == {"node_id": "b", "joined_timestamp": T0}
