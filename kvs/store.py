@@ -33,7 +33,7 @@ import shutil
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,9 +217,9 @@ class _Maintenance:
 class _Replace:
     """Marker the writer runs itself: put a verified snapshot in place of the data file."""
 
-    def __init__(self, staged: Path) -> None:
+    def __init__(self, staged: Path, installed: Callable[[], None]) -> None:
         self.staged = staged
-        self.installed: Callable[[], None] = lambda: None
+        self.installed = installed
         self.carried: list[bytes] = []
         self.error: BaseException | None = None
         self.done = trio.Event()
@@ -318,23 +318,23 @@ class Store:
         # True from before a batch's commit until its listeners have run: a read made then may
         # see changes no listener has been told of yet (a watch replay must not send them twice).
         self.publishing = False
-        self._check_schema()
-        self._ensure_bucket_index()
-        persisted = self._get_system("hlc")
-        if persisted:
-            clock.observe(persisted)
+
+    def _map_size_for(self, directory: Path) -> int:
+        """The configured map, or room to grow for a data file already larger (a snapshot
+        from a peer with a larger map)."""
+        data_file = directory / "data.mdb"
+        return max(self._map_size, 2 * data_file.stat().st_size if data_file.exists() else 0)
 
     def _open_env(self) -> None:
+        """Open the environment in `path` and make it ready: schema checked, bucket index
+        complete, the clock past the HLC it persisted (at start-up, and after
+        `replace_data`)."""
         self._map_ranges: list[tuple[int, int]] | None = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            data_file = self.path / "data.mdb"
-            size = data_file.stat().st_size if data_file.exists() else 0
             self._env = lmdb.open(
                 str(self.path),
-                # A data file larger than the configured map (a snapshot from a peer with a
-                # larger one) is opened whole, with room to grow.
-                map_size=max(self._map_size, 2 * size),
+                map_size=self._map_size_for(self.path),
                 max_dbs=8,
                 sync=self._sync,
                 metasync=self._sync,
@@ -352,6 +352,11 @@ class Store:
         self._tombstones = env.open_db(b"tombstones")
         self._system = env.open_db(b"system")
         self._buckets = env.open_db(b"buckets")
+        self._check_schema()
+        self._ensure_bucket_index()
+        persisted = self._get_system("hlc")
+        if persisted:
+            self.clock.observe(persisted)
 
     # --- identity and schema ----------------------------------------------------------------
 
@@ -796,23 +801,29 @@ class Store:
         runs there too, right after, before any other write (the Merkle tree is swapped in
         it). No Change is published for the snapshot's records: `replaced_listeners` are
         called instead."""
-        request = _Replace(staged)
-        request.installed = installed
+        request = _Replace(staged, installed)
         await self._send.send(request)
         await request.done.wait()
         if request.error is not None:
             raise request.error
         return request.carried
 
+    @contextlib.asynccontextmanager
+    async def _env_leased(self) -> AsyncIterator[None]:
+        """Hold the lease from the event loop, waiting while a thread holds it (a backup's or
+        a snapshot's copy reads the map, which must neither move nor close meanwhile)."""
+        while not self._lease.acquire(blocking=False):
+            await trio.sleep(0.05)
+        try:
+            yield
+        finally:
+            self._lease.release()
+
     async def _replace_data(self, request: _Replace) -> None:
         try:
-            while not self._lease.acquire(blocking=False):  # a backup is copying the data
-                await trio.sleep(0.05)
-            try:
+            async with self._env_leased():
                 request.carried = [raw for _, raw in self.iter_raw_items()]
                 self._swap_in(request.staged)
-            finally:
-                self._lease.release()
             request.installed()
             for listener in self.replaced_listeners:
                 listener()
@@ -828,11 +839,7 @@ class Store:
         # Our own system entries go into the snapshot first, and it reaches the disk before
         # it replaces the data file: a crash leaves either store whole, never the peer's
         # identity in our data_dir.
-        env = lmdb.open(
-            str(staged),
-            max_dbs=8,
-            map_size=max(self._map_size, 2 * (staged / "data.mdb").stat().st_size),
-        )
+        env = lmdb.open(str(staged), max_dbs=8, map_size=self._map_size_for(staged))
         try:
             db = env.open_db(b"system")
             with env.begin(write=True, db=db) as txn:
@@ -855,11 +862,6 @@ class Store:
         finally:
             self._open_env()  # the new file, or the old one if it could not be replaced
         shutil.rmtree(staged, ignore_errors=True)
-        self._check_schema()
-        self._ensure_bucket_index()
-        persisted = self._get_system("hlc")
-        if persisted:
-            self.clock.observe(persisted)
 
     async def _commit(self, batch: list[_Request | _Maintenance]) -> list[Change]:
         """Apply `batch` in one write transaction, growing the map until it fits.
@@ -888,14 +890,8 @@ class Store:
                 else:
                     changes = self._apply(batch)
             except _GrowMap:
-                # Not while a thread reads the map (a backup's or a snapshot's copy):
-                # growing it may move it.
-                while not self._lease.acquire(blocking=False):
-                    await trio.sleep(0.05)
-                try:
+                async with self._env_leased():  # growing the map may move it
                     self._grow_map()
-                finally:
-                    self._lease.release()
                 continue
             self.stats["transactions"] += 1
             if self.release_pages_after_commit:

@@ -323,7 +323,6 @@ def check_part(staging: Path, max_value_size: int, part: int, parts: int) -> dic
         staging,
         clock=HybridLogicalClock(lambda: 0),
         new_uuid=lambda: "",
-        map_size=2 * (staging / "data.mdb").stat().st_size,
         durability="os",
         in_thread=False,
     )

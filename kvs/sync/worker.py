@@ -735,31 +735,30 @@ class SyncWorker:
                 self.store.clock.observe(highest)
 
             carried = await self.store.replace_data(staging, installed)
-        except (snapshot.SnapshotError, StoreError, OSError) as exc:
+        except BaseException as exc:
             self._snapshot_failed = True
             self.counters["snapshot_failures"] += 1
+            if not isinstance(exc, (snapshot.SnapshotError, StoreError, OSError)):
+                raise
             log.warning("bootstrap by snapshot failed (%s); taking records instead", exc)
             raise p.ProtocolError("snapshot") from None
-        except BaseException:
-            self._snapshot_failed = True
-            self.counters["snapshot_failures"] += 1
-            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if carried:  # what peers pushed to us meanwhile: merged again, winners kept
             await self.accept(carried)
+        installed_s = trio.current_time() - checked
         self.counters["snapshots"] += 1
         self.counters["snapshot_records"] += header.size
         self.counters["snapshot_receive_ms"] += round((received - began) * 1000)
         self.counters["snapshot_check_ms"] += round((checked - received) * 1000)
-        self.counters["snapshot_install_ms"] += round((trio.current_time() - checked) * 1000)
+        self.counters["snapshot_install_ms"] += round(installed_s * 1000)
         log.info(
             "bootstrap: took a snapshot of %d records (%.1f s to receive, %.1f s to check, "
             "%.1f s to put in place)",
             header.size,
             received - began,
             checked - received,
-            trio.current_time() - checked,
+            installed_s,
         )
         return True
 
