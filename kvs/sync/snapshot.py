@@ -20,9 +20,9 @@ holds those, and a peer with another refuses.
 
 The joiner writes the stream to `data_dir/snapshot.partial/`, checks the size and SHA-256,
 then checks the copy as it checks every record from a peer (`verify`): every record decodes
-and passes `check_record`, is filed under its own key, and the Merkle tree built from the
-records equals both the one built from the copy's summaries (what anti-entropy lists) and
-the root and size the peer sent. Only then does the store put it in place of its own
+and passes `check_record`, is filed under its own key, the Merkle tree built from the
+records equals the root and size the peer sent, and the copy's summaries (what anti-entropy
+lists) are exactly those the records give. Only then does the store put it in place of its own
 (`Store.replace_data`, which keeps the joiner's identity), and the exchange continues as
 usual, for what the peer wrote since the copy.
 """
