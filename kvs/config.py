@@ -46,6 +46,10 @@ class Config:
     log_level: str = "info"
     cluster_secret: str = ""
     http_stall_timeout: float = 20.0  # a client that stops reading is dropped after this long
+    http_header_timeout: float = 10.0  # a request's line and headers must arrive within this
+    http_body_timeout: float = 60.0  # a request's body must arrive within this after its head
+    http_body_budget: int = 64 * 1024 * 1024  # request bodies held in memory at once, all told
+    http_max_connections: int = 1024  # open HTTP connections; more wait in the kernel's backlog
 
     # storage
     max_json_size: int = 1024 * 1024
@@ -310,6 +314,10 @@ _CHECKS: dict[str, Any] = {
     "lmdb_map_size": _check_size(1 << 20),
     "durability": _check_choice("fsync", "os"),
     "http_stall_timeout": _check_positive_duration,
+    "http_header_timeout": _check_positive_duration,
+    "http_body_timeout": _check_positive_duration,
+    "http_body_budget": _check_size(1024 * 1024),
+    "http_max_connections": _check_int(1, 1_000_000),
     "sync_interval": _check_positive_duration,
     "max_clock_offset": _check_positive_duration,
     "sync_throttle_delay": _check_duration,
@@ -507,6 +515,10 @@ tombstone_ttl: 7d             # how long deletes are remembered for replicas tha
 lmdb_map_size: 1GiB           # initial; grows automatically
 read_only: false
 http_stall_timeout: 20s       # drop an HTTP client that stops reading (a response, a watch) this long
+http_header_timeout: 10s      # a request's headers must arrive within this (else 408)
+http_body_timeout: 60s        # a request's body must arrive within this after its headers (else 408)
+http_body_budget: 64MiB       # request bodies held in memory at once, all requests together (else 503)
+http_max_connections: 1024    # open HTTP connections at once
 
 # Cluster
 clustering_enabled: true

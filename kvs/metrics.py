@@ -136,10 +136,43 @@ class NodeCollector(Collector):
             "Watch streams cut off because the client fell too far behind",
             self.hub.disconnected_slow,
         )
+        yield from self._http_front(node.http_stats.counters())
         if node.membership is not None:
             yield from self._membership(node.membership.stats())
         if node.sync is not None:
             yield from self._sync(node.sync)
+
+    def _http_front(self, c: dict[str, int]) -> Iterator[Metric]:
+        """What the HTTP listener refused or survived (kvs/api/server.py, kvs/api/front.py)."""
+        yield GaugeMetricFamily(
+            "kvs_http_connections_open", "Open HTTP connections", c["open_connections"]
+        )
+        yield CounterMetricFamily(
+            "kvs_http_connections", "HTTP connections accepted", c["connections"]
+        )
+        refused = CounterMetricFamily(
+            "kvs_http_refused",
+            "HTTP requests or connections refused before the API, by reason",
+            labels=["reason"],
+        )
+        for reason in (
+            "header_timeouts",
+            "body_timeouts",
+            "http2_refused",
+            "bad_requests",
+            "body_budget_refusals",
+        ):
+            refused.add_metric([reason], c[reason])
+        yield refused
+        errors = CounterMetricFamily(
+            "kvs_http_errors",
+            "Unexpected errors contained at the HTTP boundary (the node went on), by where",
+            labels=["where"],
+        )
+        errors.add_metric(["connection"], c["connection_errors"])
+        errors.add_metric(["request"], c["app_errors"])
+        errors.add_metric(["accept"], c["accept_errors"])
+        yield errors
 
     def _store(self, store: Any) -> Iterator[Metric]:
         yield GaugeMetricFamily("kvs_keys", "Live keys (not tombstones)", store.count())

@@ -20,10 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from hypercorn.trio import serve
 
 from kvs.api import create_app
-from kvs.api.front import HTTP_GRACE, FrontConfig, HttpFront
+from kvs.api.front import HTTP_GRACE, HttpFront
+from kvs.api.kv import batch_body_limit
+from kvs.api.server import FrontConfig, HttpLimits, HttpStats, serve_http
 from kvs.audit import AUDIT_DIR, AuditLog
 from kvs.auth.service import AuthService, IssuedToken
 from kvs.backup_service import BackupService, BackupSettings
@@ -75,6 +76,7 @@ class Node:
         self._shutdown = trio.Event()
         self._cancel_scope: trio.CancelScope | None = None
         self._http_front: HttpFront | None = None
+        self.http_stats = HttpStats()
         self.backups = BackupService(
             node_id=self.node_id,
             env=lambda: self.store.lease_env(),
@@ -349,21 +351,36 @@ class Node:
     async def _serve_http(
         self, app: Any, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        c = self.config
         hc = FrontConfig()
-        hc.stall_timeout = self.config.http_stall_timeout
-        hc.bind = [f"{self.config.bind_address}:{self.config.port}"]
+        hc.stall_timeout = c.http_stall_timeout
+        hc.bind = [f"{c.bind_address}:{c.port}"]
         hc.accesslog = None
         hc.errorlog = logging.getLogger("kvs.http")
-        hc.graceful_timeout = HTTP_GRACE
-        hc.keep_alive_timeout = 75.0
-        if self.config.tls_cert_file:
-            hc.certfile = str(self.config.file_path(self.config.tls_cert_file))
-            hc.keyfile = str(self.config.file_path(self.config.tls_key_file))
-        self._http_front = HttpFront(app)
-        await serve(
-            self._http_front, hc, shutdown_trigger=self._shutdown.wait, task_status=task_status
+        if c.tls_cert_file:
+            hc.certfile = str(c.file_path(c.tls_cert_file))
+            hc.keyfile = str(c.file_path(c.tls_key_file))
+        limits = HttpLimits(
+            header_timeout=c.http_header_timeout,
+            body_timeout=c.http_body_timeout,
+            max_connections=c.http_max_connections,
+            graceful_timeout=HTTP_GRACE,
         )
-        # Hypercorn has stopped accepting and drained in-flight requests: end the node.
+        self._http_front = HttpFront(
+            app,
+            body_budget=c.http_body_budget,
+            max_body=batch_body_limit(c),
+            stats=self.http_stats,
+        )
+        await serve_http(
+            self._http_front,
+            hc,
+            limits,
+            self.http_stats,
+            shutdown_trigger=self._shutdown.wait,
+            task_status=task_status,
+        )
+        # The listener has stopped and requests in flight are answered: end the node.
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
 

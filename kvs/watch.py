@@ -75,16 +75,22 @@ def parse_resume(text: str) -> ResumePoint:
     """`since` is a millisecond timestamp (exclusive, as for /kv_changes) or an event id
     `<hlc>-<uuid>[-d]`. Raises ValueError with a message for anything else."""
     text = text.strip()
-    if text.isdigit():
-        ms = int(text)
-        if ms >= 1 << 47:
+    if text.isascii() and text.isdigit():
+        if len(text) > 15 or int(text) >= 1 << 47:
             raise ValueError(f"since={text} is not a millisecond timestamp")
-        return ResumePoint(hlc_pack(ms + 1) - 1)
+        return ResumePoint(hlc_pack(int(text) + 1) - 1)
     hlc_text, dash, uuid = text.partition("-")
     deleted = uuid.endswith("-d")
     if deleted:
         uuid = uuid[:-2]
-    if dash and hlc_text.isdigit() and 0 < int(hlc_text) < 1 << 63 and len(uuid) == 36:
+    if (
+        dash
+        and hlc_text.isascii()
+        and hlc_text.isdigit()
+        and len(hlc_text) <= 19
+        and 0 < int(hlc_text) < 1 << 63
+        and len(uuid) == 36
+    ):
         return ResumePoint(int(hlc_text) - 1, (uuid, deleted))
     raise ValueError(
         f"since must be a millisecond timestamp or an event id (<hlc>-<uuid>[-d]), got {text!r}"

@@ -99,7 +99,19 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error serving %s %s", request.method, request.path)
+        # A bug, not bad input: counted, and logged with its traceback, but rate-limited so
+        # a client that found it cannot flood the log. The path may hold a key: not logged.
+        node.http_stats.app_errors += 1
+        node.http_stats.limiter.log(
+            log,
+            logging.ERROR,
+            "app",
+            "unhandled %s serving %s %s",
+            type(exc).__name__,
+            request.method,
+            request.url_rule.rule if request.url_rule else "(no route)",
+            exc_info=exc,
+        )
         return error_response(500, "internal error; see the node's log")
 
     app.asgi_app = KeyRoutes(app.asgi_app, node)  # type: ignore[method-assign]

@@ -186,7 +186,7 @@ async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes:
     """Read the body, refusing with 413 as soon as it passes `limit` (declared or streamed)."""
     declared = _header(scope, b"content-length")
     too_large = ApiError(413, f"request body is too large; the limit is {limit} bytes")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from werkzeug.exceptions import RequestTimeout
 
 from kvs import listing
 from kvs.api import guard
+from kvs.api.batch_body import DECODER, invalid_json, iter_batch_ops, refuse_lone_surrogates
 from kvs.api.errors import ApiError, json_response, raw_json_response
 from kvs.auth.permissions import DELETE, DELETE_SCOPE, READ, READ_SCOPE, WRITE, WRITE_SCOPE, allows
 from kvs.model import (
@@ -42,19 +42,6 @@ KEY_METHODS = "GET, HEAD, PUT, DELETE"
 _HISTORY = re.compile(r"^(?P<key>.+)/history(?:/(?P<n>[^/]+))?$")
 _PUT_FIELDS = frozenset({"op", "key", "data", "ttl"})
 _DELETE_FIELDS = frozenset({"op", "key"})
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    """Refuse numbers that overflow a double: they would be re-serialised as `Infinity`
-    (invalid JSON) by the batch path and read back as infinity by most clients."""
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"number {text} is out of range (it overflows a 64-bit float)")
-    return value
 
 
 def batch_body_limit(config: Config) -> int:
@@ -98,23 +85,11 @@ def parse_json_document(body: bytes, shapes: tuple[bool, bool] | None = None) ->
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8 encoded JSON") from None
     try:
-        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-        # The stdlib takes a lone surrogate escape (`"\ud800"`) that no UTF-8 text can hold;
-        # such a key or value could be neither stored nor echoed back.
-        json.dumps(document, ensure_ascii=False).encode("utf-8")
-        return document
-    except UnicodeEncodeError:
-        raise ApiError(
-            400,
-            "request body is not valid JSON: it holds a lone surrogate escape (\\uD800-\\uDFFF)",
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(
-            400,
-            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-        ) from None
+        document = DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        raise invalid_json(exc) from None
+    refuse_lone_surrogates(document)
+    return document
 
 
 def check_key(key: str) -> str:
@@ -185,7 +160,7 @@ def version_json(record: Record) -> dict[str, Any]:
     return out
 
 
-async def read_body(limit: int) -> bytes:
+async def read_body(limit: int) -> bytearray:
     """The request body, refused with 413 as soon as it passes `limit` (never fully buffered).
 
     Quart fixes a body's limit when the request is created (app-wide MAX_CONTENT_LENGTH, set
@@ -205,7 +180,7 @@ async def read_body(limit: int) -> bytes:
                 raise too_large
     if scope.cancelled_caught:
         raise RequestTimeout()
-    return bytes(body)
+    return body  # not copied into bytes: a batch body may be tens of MiB
 
 
 def require_writable(node: Node) -> None:
@@ -317,19 +292,10 @@ def kv_blueprint(node: Node) -> Blueprint:
         principal = g.principal
         if not {WRITE_SCOPE, DELETE_SCOPE} & principal.scopes:
             guard.require_scope(node, principal, WRITE_SCOPE)  # 401/403 before reading the body
-        body = await read_body(batch_body_limit(config))
-        shapes = json_number_shapes(body)
-        document = parse_json_document(body, shapes)
-        may_hold_floats, _ = shapes
-        ops = document.get("ops") if isinstance(document, dict) else None
-        if not isinstance(ops, list):
-            raise ApiError(400, 'batch body must be {"ops": [...]}')
-        if len(ops) > MAX_BATCH_OPS:
-            raise ApiError(400, f"a batch holds at most {MAX_BATCH_OPS} ops, got {len(ops)}")
+        # The body is held by the iterator alone, which lets it go once it has the text.
+        ops = iter_batch_ops(await read_body(batch_body_limit(config)), MAX_BATCH_OPS)
         now = node.clock.wall_ms()
-        store_ops: list[Put | Delete] = []
-        for index, op in enumerate(ops):
-            store_ops.append(batch_op(index, op, now, may_hold_floats))
+        store_ops = [batch_op(index, op, now) async for index, op in ops]
         if node.auth.enabled:
             store_ops = [authorize_op(index, op, principal) for index, op in enumerate(store_ops)]
         outcomes = await store.write(store_ops) if store_ops else []
@@ -371,7 +337,7 @@ def kv_blueprint(node: Node) -> Blueprint:
         owner, group = guard.new_key_owner(node, principal)
         return Put(op.key, op.value, op.expires_at, None, owner, group)
 
-    def batch_op(index: int, op: Any, now: int, may_hold_floats: bool) -> Put | Delete:
+    def batch_op(index: int, op: Any, now: int) -> Put | Delete:
         if not isinstance(op, dict):
             raise ApiError(400, f"op {index}: must be an object", index=index)
         kind = op.get("op")
@@ -396,7 +362,7 @@ def kv_blueprint(node: Node) -> Blueprint:
             )
         if "data" not in op:
             raise ApiError(400, f"op {index}: put needs a data field", index=index)
-        value = canonical_json(op["data"], may_hold_floats=may_hold_floats)
+        value = canonical_json(op["data"])
         if len(value) > config.max_json_size:
             raise ApiError(
                 413,

@@ -461,7 +461,7 @@ def _format(address: Address) -> str:
 
 def _parse_address(text: str) -> Address:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
         raise JoinError(f"{text!r} is not host:port")
     return host.strip("[]"), int(port)
 

@@ -40,7 +40,11 @@ def verify_auth(cluster_secret: str, value: str | None, now_ms: int) -> bool:
     if not value or "." not in value:
         return False
     stamp, _, tag = value.partition(".")
-    if not stamp.isdigit() or abs(int(stamp) - now_ms) > MAX_SKEW_MS:
+    # ASCII digits only (str.isdigit takes '²', which int() refuses), and no more of them than
+    # a millisecond clock has (int() refuses 4,300+ digits).
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 16):
+        return False
+    if abs(int(stamp) - now_ms) > MAX_SKEW_MS:
         return False
     return hmac.compare_digest(tag, _tag(key, stamp))
 

@@ -1,4 +1,4 @@
-"""kvs.api.front.HttpFront under real Hypercorn and real sockets, in process (no subprocess).
+"""kvs.api.front.HttpFront behind kvs.api.server on real sockets, in process (no subprocess).
 
 Each test pins one Hypercorn/Quart-Trio interaction that HttpFront exists for; see its
 docstring. They bind 127.0.0.1:0 and use short timeouts, so they cost well under a second.
@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
-from kvs.api.front import FrontConfig, HttpFront
+from kvs.api.front import HttpFront
+from kvs.api.server import HTTP2_REFUSAL, FrontConfig, HttpLimits, HttpStats, serve_http
 
 ASGIApp = Any
 
@@ -58,20 +58,31 @@ def quart_app() -> QuartTrio:
 
 @pytest.fixture
 async def start_server(nursery: trio.Nursery) -> AsyncIterator[Any]:
+    """Serve an ASGI app the way a node does (kvs.api.server.serve_http) on 127.0.0.1:0."""
+
     async def start(
-        app: ASGIApp, config_class: type[HypercornConfig] = HypercornConfig, **settings: Any
+        app: ASGIApp,
+        *,
+        stall_timeout: float = 20.0,
+        stats: HttpStats | None = None,
+        **limits: Any,
     ) -> tuple[int, trio.Event, trio.Event]:
-        config = config_class()
+        config = FrontConfig()
         config.bind = ["127.0.0.1:0"]
         config.accesslog = None
-        config.graceful_timeout = 10
-        for name, value in settings.items():
-            setattr(config, name, value)
+        config.stall_timeout = stall_timeout
         stop, stopped = trio.Event(), trio.Event()
 
         async def run(task_status: Any) -> None:
             try:
-                await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+                await serve_http(
+                    app,
+                    config,
+                    HttpLimits(**limits),
+                    stats or HttpStats(),
+                    shutdown_trigger=stop.wait,
+                    task_status=task_status,
+                )
             finally:
                 stopped.set()
 
@@ -180,7 +191,7 @@ async def test_a_client_that_stops_reading_cannot_hold_a_shutdown_open(start_ser
     # Hypercorn shields its socket writes from cancellation: without TCP_USER_TIMEOUT (what
     # FrontConfig adds) a client that stops reading kept the server from ever stopping.
     port, stop, stopped = await start_server(
-        HttpFront(endless_stream), FrontConfig, stall_timeout=1.0, graceful_timeout=0.5
+        HttpFront(endless_stream), stall_timeout=1.0, graceful_timeout=0.5
     )
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     stream.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
@@ -190,3 +201,268 @@ async def test_a_client_that_stops_reading_cannot_hold_a_shutdown_open(start_ser
     with trio.fail_after(15):
         await stopped.wait()
     await stream.aclose()
+
+
+# --- hostile clients (issue 12): kvs.api.server and HttpFront keep every other client served
+
+
+async def request(port: int, raw: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes on a new connection; everything the server sends until it closes."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(raw)
+        received = await read_until_closed(stream, timeout)
+    assert received is not None, f"the server neither answered nor closed: {raw[:80]!r}"
+    return received
+
+
+async def read_response(stream: trio.SocketStream) -> bytes:
+    """One whole response (head and Content-Length body) from a kept-alive connection."""
+    data = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+    return head + b"\r\n\r\n" + body
+
+
+async def healthy(port: int) -> None:
+    response = await request(port, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 200"), response
+
+
+def json_error(response: bytes, status: int) -> dict[str, Any]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d" % status), response[:200]
+    assert b"content-type: application/json" in head.lower(), head
+    return orjson.loads(body)
+
+
+async def test_half_closed_requests_with_short_bodies_leave_the_server_up(
+    start_server: Any,
+) -> None:
+    # Reproduced against a node: ten of these at once ended it (BusyResourceError escaped
+    # Hypercorn's connection task into the server's nursery).
+    port, _, _ = await start_server(HttpFront(quart_app()))
+
+    async def half_close(method: bytes) -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(
+                method + b" / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nab"
+            )
+            await stream.send_eof()
+            await read_until_closed(stream, timeout=5)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(half_close, b"POST" if i % 2 else b"GET")
+    await healthy(port)
+
+
+async def test_http2_with_prior_knowledge_is_refused_with_goaway(start_server: Any) -> None:
+    stats = HttpStats()
+    port, _, _ = await start_server(HttpFront(quart_app()), stats=stats)
+    # A malformed HEADERS frame follows the preface, as in the crash seen on a node.
+    frame = b"\x00\x00\x05\x01\x05\x00\x00\x00\x01" + b"\x82\x84\xff\xff\xff"
+    response = await request(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame)
+    assert response == HTTP2_REFUSAL
+    assert response[-4:] == b"\x00\x00\x00\x0d"  # GOAWAY error code HTTP_1_1_REQUIRED
+    assert stats.http2_refused == 1
+    await healthy(port)
+
+
+async def test_an_h2c_upgrade_is_ignored_and_answered_in_http_1_1(start_server: Any) -> None:
+    port, _, _ = await start_server(HttpFront(quart_app()))
+    response = await request(
+        port,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings, close\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    assert response.startswith(b"HTTP/1.1 200"), response
+    assert response.endswith(b"ok")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"?a=1", b"*", b"a/b", b"/%ff", b"/%c3", b"http://h/%fe"],
+)
+async def test_a_bad_request_target_is_a_json_400(start_server: Any, target: bytes) -> None:
+    stats = HttpStats()
+    port, _, _ = await start_server(HttpFront(quart_app()), stats=stats)
+    response = await request(port, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert "request" in json_error(response, 400)["error"]
+    assert stats.bad_requests == 1
+    await healthy(port)
+
+
+async def test_an_absolute_form_target_is_served(start_server: Any) -> None:
+    port, _, _ = await start_server(HttpFront(quart_app()))
+    response = await request(
+        port, b"GET http://t/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert response.startswith(b"HTTP/1.1 200"), response
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"a" * 64 + b".example", "bücher.example".encode(), b"a b", b"h:99999999", b"[zz]"],
+)
+async def test_a_bad_host_header_is_a_json_400(start_server: Any, host: bytes) -> None:
+    port, _, _ = await start_server(HttpFront(quart_app()))
+    response = await request(
+        port, b"GET / HTTP/1.1\r\nConnection: close\r\nHost: " + host + b"\r\n\r\n"
+    )
+    assert "Host" in json_error(response, 400)["error"]
+
+
+@pytest.mark.parametrize("host", [b"localhost", b"127.0.0.1:8080", b"[::1]:80", b"a-b.c_d.e"])
+async def test_good_host_headers_are_served(start_server: Any, host: bytes) -> None:
+    port, _, _ = await start_server(HttpFront(quart_app()))
+    response = await request(
+        port, b"GET / HTTP/1.1\r\nConnection: close\r\nHost: " + host + b"\r\n\r\n"
+    )
+    assert response.startswith(b"HTTP/1.1 200"), response
+
+
+async def test_a_websocket_upgrade_is_a_json_404(start_server: Any) -> None:
+    port, _, _ = await start_server(HttpFront(quart_app()))
+    response = await request(
+        port,
+        b"GET /nowhere HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    assert "WebSocket" in json_error(response, 404)["error"]
+    await healthy(port)
+
+
+async def test_request_headers_have_a_deadline(start_server: Any) -> None:
+    stats = HttpStats()
+    port, _, _ = await start_server(HttpFront(quart_app()), stats=stats, header_timeout=0.5)
+    started = trio.current_time()
+    # A head trickled too slowly, and a connection that never sends a byte: both end.
+    response = await request(port, b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+    assert "headers" in json_error(response, 408)["error"]
+    assert "headers" in json_error(await request(port, b""), 408)["error"]
+    assert trio.current_time() - started < 4
+    assert stats.header_timeouts == 2
+    await healthy(port)
+
+
+async def test_a_request_body_has_a_deadline(start_server: Any) -> None:
+    stats = HttpStats()
+    seen: list[str] = []
+
+    async def reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+
+    port, _, _ = await start_server(HttpFront(reader), stats=stats, body_timeout=0.5)
+    started = trio.current_time()
+    response = await request(port, b"PUT /k HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123")
+    assert "body" in json_error(response, 408)["error"]
+    assert trio.current_time() - started < 4
+    assert stats.body_timeouts == 1
+    with trio.fail_after(5):
+        while "http.disconnect" not in seen:  # the app learnt that the client is gone
+            await trio.sleep(0.01)
+
+
+async def test_a_kept_alive_connection_owes_no_head_until_it_sends_one(start_server: Any) -> None:
+    port, _, _ = await start_server(
+        HttpFront(quart_app()), header_timeout=0.3, keep_alive_timeout=5
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await read_response(stream)).startswith(b"HTTP/1.1 200")
+        await trio.sleep(0.8)  # idle past the header timeout: still open
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await read_response(stream)).startswith(b"HTTP/1.1 200")
+
+
+async def test_request_bodies_share_one_memory_budget(start_server: Any) -> None:
+    stats = HttpStats()
+    release = trio.Event()
+    bodies: list[int] = []
+
+    async def holder(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        bodies.append(size)
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    front = HttpFront(holder, body_budget=1000, max_body=10_000, stats=stats)
+    port, _, _ = await start_server(front)
+    put = b"PUT /k HTTP/1.1\r\nHost: t\r\nContent-Length: 600\r\nConnection: close\r\n\r\n"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(request, port, put + b"a" * 600)
+        with trio.fail_after(5):
+            while not bodies:
+                await trio.sleep(0.01)
+        assert front.budget.held == 600
+        # Declared: refused before a byte is read. Chunked: refused once over.
+        second = await request(port, put + b"b" * 600)
+        assert "http_body_budget" in json_error(second, 503)["error"]
+        assert b"retry-after: 1" in second.lower()
+        chunked = (
+            b"PUT /k HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        third = await request(port, chunked + b"258\r\n" + b"c" * 600 + b"\r\n0\r\n\r\n")
+        json_error(third, 503)
+        release.set()
+    assert front.budget.held == 0
+    assert stats.body_budget_refusals == 2
+    # Larger than the whole budget (but within an endpoint's limit): a 413, not a 503.
+    big = b"PUT /k HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n"
+    assert "too large" in json_error(await request(port, big), 413)["error"]
+
+
+async def test_an_exception_in_the_app_is_a_json_500_and_the_server_goes_on(
+    start_server: Any,
+) -> None:
+    stats = HttpStats()
+
+    async def broken(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/":
+            headers = [(b"content-length", b"2")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        raise RuntimeError("a bug")
+
+    port, _, _ = await start_server(HttpFront(broken, stats=stats))
+    for _ in range(3):
+        response = await request(port, b"GET /bug HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert json_error(response, 500) == {"error": "internal error; see the node's log"}
+    assert stats.app_errors == 3
+    await healthy(port)
+
+
+async def test_connections_past_the_cap_wait_for_a_free_slot(start_server: Any) -> None:
+    port, _, _ = await start_server(HttpFront(quart_app()), max_connections=2)
+    idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+    third = await trio.open_tcp_stream("127.0.0.1", port)  # in the kernel's backlog
+    async with third:
+        await third.send_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        with trio.move_on_after(0.5) as waited:
+            await third.receive_some(65536)
+        assert waited.cancelled_caught, "a connection past the cap was served"
+        await idle[0].aclose()
+        with trio.fail_after(5):
+            assert (await third.receive_some(65536)).startswith(b"HTTP/1.1 200")
+    await idle[1].aclose()
