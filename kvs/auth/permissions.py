@@ -22,6 +22,7 @@ ALL_SCOPES = frozenset(
         *(f"admin:users:{op}" for op in ("create", "read", "update", "delete")),
         *(f"admin:groups:{op}" for op in ("create", "read", "update", "delete")),
         "admin:tokens:create",
+        "admin:tokens:read",
         "admin:tokens:revoke",
         "admin:metadata:read",
         "admin:metadata:update",
