@@ -26,9 +26,12 @@ async def identify(node: Node, authorization: str | None, client: str) -> Princi
     try:
         principal = auth.authenticate(authorization) if auth.enabled else auth.anonymous
     except AuthError as exc:
-        await auth.failed(client, exc.message)
-        try:  # failed attempts count against the client's address: no free guessing
+        try:
+            # Limits first, the audit after: a refused attempt writes nothing, so bad tokens
+            # cannot grow the audit log at request speed. Failed attempts count against the
+            # client's address (no free guessing), and against their own budget (failed()).
             auth.rate_limit(auth.anonymous, client)
+            await auth.failed(client, exc.message)
         except AuthError as limited:
             raise api_error(limited) from None
         raise api_error(exc) from None
