@@ -18,7 +18,7 @@ import orjson
 from quart import Blueprint, Response, g, request
 
 from kvs.api.errors import ApiError, json_response
-from kvs.api.guard import require_bit, require_scope
+from kvs.api.guard import read_live, require_scope
 from kvs.api.kv import (
     check_key,
     int_arg,
@@ -27,7 +27,7 @@ from kvs.api.kv import (
     read_body,
     require_writable,
 )
-from kvs.auth.permissions import ALL_SCOPES, READ, Principal
+from kvs.auth.permissions import ALL_SCOPES, READ_SCOPE, Principal
 from kvs.auth.service import DEFAULT_TOKEN_LIFETIME_S, MAX_TOKEN_LIFETIME_S
 from kvs.model import parse_duration
 from kvs.store import Conflict, Put, Written
@@ -284,13 +284,13 @@ def security_blueprint(node: Node) -> Blueprint:
         check_key(key)
         principal = _principal()
         if request.method == "GET":
-            record = node.store.get_live(key)
-            if node.auth.enabled and "admin:metadata:read" not in principal.scopes:
-                scope("read")
-                if record is not None:
-                    require_bit(node, principal, record, READ)
-            if record is None:
-                raise ApiError(404, "key not found", key=key)
+            if node.auth.enabled and "admin:metadata:read" in principal.scopes:
+                record = node.store.get_live(key)  # an administrator sees every key's metadata
+                if record is None:
+                    raise ApiError(404, "key not found", key=key)
+            else:  # as a GET of the key: the read scope and the one read rule
+                scope(READ_SCOPE)
+                record = read_live(node, principal, key)
             return json_response(metadata_json(record))
         require_writable(node)
         body = await _object_body(

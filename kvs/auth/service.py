@@ -254,9 +254,14 @@ class AuthService:
         self, principal: Principal, owner: str, group: str, permissions: int, bit: int, what: str
     ) -> None:
         if not allows(principal, owner, group, permissions, bit):
-            if principal.anonymous:
-                raise unauthorized(f"authentication required to {what}")
-            raise AuthError(403, f"permission denied: you may not {what}")
+            raise self.denied(principal, what)
+
+    def denied(self, principal: Principal, what: str) -> AuthError:
+        """The refusal of `what` ("read key 'a'"): 401 for anonymous callers (a token might
+        help), else 403."""
+        if principal.anonymous:
+            return unauthorized(f"authentication required to {what}")
+        return AuthError(403, f"permission denied: you may not {what}")
 
     # --- tokens and the root account --------------------------------------------------------
 
