@@ -4,10 +4,16 @@ Keys sort as UTF-8 bytes, so every key under `a/b/` lies in one contiguous range
 only ever walks that range, and `_ls` jumps over each child's subtree once it has seen a live
 key in it (seek to `prefix/child` + "0", the byte after "/"), so its cost grows with the
 number of children, not the number of keys below them.
+
+Both take `visible`, the caller's read rule (kvs/api/guard.py `readable_by`): a key it refuses
+is not listed, and a child is listed as a directory only for a key below it that the caller
+may see -- so not even a path segment of a hidden key shows. Hidden keys cost a scan: `_ls`
+reads on through a subtree until it finds a visible key in it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +52,18 @@ class Child:
         return out
 
 
-def list_children(store: Store, prefix: str, limit: int, now_ms: int) -> tuple[list[Child], int]:
-    """Direct children of `prefix` (sorted), up to `limit`, and the total number of children."""
+Visible = Callable[[Record], bool]
+
+
+def _everything(record: Record) -> bool:
+    return True
+
+
+def list_children(
+    store: Store, prefix: str, limit: int, now_ms: int, visible: Visible = _everything
+) -> tuple[list[Child], int]:
+    """Direct children of `prefix` (sorted), up to `limit`, and the total number of children
+    (those with a live, visible key at or below them)."""
     start, end = _range(prefix)
     base = len(start)
     children: dict[str, Child] = {}
@@ -59,7 +75,7 @@ def list_children(store: Store, prefix: str, limit: int, now_ms: int) -> tuple[l
             if not prefix and record.key.startswith(SYSTEM_PREFIX):
                 position = _SYSTEM_END  # users, groups and tokens are not client keys
                 break
-            if not record.live(now_ms):
+            if not record.live(now_ms) or not visible(record):
                 continue
             rest = record.key[base:]
             name, slash, _ = rest.partition("/")
@@ -101,9 +117,10 @@ def _sorted_json(children: dict[str, TreeNode]) -> list[dict[str, Any]]:
 
 
 def list_tree(
-    store: Store, prefix: str, depth: int, limit: int, now_ms: int
+    store: Store, prefix: str, depth: int, limit: int, now_ms: int, visible: Visible = _everything
 ) -> tuple[list[Record], int]:
-    """Live keys below `prefix` at most `depth` levels down, in key order: (first `limit`, total)."""
+    """Live, visible keys below `prefix` at most `depth` levels down, in key order: (first
+    `limit`, total)."""
     if depth < 1:
         return [], 0  # nothing lies less than one level down (and the skip below needs depth >= 1)
     start, end = _range(prefix)
@@ -125,7 +142,7 @@ def list_tree(
                 position = start + ancestor + _AFTER_SLASH
                 skipped = True
                 break
-            if not record.live(now_ms):
+            if not record.live(now_ms) or not visible(record):
                 continue
             total += 1
             if len(keys) < limit:

@@ -1,14 +1,17 @@
 """Authentication, rate limiting and permission checks as the HTTP layer applies them.
 
-Shared by the raw-ASGI key path (kvs/api/keys.py) and the Quart blueprints, so both refuse
-the same requests with the same statuses and messages."""
+Shared by the raw-ASGI key path (kvs/api/keys.py), the watch stream (kvs/api/watch.py) and
+the Quart blueprints, so all refuse the same requests with the same statuses and messages,
+and decide what a caller may read with one rule (`may_read`, through `readable_by`,
+`require_read` and `read_live`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvs.api.errors import ApiError
-from kvs.auth.permissions import BIT_NAMES, CREATE, Principal
+from kvs.auth.permissions import BIT_NAMES, CREATE, Principal, may_read
 from kvs.auth.service import AuthError
 from kvs.model import Record
 
@@ -26,9 +29,12 @@ async def identify(node: Node, authorization: str | None, client: str) -> Princi
     try:
         principal = auth.authenticate(authorization) if auth.enabled else auth.anonymous
     except AuthError as exc:
-        await auth.failed(client, exc.message)
-        try:  # failed attempts count against the client's address: no free guessing
+        try:
+            # Limits first, the audit after: a refused attempt writes nothing, so bad tokens
+            # cannot grow the audit log at request speed. Failed attempts count against the
+            # client's address (no free guessing), and against their own budget (failed()).
             auth.rate_limit(auth.anonymous, client)
+            await auth.failed(client, exc.message)
         except AuthError as limited:
             raise api_error(limited) from None
         raise api_error(exc) from None
@@ -61,6 +67,38 @@ def require_bit(node: Node, principal: Principal, record: Record, bit: int) -> N
             )
         except AuthError as exc:
             raise api_error(exc) from None
+
+
+def readable_by(node: Node, principal: Principal) -> Callable[[Record], bool]:
+    """The read rule bound to one caller: the filter of listings, change feeds and watches
+    (what it refuses is left out, as if it did not exist)."""
+    enabled = node.auth.enabled
+
+    def readable(record: Record) -> bool:
+        return may_read(principal, enabled, record)
+
+    return readable
+
+
+def require_read(node: Node, principal: Principal, record: Record) -> None:
+    """403 (401 if anonymous) unless the caller may read the key `record` holds -- a live
+    version, an expired one or a tombstone alike: a key it may not read answers the same
+    whether it is live or gone, so not even when it was deleted leaks."""
+    if not may_read(principal, node.auth.enabled, record):
+        raise api_error(node.auth.denied(principal, f"read key {record.key!r}"))
+
+
+def read_live(node: Node, principal: Principal, key: str) -> Record:
+    """The live record of `key` for a caller who may read it: 404 if there is none (never
+    written, or its tombstone collected), 401/403 if it may not be read (`require_read`),
+    then 404 if it is deleted or expired."""
+    record = node.store.get(key)
+    if record is None:
+        raise ApiError(404, "key not found", key=key)
+    require_read(node, principal, record)
+    if not record.live(node.clock.wall_ms()):
+        raise ApiError(404, "key not found", key=key)
+    return record
 
 
 def nearest_ancestor(node: Node, key: str) -> Record | None:

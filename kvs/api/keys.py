@@ -19,6 +19,8 @@ from kvs.api.guard import (
     client_of_scope,
     identify,
     new_key_owner,
+    read_live,
+    readable_by,
     require_bit,
     require_create,
     require_scope,
@@ -35,7 +37,6 @@ from kvs.api.kv import (
 from kvs.auth.permissions import (
     DELETE,
     DELETE_SCOPE,
-    READ,
     READ_SCOPE,
     WRITE,
     WRITE_SCOPE,
@@ -107,10 +108,7 @@ class KeyRoutes:
         self, scope: Scope, key: str, principal: Principal
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         require_scope(self.node, principal, READ_SCOPE)
-        record = self.node.store.get_live(key)
-        if record is None:
-            raise ApiError(404, "key not found", key=key)
-        require_bit(self.node, principal, record, READ)
+        record = read_live(self.node, principal, key)
         etag = b'"%s"' % record.version.uuid.encode()
         inm = _header(scope, b"if-none-match")
         if inm is not None and etag_value(inm) == record.version.uuid:
@@ -148,13 +146,20 @@ class KeyRoutes:
                 if outcome.current_uuid
                 else "version conflict: the key does not exist"
             )
-            raise ApiError(409, message, key=key, current_uuid=outcome.current_uuid)
+            current_uuid = outcome.current_uuid
+            if current_uuid is not None and not self._may_read(principal, key):
+                current_uuid = None  # write without read: the version is not the caller's
+            raise ApiError(409, message, key=key, current_uuid=current_uuid)
         assert isinstance(outcome, Written)
         if node.audit is not None:
             await node.audit_event("put", principal.user, key)
         v = outcome.record.version
         body = b'{"uuid":"%s","timestamp":%d}' % (v.uuid.encode(), v.timestamp)
         return 200, [_JSON, (b"etag", b'"%s"' % v.uuid.encode())], body
+
+    def _may_read(self, principal: Principal, key: str) -> bool:
+        record = self.node.store.get(key)
+        return record is not None and readable_by(self.node, principal)(record)
 
     async def _delete(
         self, key: str, principal: Principal

@@ -16,9 +16,8 @@ from kvs import listing
 from kvs.api import guard
 from kvs.api.batch_body import DECODER, invalid_json, iter_batch_ops, refuse_lone_surrogates
 from kvs.api.errors import ApiError, json_response, raw_json_response
-from kvs.auth.permissions import DELETE, DELETE_SCOPE, READ, READ_SCOPE, WRITE, WRITE_SCOPE, allows
+from kvs.auth.permissions import DELETE, DELETE_SCOPE, READ_SCOPE, WRITE, WRITE_SCOPE
 from kvs.model import (
-    SYSTEM_PREFIX,
     InvalidKey,
     Record,
     canonical_json,
@@ -239,22 +238,12 @@ def kv_blueprint(node: Node) -> Blueprint:
         guard.require_scope(node, g.principal, READ_SCOPE)
         return ls(prefix) if last == "_ls" else tree(prefix)
 
-    def readable(record: Record) -> bool:
-        return not node.auth.enabled or allows(
-            g.principal, record.owner, record.group, record.permissions, READ
-        )
-
     def ls(prefix: str) -> Response:
         limit = int_arg("limit", 100, 1000)
         include_metadata = bool_arg("include_metadata")
-        children, total = listing.list_children(store, prefix, limit, node.clock.wall_ms())
-        if node.auth.enabled:  # keys the caller may not read are not listed
-            for child in children:
-                if child.record is not None and not readable(child.record):
-                    child.record = None
-            hidden = [c for c in children if c.record is None and not c.has_children]
-            children = [c for c in children if c.record is not None or c.has_children]
-            total -= len(hidden)
+        children, total = listing.list_children(
+            store, prefix, limit, node.clock.wall_ms(), guard.readable_by(node, g.principal)
+        )
         return json_response(
             {
                 "path": prefix,
@@ -270,11 +259,9 @@ def kv_blueprint(node: Node) -> Blueprint:
         fmt = request.args.get("format", "json")
         if fmt not in ("json", "nested"):
             raise ApiError(400, f"query parameter format must be json or nested, got {fmt!r}")
-        records, total = listing.list_tree(store, prefix, depth, limit, node.clock.wall_ms())
-        if node.auth.enabled:  # keys the caller may not read are not listed
-            kept = [r for r in records if readable(r)]
-            total -= len(records) - len(kept)
-            records = kept
+        records, total = listing.list_tree(
+            store, prefix, depth, limit, node.clock.wall_ms(), guard.readable_by(node, g.principal)
+        )
         body: dict[str, Any] = {"path": prefix}
         if fmt == "nested":
             body["children"] = listing.nest(records, prefix)
@@ -406,6 +393,10 @@ def kv_blueprint(node: Node) -> Blueprint:
                         rest = following[len(same) :]
                         more = bool(rest) and rest[0].version.timestamp < open_ms
                         break
+        # Filtered after paging: `next` and `more` follow what was scanned, hidden entries
+        # included, so a page may be short (even empty, with `more`) but a caller paging on
+        # `next` always gets past keys it may not read (and users, groups and tokens).
+        readable = guard.readable_by(node, g.principal)
         changes = [
             {
                 "key": r.key,
@@ -414,7 +405,7 @@ def kv_blueprint(node: Node) -> Blueprint:
                 "deleted": r.deleted,
             }
             for r in page
-            if not r.key.startswith(SYSTEM_PREFIX)  # users, groups, tokens: not client keys
+            if readable(r)
         ]
         next_since = page[-1].version.timestamp if page else since
         return json_response({"changes": changes, "next": next_since, "more": more})
@@ -428,10 +419,15 @@ def kv_blueprint(node: Node) -> Blueprint:
             )
         key = check_key(match.group("key"))
         guard.require_scope(node, g.principal, READ_SCOPE)
-        current = store.get_live(key)
+        # The stored record decides, live or not: a tombstone or an expired record keeps the
+        # owner and bits of the last live version, so a deleted private key's history stays
+        # private. No record at all (never written, or its tombstone collected, which drops
+        # its history too): nothing to show.
+        current = store.get(key)
+        versions: list[Record] = []
         if current is not None:
-            guard.require_bit(node, g.principal, current, READ)
-        versions = store.history(key, limit=config.revision_history_depth)
+            guard.require_read(node, g.principal, current)
+            versions = store.history(key, limit=config.revision_history_depth)
         n_raw = match.group("n")
         if n_raw is None:
             return json_response({"key": key, "versions": [version_json(r) for r in versions]})

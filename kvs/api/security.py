@@ -4,6 +4,7 @@ bootstrap that lets a new node join securely.
     POST/GET /api/users, GET/PUT/DELETE /api/users/{uuid}      admin:users:{create,read,update,delete}
     POST/GET /api/groups, GET/PUT/DELETE /api/groups/{uuid}    admin:groups:{...}
     POST /api/tokens, GET /api/tokens?user_uuid=, DELETE /api/tokens/{id}
+                                            admin:tokens:{create,read,revoke} (none for your own)
     GET/PUT /kv/{key}/metadata (also /kv/{key}/_metadata)
     GET /api/audit?since=&limit=, GET /api/audit/verify          admin:audit:read
     POST /auth/cluster-bootstrap                                 admin:cluster:bootstrap
@@ -17,7 +18,7 @@ import orjson
 from quart import Blueprint, Response, g, request
 
 from kvs.api.errors import ApiError, json_response
-from kvs.api.guard import require_bit, require_scope
+from kvs.api.guard import read_live, require_scope
 from kvs.api.kv import (
     check_key,
     int_arg,
@@ -26,7 +27,7 @@ from kvs.api.kv import (
     read_body,
     require_writable,
 )
-from kvs.auth.permissions import ALL_SCOPES, READ, Principal
+from kvs.auth.permissions import ALL_SCOPES, READ_SCOPE, Principal
 from kvs.auth.service import DEFAULT_TOKEN_LIFETIME_S, MAX_TOKEN_LIFETIME_S
 from kvs.model import parse_duration
 from kvs.store import Conflict, Put, Written
@@ -224,15 +225,24 @@ def security_blueprint(node: Node) -> Blueprint:
             {"token": issued.token, "expires_at": issued.expires_at, "id": issued.token_id}, 201
         )
 
+    def require_token_reader(principal: Principal) -> None:
+        """`admin:tokens:read`, or `admin:users:read`, which listed tokens before that scope
+        existed: a cluster bootstrapped then has no token that could grant the new one."""
+        if "admin:users:read" not in principal.scopes:
+            scope("admin:tokens:read")
+
     def _token_json(t: dict[str, Any]) -> dict[str, Any]:
         return {k: t[k] for k in ("id", "user_uuid", "scopes", "created_at", "expires_at")}
 
     @bp.route("/api/tokens", methods=["GET"])
     async def token_list() -> Response:
         require_auth_on()
+        principal = _principal()
         user = request.args.get("user_uuid", "")
-        if user != _principal().user:  # your own tokens you may always see
-            scope("admin:users:read")
+        # Your own tokens (`?user_uuid=<you>`) you may always list, with any token; anonymous
+        # callers have no tokens (their user is ""), so they never pass that way.
+        if principal.anonymous or user != principal.user:
+            require_token_reader(principal)
         items = [
             _token_json(t)
             for t in directory.list("tokens")
@@ -245,7 +255,8 @@ def security_blueprint(node: Node) -> Blueprint:
         require_auth_on()
         require_writable(node)
         token = directory.get("tokens", _ident(ident))
-        if token is None or token.get("user_uuid") != _principal().user:
+        principal = _principal()
+        if token is None or principal.anonymous or token.get("user_uuid") != principal.user:
             scope("admin:tokens:revoke")  # your own tokens you may always revoke
         if token is None or not await directory.delete("tokens", ident):
             raise ApiError(404, f"no token with id {ident!r}")
@@ -273,13 +284,13 @@ def security_blueprint(node: Node) -> Blueprint:
         check_key(key)
         principal = _principal()
         if request.method == "GET":
-            record = node.store.get_live(key)
-            if node.auth.enabled and "admin:metadata:read" not in principal.scopes:
-                scope("read")
-                if record is not None:
-                    require_bit(node, principal, record, READ)
-            if record is None:
-                raise ApiError(404, "key not found", key=key)
+            if node.auth.enabled and "admin:metadata:read" in principal.scopes:
+                record = node.store.get_live(key)  # an administrator sees every key's metadata
+                if record is None:
+                    raise ApiError(404, "key not found", key=key)
+            else:  # as a GET of the key: the read scope and the one read rule
+                scope(READ_SCOPE)
+                record = read_live(node, principal, key)
             return json_response(metadata_json(record))
         require_writable(node)
         body = await _object_body(

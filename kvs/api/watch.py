@@ -28,10 +28,9 @@ from urllib.parse import parse_qsl
 import trio
 
 from kvs.api.errors import ApiError
-from kvs.api.guard import client_of_scope, identify, require_scope
+from kvs.api.guard import client_of_scope, identify, readable_by, require_scope
 from kvs.api.kv import check_key
-from kvs.auth.permissions import READ, READ_SCOPE, Principal, allows
-from kvs.model import Record
+from kvs.auth.permissions import READ_SCOPE, Principal
 from kvs.watch import ResumePoint, Watcher, WatchHub, parse_resume, sse_control, sse_event
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ class WatchRoutes:
 
     async def _authorize(self, scope: Scope) -> Principal:
         """As for a listing: a token with the read scope (or anonymous reads allowed); each
-        event is then shown only if the key's permission bits let the caller read it."""
+        event is then shown only if the caller may read the key (`guard.readable_by`)."""
         authorization = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -104,14 +103,10 @@ class WatchRoutes:
     async def _stream(
         self, prefix: str, resume: ResumePoint | None, receive: Any, send: Any, who: Principal
     ) -> None:
-        readable = None
-        if self.node.auth.enabled:
-
-            def readable(record: Record) -> bool:
-                return allows(who, record.owner, record.group, record.permissions, READ)
-
-        # Subscribed before the replay reads: nothing falls between the two.
-        watcher = self.hub.subscribe(prefix, readable)
+        # Subscribed before the replay reads: nothing falls between the two. The replay and
+        # the live events pass the same filter: the caller's read rule, which also hides
+        # users, groups and tokens from a watch of everything (`/kv/_watch`).
+        watcher = self.hub.subscribe(prefix, readable_by(self.node, who))
         try:
             async with trio.open_nursery() as nursery:
                 scope = nursery.cancel_scope

@@ -4,11 +4,17 @@ A key's permissions are three nibbles, owner (bits 8-11), group (4-7), others (0
 nibble is Create=8, Delete=4, Write=2, Read=1. As in Unix, exactly one nibble applies to a
 caller: the owner's if the caller owns the key, else the group's if the caller is in the
 key's group, else the others'. Create on a key governs creating new keys below it.
+
+`may_read` is the one rule for "may this caller see this key" (its name, value, uuid,
+timestamp): every read path of the API -- single keys, metadata, listings, history,
+`/kv_changes`, watches -- asks it, and nothing else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from kvs.model import SYSTEM_PREFIX, Record
 
 CREATE, DELETE, WRITE, READ = 8, 4, 2, 1
 BIT_NAMES = {CREATE: "create", DELETE: "delete", WRITE: "write", READ: "read"}
@@ -22,6 +28,7 @@ ALL_SCOPES = frozenset(
         *(f"admin:users:{op}" for op in ("create", "read", "update", "delete")),
         *(f"admin:groups:{op}" for op in ("create", "read", "update", "delete")),
         "admin:tokens:create",
+        "admin:tokens:read",
         "admin:tokens:revoke",
         "admin:metadata:read",
         "admin:metadata:update",
@@ -63,3 +70,18 @@ def nibble(principal: Principal, owner: str, group: str, permissions: int) -> in
 
 def allows(principal: Principal, owner: str, group: str, permissions: int, bit: int) -> bool:
     return bool(nibble(principal, owner, group, permissions) & bit)
+
+
+def may_read(principal: Principal, auth_enabled: bool, record: Record) -> bool:
+    """Whether `principal` may see `record`'s key at all: its value, and that it exists.
+
+    `record` is what the store holds for the key: a live version, an expired one or a
+    tombstone. Deletes and expiries keep the owner, group and bits of the last live version
+    (kvs/store.py), so a key that was private stays private once it is gone: its history,
+    its tombstone in change feeds and watches. System records (users, groups, tokens) are
+    never client keys, whoever asks; with auth off every other key is readable."""
+    if record.key.startswith(SYSTEM_PREFIX):
+        return False
+    if not auth_enabled:
+        return True
+    return allows(principal, record.owner, record.group, record.permissions, READ)

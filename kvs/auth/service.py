@@ -38,6 +38,15 @@ CACHE_MAX = 50_000
 DEFAULT_TOKEN_LIFETIME_S = 3600
 MAX_TOKEN_LIFETIME_S = 365 * 86400
 ROOT_TOKEN_LIFETIME_S = 24 * 3600
+FAILED_AUTH_WINDOW_S = 60.0
+FAILED_AUTH_PER_CLIENT = 30
+"""Failed authentications one client address may make per FAILED_AUTH_WINDOW_S; beyond it
+a bad token is answered 429 and not audited. Applies whether or not rate limiting is on:
+without it, bad tokens grew the audit log (and its disk) at request speed."""
+FAILED_AUTH_PER_NODE = 300
+"""The same bound for all clients together (many addresses are cheap to come by): at most
+this many failed logins are audited per FAILED_AUTH_WINDOW_S (5/s, a few hundred bytes
+each); a valid token is never refused by it."""
 
 
 class AuthError(Exception):
@@ -95,8 +104,19 @@ class AuthService:
             if config.rate_limiting_enabled
             else None
         )
+        # Checked only when authentication fails, so they never slow or refuse a valid token.
+        self.failures_per_client = RateLimiter(
+            FAILED_AUTH_PER_CLIENT, FAILED_AUTH_WINDOW_S, monotonic
+        )
+        self.failures_per_node = RateLimiter(FAILED_AUTH_PER_NODE, FAILED_AUTH_WINDOW_S, monotonic)
         self.audit_hook: AuditHook | None = None
-        self.counters = {"auth_failed": 0, "cache_hits": 0, "cache_misses": 0, "rate_limited": 0}
+        self.counters = {
+            "auth_failed": 0,
+            "auth_failed_limited": 0,
+            "cache_hits": 0,
+            "cache_misses": 0,
+            "rate_limited": 0,
+        }
         store.listeners.append(self._on_changes)
         # A bootstrap by snapshot brings users, groups and tokens without a Change each.
         store.replaced_listeners.append(self._cache.clear)
@@ -190,8 +210,21 @@ class AuthService:
         )
 
     async def failed(self, client: str, message: str) -> None:
-        """Count and audit a failed authentication (never with the token in it)."""
+        """Count a failed authentication, then audit it (never with the token in it) -- or,
+        past the failure budget of this client or of the whole node, raise AuthError(429)
+        having written nothing: the audit log grows at most FAILED_AUTH_PER_NODE entries
+        per window, whatever the clients send. Nothing is written to the node's log."""
         self.counters["auth_failed"] += 1
+        wait = self.failures_per_client.check("ip:" + client)
+        if wait is None:
+            wait = self.failures_per_node.check("")
+        if wait is not None:
+            self.counters["auth_failed_limited"] += 1
+            raise AuthError(
+                429,
+                "too many failed authentications; try again later",
+                {"Retry-After": retry_after_header(wait)},
+            )
         if self.audit_hook is not None:
             await self.audit_hook("auth.failed", "", client, message)
 
@@ -221,9 +254,14 @@ class AuthService:
         self, principal: Principal, owner: str, group: str, permissions: int, bit: int, what: str
     ) -> None:
         if not allows(principal, owner, group, permissions, bit):
-            if principal.anonymous:
-                raise unauthorized(f"authentication required to {what}")
-            raise AuthError(403, f"permission denied: you may not {what}")
+            raise self.denied(principal, what)
+
+    def denied(self, principal: Principal, what: str) -> AuthError:
+        """The refusal of `what` ("read key 'a'"): 401 for anonymous callers (a token might
+        help), else 403."""
+        if principal.anonymous:
+            return unauthorized(f"authentication required to {what}")
+        return AuthError(403, f"permission denied: you may not {what}")
 
     # --- tokens and the root account --------------------------------------------------------
 
