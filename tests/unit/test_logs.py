@@ -6,7 +6,9 @@ import json
 import logging
 import sys
 
-from kvs.logs import JsonFormatter
+import pytest
+
+from kvs.logs import JsonFormatter, LogLimiter
 
 
 def record(message: str, *args: object, exc: bool = False) -> logging.LogRecord:
@@ -42,3 +44,24 @@ def test_extra_attributes_are_not_written():
     rec = record("hello")
     rec.cluster_secret = "s3cret"  # as `extra=` would set it
     assert "s3cret" not in JsonFormatter("n").format(rec)
+
+
+def test_log_limiter_logs_a_burst_then_counts_what_it_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    limiter = LogLimiter(lambda: now[0], burst=2, period=60.0)
+    logger = logging.getLogger("kvs.test.limiter")
+    with caplog.at_level(logging.WARNING, logger="kvs.test.limiter"):
+        logged = [limiter.log(logger, logging.WARNING, "a", "event %d", i) for i in range(5)]
+        assert limiter.log(logger, logging.WARNING, "b", "other kind")  # its own quota
+        now[0] = 61.0
+        assert limiter.log(logger, logging.WARNING, "a", "event again")
+    assert logged == [True, True, False, False, False]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "event 0",
+        "event 1",
+        "other kind",
+        "event again (3 more like this were not logged)",
+    ]

@@ -1,0 +1,120 @@
+"""kvs.api.batch_body: a `_batch` body read op by op accepts what a whole-document parse does."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvs.api.batch_body import iter_batch_ops
+from kvs.api.errors import ApiError
+
+
+async def ops_of(body: bytes, max_ops: int = 1000) -> list[Any]:
+    return [op async for _, op in iter_batch_ops(body, max_ops)]
+
+
+def run(body: bytes, max_ops: int = 1000) -> list[Any]:
+    return trio.run(ops_of, body, max_ops)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(json_values, max_size=8),
+    others=st.dictionaries(
+        st.text(max_size=4).filter(lambda k: k != "ops"), json_values, max_size=3
+    ),
+    indent=st.sampled_from([None, 0, 2]),
+)
+def test_it_yields_exactly_what_a_whole_parse_finds(
+    ops: list[Any], others: dict[str, Any], indent: int | None
+) -> None:
+    document = {**others, "ops": ops}
+    body = json.dumps(document, indent=indent, ensure_ascii=False).encode()
+    assert run(body) == json.loads(body)["ops"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet='{}[],:" \n\tops0123456789.eE-+truefalsnx\\u', max_size=40).map(
+        lambda t: '{"ops": [' + t
+    )
+)
+def test_it_refuses_what_a_whole_parse_refuses(text: str) -> None:
+    try:
+        expected = json.loads(text)
+    except (ValueError, RecursionError):
+        expected = None
+    if not isinstance(expected, dict) or not isinstance(expected.get("ops"), list):
+        with pytest.raises(ApiError) as refused:
+            run(text.encode())
+        assert refused.value.status == 400
+    elif text.count('"ops"') == 1:
+        assert run(text.encode()) == expected["ops"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "empty"),
+        (b"[]", '{"ops": [...]}'),
+        (b'{"ops": {}}', '{"ops": [...]}'),
+        (b'{"other": 1}', '{"ops": [...]}'),
+        (b'{"ops": [], "ops": []}', "twice"),
+        (b'{"ops": [1,]}', "not valid JSON"),
+        (b'{"ops": [1] x', "not valid JSON"),
+        (b'{"ops": [1]} []', "extra data"),
+        (b'{"ops": [NaN]}', "not valid JSON"),
+        (b'{"ops": [1e999]}', "out of range"),
+        (b'{"ops": ["\\ud800"]}', "lone surrogate"),
+        (b'{"ops": [\xff]}', "UTF-8"),
+        (b'{"ops": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", "nested too deeply"),
+    ],
+)
+def test_bad_bodies_are_a_400_saying_why(body: bytes, message: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        run(body)
+    assert refused.value.status == 400
+    assert message in refused.value.message
+
+
+def test_the_op_past_the_limit_is_refused_before_the_rest_is_parsed() -> None:
+    # The tail is not even JSON: the refusal comes at op 3, before the parser reaches it.
+    body = b'{"ops": [1, 2, 3, ' + b"@" * 1000
+    with pytest.raises(ApiError) as refused:
+        run(body, max_ops=3)
+    assert "at most 3 ops" in refused.value.message
+
+
+async def test_a_large_body_hands_the_event_loop_back_while_it_is_parsed() -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    body = json.dumps({"ops": [{"data": "x" * 10_000} for _ in range(200)]}).encode()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        assert len(await ops_of(body)) == 200
+        nursery.cancel_scope.cancel()
+    assert ticks >= 20  # ~2 MB of text: the other task ran between ops, many times
