@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -43,6 +44,14 @@ def test_node_serves_https_with_the_configured_certificate(tmp_path: Path) -> No
                 time.sleep(0.05)
             assert client.put(f"{url}/kv/tls/doc", content=b'{"a": 1}').status_code == 200
             assert client.get(f"{url}/kv/tls/doc").json()["data"] == {"a": 1}
+        # HTTP/2 is not offered: a client asking for h2 by ALPN is given HTTP/1.1
+        alpn = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        alpn.set_alpn_protocols(["h2", "http/1.1"])
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            alpn.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            assert tls.selected_alpn_protocol() == "http/1.1"
         # a client that does not trust the CA refuses the connection
         with pytest.raises(httpx.ConnectError), httpx.Client(trust_env=False) as untrusting:
             untrusting.get(f"{url}/health")
