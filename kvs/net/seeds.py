@@ -46,7 +46,8 @@ def verify_auth(cluster_secret: str, value: str | None, now_ms: int) -> bool:
         return False
     if abs(int(stamp) - now_ms) > MAX_SKEW_MS:
         return False
-    return hmac.compare_digest(tag, _tag(key, stamp))
+    # compare_digest refuses a str with non-ASCII characters (TypeError): compare bytes.
+    return hmac.compare_digest(tag.encode("utf-8", "surrogateescape"), _tag(key, stamp).encode())
 
 
 def http_seed_resolver(
