@@ -32,7 +32,7 @@ from kvs.config import Config
 from kvs.net.membership import Membership, SeedResolver
 from kvs.net.messages import MemberInfo, State
 from kvs.net.seeds import http_seed_resolver
-from kvs.net.swim import SwimConfig
+from kvs.net.swim import SwimConfig, incarnation_at_start
 from kvs.net.transport import RealTransport, Transport
 from kvs.store import MAINTENANCE_BATCH, Store
 from kvs.sync.worker import SyncSettings, SyncWorker, bootstrap_needed
@@ -254,9 +254,19 @@ class Node:
 
     async def _make_membership(self) -> Membership:
         """Membership for this node. The incarnation rises on every start (and is persisted
-        first), so a restarted node out-ranks any lingering rumour that it is dead."""
+        first), so a restarted node out-ranks any lingering rumour that it is dead. One that
+        cannot rise (see `incarnation_at_start`) starts again from 1: a node must start from
+        whatever it persisted."""
         c = self.config
-        incarnation = int(self.store.get_system("incarnation") or 0) + 1
+        stored = self.store.get_system("incarnation")
+        incarnation, discarded = incarnation_at_start(stored)
+        if discarded:
+            log.warning(
+                "the persisted incarnation (%s) leaves no room to refute rumours about this "
+                "node; starting again from %d (peers' rumours are out-ranked by refutation)",
+                str(stored)[:40],
+                incarnation,
+            )
         await self.store.put_system("incarnation", incarnation)
         host = c.effective_advertise_address
         identity = self.store.identity
