@@ -125,9 +125,11 @@ class _UdpEndpoint:
 
     async def send(self, data: bytes, to: Address) -> None:
         # Unreachable peer, full buffer, a name that does not resolve (ValueError: the IDNA
-        # codec refuses some before the resolver sees them), a resolver that does not answer:
-        # UDP is best effort, and a datagram lost is never an error.
-        with trio.move_on_after(SEND_TIMEOUT), contextlib.suppress(OSError, ValueError):
+        # codec refuses some before the resolver sees them; OverflowError: a port out of
+        # range), a resolver that does not answer: UDP is best effort, and a datagram lost
+        # is never an error. (The wire codec refuses all of those before they get here.)
+        suppressed = (OSError, ValueError, OverflowError)
+        with trio.move_on_after(SEND_TIMEOUT), contextlib.suppress(*suppressed):
             await self._sock.sendto(data, to)
 
     async def receive(self) -> tuple[bytes, Address]:
@@ -191,5 +193,6 @@ class RealTransport:
     async def connect_stream(self, address: Address) -> trio.abc.Stream:
         try:
             return await trio.open_tcp_stream(address[0], address[1])
-        except ValueError as exc:  # a name the IDNA codec refuses: as unreachable as any
+        except (ValueError, OverflowError) as exc:  # a name the IDNA codec refuses, a port
+            # out of range: as unreachable as any other address
             raise OSError(f"cannot connect to an invalid address: {exc}") from None
