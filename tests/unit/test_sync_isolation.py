@@ -4,6 +4,7 @@ goes on serving everyone else. Real LMDB replicas over in-memory streams."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+import zstandard
 
+from kvs.net.transport import expected_error
 from kvs.store import Put
 from kvs.sync import snapshot
 from kvs.sync import worker as worker_module
@@ -161,3 +164,53 @@ async def test_a_pushed_batch_that_fails_to_merge_is_counted_not_fatal(
             assert a.worker.counters["dropped_error"] == 1
             del a.worker._merge
             await still_serving(transport, a)
+
+
+def zstd(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
+HOSTILE_SNAPSHOTS: dict[str, list[Any]] = {
+    "not zstd": [{"chunk": b"\x00" * 64}],
+    "a chunk that is not bytes": [{"chunk": "text"}],
+    "not a map": [["chunk"]],
+    "no end, then silence": [{"chunk": zstd(b"x" * 100)}],
+    "zstd cut short": [{"chunk": zstd(random.Random(1).randbytes(5000))[:-10]}],
+    "wrong size and hash": [{"chunk": zstd(b"x" * 100)}, {"end": True, "raw_size": 10**12}],
+    "not an LMDB file": [
+        {"chunk": zstd(b"x" * 100)},
+        {"end": True, "raw_size": 100, "sha256": hashlib.sha256(b"x" * 100).digest()},
+    ],
+}
+
+
+@pytest.mark.parametrize("frames_sent", HOSTILE_SNAPSHOTS.values(), ids=list(HOSTILE_SNAPSHOTS))
+async def test_a_hostile_snapshot_fails_the_joiners_exchange_not_the_joiner(
+    tmp_path: Path, frames_sent: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A joiner taking a copy from a peer that sends nonsense: that exchange fails (as a
+    peer's doing, not a bug), nothing is installed, and the next exchange takes records."""
+    monkeypatch.setattr(worker_module, "REQUEST_TIMEOUT", 1.0)
+    transport = MemoryTransport()
+    with trio.fail_after(DEADLINE):
+        async with (
+            open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
+            open_replica(tmp_path, name="b", transport=transport, snapshot_min_keys=1) as b,
+        ):
+            await a.merge(record("k"), record("k2", uid="2"))
+
+            async def hostile(frames: Any, request: Any) -> None:
+                await frames.send({"snapshot": {"root": bytes(16), "size": 2}})
+                for frame in frames_sent:
+                    await frames.send(frame)
+
+            a.worker._serve_snapshot = hostile  # type: ignore[method-assign]
+            b.worker.syncing = True
+            with pytest.raises(Exception) as caught:
+                await b.worker.exchange(A)
+            assert expected_error(caught.value, worker_module._PEER_ERRORS) is not None
+            assert b.worker.counters["snapshot_failures"] == 1
+            assert b.store.count() == 0
+            assert not (b.store.path / snapshot.STAGING_DIR).exists()
+            result = await b.worker.exchange(A)  # by records now
+            assert result.fetched == 2 and b.contents() == a.contents()
