@@ -111,6 +111,7 @@ class Membership:
         self._push_pull_busy = False
         self._started_at: float | None = None  # trio time when the core started
         self._serving = 0  # push-pull connections being served
+        self._incarnation_rose = trio.Event()
         self._errors = LogLimiter(log)
 
     # --- running -------------------------------------------------------------------------------
@@ -129,6 +130,8 @@ class Membership:
                 self._started_at = trio.current_time()
                 self.core.start(self._started_at)
                 nursery.start_soon(self._datagram_loop)
+                if self._persist_incarnation is not None:
+                    nursery.start_soon(self._persist_loop, self._persist_incarnation)
                 nursery.start_soon(self._reconnect_loop)
                 if self._persist_peers is not None:
                     nursery.start_soon(self._snapshot_loop)
@@ -186,8 +189,17 @@ class Membership:
                         "refuted a rumour about this node: incarnation is now %d",
                         incarnation,
                     )
-                    if self._persist_incarnation is not None:
-                        await self._persist_incarnation(incarnation)
+                    self._incarnation_rose.set()
+
+    async def _persist_loop(self, persist: Callable[[int], Awaitable[None]]) -> None:
+        """Persist our incarnation each time it rose, the latest value only: a burst of
+        refutations costs one write, and no datagram or push-pull waits for the disk. Its
+        failure is the store's, and ends the node (see the module doc). A restart between a
+        refutation and its write comes back one refutation lower, and refutes again."""
+        while True:
+            await self._incarnation_rose.wait()
+            self._incarnation_rose = trio.Event()
+            await persist(self.core.me_info.incarnation)
 
     def _announce(self, change: MemberChanged) -> None:
         level = logging.INFO if change.state in (State.ALIVE, State.LEFT) else logging.WARNING

@@ -12,15 +12,16 @@ import logging
 import random
 import socket
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 import trio
 
 from kvs.net.membership import MAX_PUSH_PULL_CONNECTIONS, Membership
-from kvs.net.messages import MAX_INCARNATION, Ack, Alive, MemberInfo, Ping
+from kvs.net.messages import MAX_INCARNATION, Ack, Alive, MemberInfo, Ping, Suspect
 from kvs.net.swim import SwimConfig
-from kvs.net.transport import RealTransport
+from kvs.net.transport import RealTransport, expected_error
 from kvs.net.wire import TAG_BYTES, DatagramCodec, derive_key
 from kvs.node import Node
 from tests.conftest import make_config
@@ -88,7 +89,7 @@ def me(name: str, port: int) -> MemberInfo:
 
 
 async def start_membership(
-    nursery: trio.Nursery, name: str = "m1"
+    nursery: trio.Nursery, name: str = "m1", **kwargs: Any
 ) -> tuple[Membership, tuple[str, int]]:
     (port,) = free_ports(1)
     rng = random.Random(name)
@@ -100,6 +101,7 @@ async def start_membership(
         cluster_secret=SECRET,
         rng=rng,
         nonce=lambda: rng.randbytes(16),
+        **kwargs,
     )
     address = await nursery.start(membership.run)
     return membership, address
@@ -152,3 +154,36 @@ async def test_a_flood_of_push_pull_connections_is_cut_off_at_a_bound() -> None:
             assert remote.source == "m1"
             assert membership.counters["push_pulls_served"] == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_refutations_are_persisted_latest_first_and_a_store_failure_is_fatal() -> None:
+    """A burst of claims to refute costs a write or two, not one per datagram (no datagram
+    waits for the disk); the store failing to persist ends the membership, on purpose."""
+    written: list[int] = []
+    release = trio.Event()
+
+    async def persist(value: int) -> None:
+        await release.wait()  # a slow disk
+        written.append(value)
+        if value > 20:
+            raise RuntimeError("the store failed")
+
+    with trio.fail_after(DEADLINE), pytest.raises(BaseException) as caught:
+        async with trio.open_nursery() as nursery:
+            membership, address = await start_membership(nursery, persist_incarnation=persist)
+            with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as sock:
+                await sock.bind(("127.0.0.1", 0))
+                for incarnation in range(1, 11):
+                    claim = CODEC.encode(
+                        [Suspect("m1", incarnation, "peer"), Ping(incarnation, "peer", "m1")]
+                    )
+                    assert Ack(incarnation, "m1") in await ask(sock, claim, address)
+                assert membership.core.me_info.incarnation == 11
+                release.set()
+                while not written or written[-1] != 11:
+                    await trio.sleep(0.01)
+                assert len(written) <= 2
+                for incarnation in range(11, 30):
+                    await sock.sendto(CODEC.encode([Suspect("m1", incarnation, "peer")]), address)
+                await trio.sleep_forever()
+    assert expected_error(caught.value, (RuntimeError,)) is not None
