@@ -298,9 +298,7 @@ class Node:
         async def persist_peers(addresses: list[tuple[str, int]]) -> None:
             await self.store.put_system("peers", [list(a) for a in addresses])
 
-        known_peers = [
-            (str(host), int(port)) for host, port in self.store.get_system("peers") or []
-        ]
+        known_peers = _known_peers(self.store.get_system("peers"))
 
         return Membership(
             me=me,
@@ -395,3 +393,19 @@ class Node:
                 log.debug("housekeeping removed %d expired records and old tombstones", removed)
             if self.config.durability == "os":
                 await trio.to_thread.run_sync(self.store.sync_to_disk)
+
+
+def _known_peers(stored: Any) -> list[tuple[str, int]]:
+    """The peers' addresses persisted by the last run, each that is one (an entry that is
+    not -- whatever wrote it -- is skipped: a node starts from whatever it persisted)."""
+    peers = []
+    for entry in stored if isinstance(stored, list) else []:
+        if (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and type(entry[1]) is int
+            and 0 < entry[1] <= 65535
+        ):
+            peers.append((entry[0], entry[1]))
+    return peers

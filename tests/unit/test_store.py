@@ -687,17 +687,18 @@ async def test_a_persisted_clock_reading_beyond_any_real_time_is_ignored(
     """Before peers' records were bounded in time, one written at 2**63 - 1 moved the clock
     there, and the reading was persisted: every write after carried an HLC over 63 bits,
     which every peer refuses. The clock no longer follows such a reading, persisted or not."""
-    store = await stores.open()
-    poisoned = 2**63 - 1
-    await merge(store, remote("p", b"1", poisoned, 1, "u"))
-    assert store.clock.last < MAX_HLC  # not followed now
-    store.set_system_now("hlc", poisoned)  # what the old code persisted
-    await stores.close(store)
-    store = await stores.open(clock=HybridLogicalClock(ManualWallClock(T0)))
-    written = await put(store, "k", b"2")
-    assert written.version.hlc < MAX_HLC
-    [raw] = store.get_raw_many(["k"])
-    protocol.check_record(RecordCodec(), raw, 1 << 20)  # a peer takes it
+    with trio.fail_after(30):
+        store = await stores.open()
+        poisoned = 2**63 - 1
+        await merge(store, remote("p", b"1", poisoned, 1, "u"))
+        assert store.clock.last < MAX_HLC  # not followed now
+        store.set_system_now("hlc", poisoned)  # what the old code persisted
+        await stores.close(store)
+        store = await stores.open(clock=HybridLogicalClock(ManualWallClock(T0)))
+        written = await put(store, "k", b"2")
+        assert written.version.hlc < MAX_HLC
+        [raw] = store.get_raw_many(["k"])
+        protocol.check_record(RecordCodec(), raw, 1 << 20)  # a peer takes it
 
 
 async def test_identity_is_stable_across_reopen_and_node_id_change(
