@@ -12,6 +12,12 @@ from collections.abc import Callable
 
 from kvs.model import HLC_LOGICAL_MASK, hlc_ms, hlc_pack
 
+MAX_HLC = hlc_pack(1 << 46)
+"""The clock never moves past this reading (wall milliseconds 2**46: the year 4199). Peers'
+records this far ahead are refused before the clock sees them (SyncSettings.max_future_ms);
+this keeps `now()`'s arithmetic far from the 63 bits every peer accepts, even for a reading
+persisted before that check existed."""
+
 
 def system_wall_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -43,13 +49,14 @@ class HybridLogicalClock:
         return self._last
 
     def observe(self, remote: int) -> int:
-        """Advance past a reading received from elsewhere; returns its lead over our wall clock (ms)."""
+        """Advance past a reading received from elsewhere; returns its lead over our wall clock (ms).
+        A reading past MAX_HLC is not followed (see there)."""
         lead = hlc_ms(remote) - self._wall_ms()
         if lead > self.max_offset_seen_ms:
             self.max_offset_seen_ms = lead
-        if remote > self._last:
+        if self._last < remote <= MAX_HLC:
             self._last = remote
         return lead
 
 
-__all__ = ["HybridLogicalClock", "system_wall_ms", "HLC_LOGICAL_MASK"]
+__all__ = ["HybridLogicalClock", "system_wall_ms", "HLC_LOGICAL_MASK", "MAX_HLC"]

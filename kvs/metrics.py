@@ -299,6 +299,8 @@ class NodeCollector(Collector):
             ("push_queue_overflow", "Writes left to anti-entropy because a push queue was full"),
             ("push_failures", "Push connections that failed"),
             ("clock_offset_exceeded", "Records from peers whose clocks are off too far"),
+            ("refused_future", "Records from peers refused: written too far in our future"),
+            ("errors", "Exchanges and push links that failed unexpectedly (logged)"),
         ):
             yield CounterMetricFamily(f"kvs_sync_{name}", what, c.get(name, 0))
         yield GaugeMetricFamily(

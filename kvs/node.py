@@ -33,7 +33,7 @@ from kvs.config import Config
 from kvs.net.membership import Membership, SeedResolver
 from kvs.net.messages import MemberInfo, State
 from kvs.net.seeds import http_seed_resolver
-from kvs.net.swim import SwimConfig
+from kvs.net.swim import SwimConfig, incarnation_at_start
 from kvs.net.transport import RealTransport, Transport
 from kvs.store import MAINTENANCE_BATCH, Store
 from kvs.sync.worker import SyncSettings, SyncWorker, bootstrap_needed
@@ -256,9 +256,19 @@ class Node:
 
     async def _make_membership(self) -> Membership:
         """Membership for this node. The incarnation rises on every start (and is persisted
-        first), so a restarted node out-ranks any lingering rumour that it is dead."""
+        first), so a restarted node out-ranks any lingering rumour that it is dead. One that
+        cannot rise (see `incarnation_at_start`) starts again from 1: a node must start from
+        whatever it persisted."""
         c = self.config
-        incarnation = int(self.store.get_system("incarnation") or 0) + 1
+        stored = self.store.get_system("incarnation")
+        incarnation, discarded = incarnation_at_start(stored)
+        if discarded:
+            log.warning(
+                "the persisted incarnation (%s) leaves no room to refute rumours about this "
+                "node; starting again from %d (peers' rumours are out-ranked by refutation)",
+                str(stored)[:40],
+                incarnation,
+            )
         await self.store.put_system("incarnation", incarnation)
         host = c.effective_advertise_address
         identity = self.store.identity
@@ -290,9 +300,7 @@ class Node:
         async def persist_peers(addresses: list[tuple[str, int]]) -> None:
             await self.store.put_system("peers", [list(a) for a in addresses])
 
-        known_peers = [
-            (str(host), int(port)) for host, port in self.store.get_system("peers") or []
-        ]
+        known_peers = _known_peers(self.store.get_system("peers"))
 
         return Membership(
             me=me,
@@ -402,3 +410,19 @@ class Node:
                 log.debug("housekeeping removed %d expired records and old tombstones", removed)
             if self.config.durability == "os":
                 await trio.to_thread.run_sync(self.store.sync_to_disk)
+
+
+def _known_peers(stored: Any) -> list[tuple[str, int]]:
+    """The peers' addresses persisted by the last run, each that is one (an entry that is
+    not -- whatever wrote it -- is skipped: a node starts from whatever it persisted)."""
+    peers = []
+    for entry in stored if isinstance(stored, list) else []:
+        if (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and type(entry[1]) is int
+            and 0 < entry[1] <= 65535
+        ):
+            peers.append((entry[0], entry[1]))
+    return peers

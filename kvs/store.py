@@ -42,7 +42,7 @@ import lmdb
 import msgpack
 import trio
 
-from kvs.clock import HybridLogicalClock
+from kvs.clock import MAX_HLC, HybridLogicalClock
 from kvs.model import (
     DEFAULT_PERMISSIONS,
     SYSTEM_PREFIX,
@@ -355,7 +355,15 @@ class Store:
         self._check_schema()
         self._ensure_bucket_index()
         persisted = self._get_system("hlc")
-        if persisted:
+        if type(persisted) is int and persisted > MAX_HLC:
+            # Persisted before peers' records were bounded (a record from "the year 292
+            # million" moved the clock there): followed, every write after would carry an
+            # HLC no peer accepts. Writes to keys holding such a record lose to it.
+            log.warning(
+                "the persisted clock reading is beyond any real time (%d ms); ignoring it",
+                persisted >> 16,
+            )
+        elif type(persisted) is int and persisted > 0:
             self.clock.observe(persisted)
 
     # --- identity and schema ----------------------------------------------------------------

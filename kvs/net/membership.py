@@ -3,6 +3,15 @@
 Everything protocol-shaped lives in `kvs.net.swim`; this module only moves bytes between a
 `Transport` and the core, counts what it drops, runs push-pull exchanges over authenticated
 TCP frames, and joins through seeds. Nothing here decides who is alive.
+
+Isolation: one datagram, one push-pull connection (served or started) is a boundary. What
+a peer can make fail there -- `PEER_IO_ERRORS`, and anything unexpected besides -- ends
+that one datagram or connection: it is counted (`dropped_<reason>`,
+`stream_dropped_<reason>`, `push_pull_failures`; `..._error` for the unexpected, which is
+also logged with its traceback, at most once a minute) and the node goes on. What stays
+fatal, on purpose: the UDP socket or the TCP listener failing (the node could no longer
+take part in the cluster, and would only pretend to), and the store failing to persist our
+incarnation (a restart could then come back below a rumour of its own death).
 """
 
 from __future__ import annotations
@@ -24,7 +33,13 @@ from kvs.net.swim import (
     Swim,
     SwimConfig,
 )
-from kvs.net.transport import DatagramEndpoint, Transport
+from kvs.net.transport import (
+    PEER_IO_ERRORS,
+    DatagramEndpoint,
+    LogLimiter,
+    Transport,
+    expected_error,
+)
 from kvs.net.wire import (
     REASONS,
     DatagramCodec,
@@ -38,6 +53,7 @@ from kvs.net.wire import (
 log = logging.getLogger(__name__)
 
 PUSH_PULL_TIMEOUT = 10.0
+MAX_PUSH_PULL_CONNECTIONS = 32  # served at once; more are closed at once, and counted
 RECONNECT_INTERVAL = 10.0
 SNAPSHOT_INTERVAL = 10.0  # how often the known-peers snapshot is refreshed (when it changed)
 SNAPSHOT_PEERS = 32  # how many live peers' addresses it keeps
@@ -94,6 +110,9 @@ class Membership:
         self._nursery: trio.Nursery | None = None
         self._push_pull_busy = False
         self._started_at: float | None = None  # trio time when the core started
+        self._serving = 0  # push-pull connections being served
+        self._incarnation_rose = trio.Event()
+        self._errors = LogLimiter(log)
 
     # --- running -------------------------------------------------------------------------------
 
@@ -111,6 +130,8 @@ class Membership:
                 self._started_at = trio.current_time()
                 self.core.start(self._started_at)
                 nursery.start_soon(self._datagram_loop)
+                if self._persist_incarnation is not None:
+                    nursery.start_soon(self._persist_loop, self._persist_incarnation)
                 nursery.start_soon(self._reconnect_loop)
                 if self._persist_peers is not None:
                     nursery.start_soon(self._snapshot_loop)
@@ -139,7 +160,13 @@ class Membership:
         except WireError as exc:
             self.counters[f"dropped_{exc.reason}"] += 1
             return
-        self.core.handle_messages(messages, source, trio.current_time())
+        try:
+            self.core.handle_messages(messages, source, trio.current_time())
+        except Exception:  # a bug, but one datagram's: never the node's end
+            self.counters["dropped_error"] += 1
+            self._errors.log(
+                logging.ERROR, "datagram", "handling a datagram failed unexpectedly", exc_info=True
+            )
 
     async def _flush(self) -> None:
         for action in self.core.take_actions():
@@ -156,9 +183,23 @@ class Membership:
                 case MemberChanged():
                     self._announce(action)
                 case IncarnationChanged(incarnation=incarnation):
-                    log.info("refuted a rumour about this node: incarnation is now %d", incarnation)
-                    if self._persist_incarnation is not None:
-                        await self._persist_incarnation(incarnation)
+                    self._errors.log(
+                        logging.INFO,
+                        "refuted",
+                        "refuted a rumour about this node: incarnation is now %d",
+                        incarnation,
+                    )
+                    self._incarnation_rose.set()
+
+    async def _persist_loop(self, persist: Callable[[int], Awaitable[None]]) -> None:
+        """Persist our incarnation each time it rose, the latest value only: a burst of
+        refutations costs one write, and no datagram or push-pull waits for the disk. Its
+        failure is the store's, and ends the node (see the module doc). A restart between a
+        refutation and its write comes back one refutation lower, and refutes again."""
+        while True:
+            await self._incarnation_rose.wait()
+            self._incarnation_rose = trio.Event()
+            await persist(self.core.me_info.incarnation)
 
     def _announce(self, change: MemberChanged) -> None:
         level = logging.INFO if change.state in (State.ALIVE, State.LEFT) else logging.WARNING
@@ -182,7 +223,7 @@ class Membership:
 
     async def exchange(self, address: Address, *, join: bool = False) -> PushPull:
         """One push-pull with the node at `address` (its gossip address): send our table, merge
-        theirs. Raises OSError, WireError or trio.TooSlowError when it fails."""
+        theirs. Raises one of PEER_IO_ERRORS when it fails (callers catch more: `_failed`)."""
         with trio.fail_after(PUSH_PULL_TIMEOUT):
             stream = await self.transport.connect_stream(address)
             async with stream:
@@ -196,36 +237,54 @@ class Membership:
         await self._flush()
         return remote
 
+    def _failed(self, exc: Exception, counter: str, what: str) -> None:
+        """Count a push-pull we started that failed; an unexpected failure is also counted
+        in `push_pull_errors` and logged with its traceback (at most once a minute)."""
+        self.counters[counter] += 1
+        if expected_error(exc, (*PEER_IO_ERRORS, JoinError)) is None:
+            self.counters["push_pull_errors"] += 1
+            self._errors.log(logging.ERROR, counter, "%s failed unexpectedly", what, exc_info=True)
+
     async def _periodic_push_pull(self, node_id: str, address: Address) -> None:
         try:
             await self.exchange(address)
-        except (
-            OSError,
-            WireError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-            trio.EndOfChannel,
-        ) as exc:
-            self.counters["push_pull_failures"] += 1
+        except Exception as exc:
+            self._failed(exc, "push_pull_failures", "a push-pull")
             log.debug("push-pull with %s failed: %s", node_id, _describe(exc))
         finally:
             self._push_pull_busy = False
 
     async def _serve_push_pull(self, stream: trio.abc.Stream, peer: Address) -> None:
+        """Serve one push-pull: the boundary of one peer's connection (see the module doc)."""
+        if self._serving >= MAX_PUSH_PULL_CONNECTIONS:
+            # Closed at once: a flood of (half-open) connections costs no task and no memory.
+            self.counters["stream_dropped_refused"] += 1
+            return
+        self._serving += 1
         try:
-            with trio.fail_after(PUSH_PULL_TIMEOUT):
-                frames = await FrameStream.server(
-                    stream, self._stream_key, purpose="pushpull", nonce=self._nonce()
+            await self._serve_push_pull_now(stream)
+        except Exception as exc:
+            failure = expected_error(exc, PEER_IO_ERRORS)
+            if isinstance(failure, WireError):
+                self.counters[f"stream_dropped_{failure.reason}"] += 1
+                log.debug("refused a push-pull from %s:%d: %s", peer[0], peer[1], failure.reason)
+            elif failure is not None:
+                self.counters["stream_dropped_io"] += 1
+            else:
+                self.counters["stream_dropped_error"] += 1
+                self._errors.log(
+                    logging.ERROR, "serve", "serving a push-pull failed unexpectedly", exc_info=True
                 )
-                remote = decode_push_pull(await frames.receive())
-                await frames.send(encode_push_pull(self.core.local_state()))
-        except WireError as exc:
-            self.counters[f"stream_dropped_{exc.reason}"] += 1
-            log.debug("refused a push-pull from %s:%d: %s", peer[0], peer[1], exc.reason)
-            return
-        except (trio.TooSlowError, trio.BrokenResourceError, trio.EndOfChannel, OSError):
-            self.counters["stream_dropped_io"] += 1
-            return
+        finally:
+            self._serving -= 1
+
+    async def _serve_push_pull_now(self, stream: trio.abc.Stream) -> None:
+        with trio.fail_after(PUSH_PULL_TIMEOUT):
+            frames = await FrameStream.server(
+                stream, self._stream_key, purpose="pushpull", nonce=self._nonce()
+            )
+            remote = decode_push_pull(await frames.receive())
+            await frames.send(encode_push_pull(self.core.local_state()))
         self.counters["push_pulls_served"] += 1
         self.core.merge_remote(remote, trio.current_time())
         await self._flush()
@@ -245,14 +304,8 @@ class Membership:
                 await self.exchange(member.info.gossip)
                 await self.exchange(member.info.gossip)
                 self.counters["reconnects"] += 1
-            except (
-                OSError,
-                WireError,
-                trio.TooSlowError,
-                trio.BrokenResourceError,
-                trio.EndOfChannel,
-            ):
-                pass
+            except Exception as exc:
+                self._failed(exc, "reconnect_failures", "a reconnect")
 
     # --- joining and leaving -------------------------------------------------------------------
 
@@ -266,14 +319,8 @@ class Membership:
                 continue
             try:
                 await self.exchange(address, join=True)
-            except (
-                OSError,
-                WireError,
-                trio.TooSlowError,
-                trio.BrokenResourceError,
-                trio.EndOfChannel,
-            ) as exc:
-                self.counters["rejoin_failures"] += 1
+            except Exception as exc:
+                self._failed(exc, "rejoin_failures", "a rejoin")
                 log.debug("could not rejoin through %s:%d: %s", *address, _describe(exc))
                 continue
             self.counters["rejoins"] += 1
@@ -295,15 +342,8 @@ class Membership:
                 if address == self._endpoint_address():
                     continue  # we are our own seed
                 await self.exchange(address, join=True)
-            except (
-                OSError,
-                WireError,
-                JoinError,
-                trio.TooSlowError,
-                trio.BrokenResourceError,
-                trio.EndOfChannel,
-            ) as exc:
-                self.counters["join_failures"] += 1
+            except Exception as exc:
+                self._failed(exc, "join_failures", "a join")
                 log.warning("could not join through seed %s: %s", seed, _describe(exc))
                 continue
             log.info(
@@ -367,8 +407,8 @@ class Membership:
             return
         try:
             await self.exchange(self.rng.choice(candidates))
-        except (OSError, WireError, trio.TooSlowError, trio.BrokenResourceError, trio.EndOfChannel):
-            self.counters["push_pull_failures"] += 1
+        except Exception as exc:
+            self._failed(exc, "push_pull_failures", "a push-pull after joining")
 
     async def leave(self) -> None:
         """Tell several members we are leaving (so they mark us left, not failed)."""
@@ -448,10 +488,24 @@ STAT_KEYS = (
     "reconnects",
     "rejoins",  # joins through the known-peers snapshot after a restart
     "rejoin_failures",
+    "reconnect_failures",
+    "push_pull_errors",  # push-pulls we started that failed unexpectedly (logged)
     "stream_dropped_io",
+    "stream_dropped_refused",  # beyond MAX_PUSH_PULL_CONNECTIONS
+    "stream_dropped_error",  # a served push-pull that failed unexpectedly (logged)
 )
-# What DatagramCodec.decode can refuse a datagram for (a stream can fail in more ways).
-DATAGRAM_DROP_REASONS = ("auth", "magic", "malformed", "oversize", "shape", "short", "version")
+# What DatagramCodec.decode can refuse a datagram for (a stream can fail in more ways), and
+# "error": a datagram whose handling failed unexpectedly (logged).
+DATAGRAM_DROP_REASONS = (
+    "auth",
+    "error",
+    "magic",
+    "malformed",
+    "oversize",
+    "shape",
+    "short",
+    "version",
+)
 
 
 def _format(address: Address) -> str:

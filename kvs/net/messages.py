@@ -8,8 +8,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 Address = tuple[str, int]
+
+# --- bounds ------------------------------------------------------------------------------------
+# Every number a peer sends has a bound the node's own arithmetic can never exceed: whatever we
+# compute from a received value (a refutation adds one to an incarnation) must still be a
+# value every peer accepts, or our own encoder would refuse our own state.
+
+MAX_UINT: Final = 2**63 - 1
+"""The wire's integers (seq, joined_timestamp) fit a signed 64-bit integer."""
+
+MAX_INCARNATION: Final = 2**62
+"""The largest incarnation on the wire, well below MAX_UINT. A claim about ourselves at this
+incarnation cannot be out-ranked, so it is refused (counted, never refuted): our own
+incarnation therefore never exceeds MAX_INCARNATION. A node rising one per restart and per
+refutation needs millions of years to reach it; only a forged claim gets near."""
+
+MAX_SEQ: Final = MAX_UINT
+"""Probe sequence numbers wrap around to 1 after this (they are compared, never added to)."""
+
+MAX_MEMBERS: Final = 10_000
+"""Members in one push-pull table, and so in a node's member table: a table that could not be
+sent whole in a push-pull would break every exchange."""
 
 
 class State(StrEnum):

@@ -82,6 +82,8 @@ def http_seed_resolver(
             gossip_host, gossip_port = info["gossip_address"].rsplit(":", 1)
             gossip_host = gossip_host.strip("[]")
             port = int(gossip_port)
+            if not 0 < port <= 65535:
+                raise ValueError("port out of range")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise OSError(f"seed {seed} sent an unreadable /cluster/info") from None
         if gossip_host in ("0.0.0.0", "::"):

@@ -32,7 +32,13 @@ from dataclasses import dataclass, field, fields, replace
 
 import trio
 
-from kvs.net.transport import MAX_DATAGRAM, Address, StreamHandler
+from kvs.net.transport import (
+    MAX_DATAGRAM,
+    PEER_IO_ERRORS,
+    Address,
+    StreamHandler,
+    expected_error,
+)
 
 __all__ = [
     "HostCounters",
@@ -570,12 +576,14 @@ class SimStream(trio.abc.Stream):
 
 
 async def _serve_one(handler: StreamHandler, stream: SimStream, peer: Address) -> None:
-    """As in RealTransport: a peer going away is never a reason to crash the node."""
+    """As in RealTransport: a peer going away is never a reason to crash the node. Unlike
+    RealTransport, anything unexpected is raised, to fail the simulation that found it."""
     try:
         async with stream:
             await handler(stream, peer)
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+    except Exception as exc:
+        if expected_error(exc, PEER_IO_ERRORS) is None:
+            raise
 
 
 class SimDatagramEndpoint:

@@ -30,6 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from kvs.net.messages import (
+    MAX_INCARNATION,
+    MAX_MEMBERS,
+    MAX_SEQ,
     Ack,
     Address,
     Alive,
@@ -65,6 +68,32 @@ class SwimConfig:
     awareness_max: int = 8
     dead_retention: float = 600.0  # keep dead/left members this long to refute stale gossip
     gossip_to_the_dead: float = 30.0  # keep gossiping to recently dead nodes (they may refute)
+    max_members: int = MAX_MEMBERS
+    """Members known at once (ourselves, the dead and the left included); news of more is
+    refused and counted until some are reaped. Never above MAX_MEMBERS, the most one
+    push-pull table carries: a table that cannot be sent would fail every exchange."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_members <= MAX_MEMBERS:
+            raise ValueError(f"max_members must be in 1..{MAX_MEMBERS}")
+
+
+def incarnation_at_start(stored: object) -> tuple[int, bool]:
+    """The incarnation to start with, given the one persisted by the previous run (None on
+    a first start), and whether that one had to be discarded.
+
+    Normally one more than the stored value, so that a restarted node out-ranks rumours of
+    its death. A stored value that leaves no room to rise (MAX_INCARNATION, or beyond it:
+    2**63 - 1 was persisted by a forged "dead" claim before the wire bounded incarnations)
+    or that is not an incarnation at all is discarded, and the node starts again from 1
+    rather than refusing to start: refutation then lifts it above any rumour still held
+    about it (each is below MAX_INCARNATION), which a node pinned at the ceiling could
+    never do."""
+    if stored is None:
+        return 1, False
+    if type(stored) is not int or not 0 <= stored < MAX_INCARNATION:
+        return 1, True
+    return stored + 1, False
 
 
 @dataclass
@@ -182,6 +211,8 @@ class Swim:
     def __init__(
         self, me: MemberInfo, config: SwimConfig, rng: random.Random, packer: Packer
     ) -> None:
+        if not 0 <= me.incarnation <= MAX_INCARNATION:
+            raise ValueError(f"incarnation must be in 0..{MAX_INCARNATION} (incarnation_at_start)")
         self.config = config
         self.rng = rng
         self._pack = packer
@@ -211,6 +242,10 @@ class Swim:
             "refutations": 0,
             "misdirected": 0,
             "last_call_answered": 0,
+            # Claims about us at MAX_INCARNATION: no higher incarnation exists to refute them.
+            "unrefutable_claims": 0,
+            # News of a member beyond max_members.
+            "members_refused": 0,
         }
 
     # --- queries -------------------------------------------------------------------------------
@@ -345,7 +380,8 @@ class Swim:
     # --- probing -------------------------------------------------------------------------------
 
     def _next_seq(self) -> int:
-        self._seq += 1
+        # Wraps (to 1) rather than grow past what the wire carries; a seq is only compared.
+        self._seq = self._seq + 1 if self._seq < MAX_SEQ else 1
         return self._seq
 
     def _probe_candidates(self) -> list[str]:
@@ -491,6 +527,9 @@ class Swim:
             return
         member = self.members.get(info.node_id)
         if member is None:
+            if len(self.members) >= self.config.max_members:
+                self.stats["members_refused"] += 1
+                return
             self.members[info.node_id] = Member(info, State.ALIVE, now)
             self._live = None
             self._insert_probe_target(info.node_id)
@@ -641,7 +680,16 @@ class Swim:
         self._actions.append(MemberChanged(member.info, state, previous))
 
     def _refute(self, incarnation: int, now: float) -> None:
-        """Someone says we are suspect/dead/other: out-rank the claim with a higher incarnation."""
+        """Someone says we are suspect/dead/other: out-rank the claim with a higher incarnation.
+
+        A claim at MAX_INCARNATION cannot be out-ranked: it is refused and counted, and our
+        incarnation stays where it is. (memberlist, whose incarnations are uint32, would add
+        one and wrap to 0; here the claim would raise ours past what any peer, our own
+        encoder included, accepts -- the node then failed at its next datagram, and at every
+        restart after, having persisted it.) Only a forged claim comes near the ceiling."""
+        if incarnation >= MAX_INCARNATION:
+            self.stats["unrefutable_claims"] += 1
+            return
         me = self.members[self.me]
         me.info = replace(me.info, incarnation=max(me.incarnation, incarnation) + 1)
         self.stats["refutations"] += 1
@@ -682,7 +730,9 @@ class Swim:
                 if info.node_id not in self.members and info.node_id != self.me:
                     # Learn about it (as alive at that incarnation), then apply the suspicion.
                     self._on_alive(info, now)
-                member = self.members[info.node_id]
+                member = self.members.get(info.node_id)
+                if member is None:
+                    continue  # refused: the table is full
                 if member.state is State.SUSPECT and member.incarnation == info.incarnation:
                     continue  # hearsay (maybe our own suspicion echoed): no confirmation
                 self._suspect(info.node_id, info.incarnation, remote.source, now)

@@ -8,15 +8,76 @@ runs on real UDP/TCP (`RealTransport`, here) and on the deterministic simulated 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 import trio
+
+from kvs.net.wire import WireError
+
+log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 StreamHandler = Callable[[trio.abc.Stream, Address], Awaitable[None]]
 
 MAX_DATAGRAM = 65_507  # what a UDP socket can carry; the protocol keeps far below it
+SEND_TIMEOUT = 1.0  # a datagram to a name the resolver is slow to answer is given up after this
+
+PEER_IO_ERRORS: Final = (
+    OSError,
+    WireError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.EndOfChannel,
+    trio.ClosedResourceError,
+)
+"""What ends a session with a peer without being a bug here: the connection failed or broke,
+the peer was too slow, went away, or sent what the wire codec refuses. Caught at every
+boundary where one peer's input enters (a datagram, a push-pull, a sync connection), counted
+there, and never allowed to end the node. Anything else raised at those boundaries is
+unexpected: it is caught there too, but counted apart and logged with its traceback."""
+
+
+def expected_error(exc: BaseException, expected: tuple[type[BaseException], ...]) -> Any:
+    """The first of the `expected` errors that `exc` consists of, or None if any part of it
+    is something else. Looks inside exception groups: a Trio nursery wraps even a single
+    error of one of its tasks in one (strict exception groups)."""
+    if isinstance(exc, BaseExceptionGroup):
+        first = None
+        for inner in exc.exceptions:
+            found = expected_error(inner, expected)
+            if found is None:
+                return None
+            first = first or found
+        return first
+    return exc if isinstance(exc, expected) else None
+
+
+class LogLimiter:
+    """At most one log line per `key` every `interval` seconds, so that a peer sending the
+    same nonsense a thousand times a second costs one line a minute, not a full disk; the
+    lines left out are counted in the next one. Keys are a few fixed labels, never peer data.
+    Reads Trio's clock (the simulator's, under simulation)."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._next: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def log(
+        self, level: int, key: str, message: str, *args: object, exc_info: bool = False
+    ) -> None:
+        now = trio.current_time()
+        if now < self._next.get(key, -float("inf")):
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._next[key] = now + self.interval
+        left_out = self._suppressed.pop(key, 0)
+        if left_out:
+            message += f" ({left_out} more like it not logged)"
+        self.logger.log(level, message, *args, exc_info=exc_info)
 
 
 class DatagramEndpoint(Protocol):
@@ -63,7 +124,12 @@ class _UdpEndpoint:
         return self._address
 
     async def send(self, data: bytes, to: Address) -> None:
-        with contextlib.suppress(OSError):  # unreachable peer, full buffer: UDP is best effort
+        # Unreachable peer, full buffer, a name that does not resolve (ValueError: the IDNA
+        # codec refuses some before the resolver sees them; OverflowError: a port out of
+        # range), a resolver that does not answer: UDP is best effort, and a datagram lost
+        # is never an error. (The wire codec refuses all of those before they get here.)
+        suppressed = (OSError, ValueError, OverflowError)
+        with trio.move_on_after(SEND_TIMEOUT), contextlib.suppress(*suppressed):
             await self._sock.sendto(data, to)
 
     async def receive(self) -> tuple[bytes, Address]:
@@ -80,6 +146,9 @@ class _UdpEndpoint:
 
 class RealTransport:
     """UDP and TCP on the host's network stack, through trio sockets."""
+
+    def __init__(self) -> None:
+        self._errors = LogLimiter(log)
 
     async def bind_datagram(self, address: Address) -> DatagramEndpoint:
         family = trio.socket.AF_INET6 if ":" in address[0] else trio.socket.AF_INET
@@ -102,16 +171,28 @@ class RealTransport:
         bound = listeners[0].socket.getsockname()
 
         async def serve_one(stream: trio.SocketStream) -> None:
+            # The handler owns its connection's failures (it counts them); what still gets
+            # here ends this connection only, never the node.
             try:
                 peer = stream.socket.getpeername()
                 async with stream:
                     await handler(stream, (peer[0], peer[1]))
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the peer went away: nothing to do, and never a reason to crash the node
+            except Exception as exc:
+                if expected_error(exc, PEER_IO_ERRORS) is None:
+                    self._errors.log(
+                        logging.ERROR,
+                        "handler",
+                        "a connection handler failed unexpectedly",
+                        exc_info=True,
+                    )
 
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, serve_one, listeners)
             task_status.started((bound[0], bound[1]))
 
     async def connect_stream(self, address: Address) -> trio.abc.Stream:
-        return await trio.open_tcp_stream(address[0], address[1])
+        try:
+            return await trio.open_tcp_stream(address[0], address[1])
+        except (ValueError, OverflowError) as exc:  # a name the IDNA codec refuses, a port
+            # out of range: as unreachable as any other address
+            raise OSError(f"cannot connect to an invalid address: {exc}") from None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import re
 import struct
@@ -38,6 +39,9 @@ import msgpack
 import trio
 
 from kvs.net.messages import (
+    MAX_INCARNATION,
+    MAX_MEMBERS,
+    MAX_UINT,
     Ack,
     Address,
     Alive,
@@ -60,6 +64,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_MEMBERS",
     "MAX_HOST_LEN",
+    "MAX_INCARNATION",
     "MAX_MESSAGES",
     "MAX_NODE_ID_LEN",
     "MAX_UINT",
@@ -81,13 +86,13 @@ TAG_BYTES: Final = 16  # truncated HMAC-SHA256: 128 bits is plenty against forge
 NONCE_BYTES: Final = 16
 MAX_DATAGRAM_BYTES: Final = 1400  # below any sane path MTU, so datagrams never fragment
 MAX_MESSAGES: Final = 64  # per datagram: keeps compound messages far below any limit
-MAX_MEMBERS: Final = 10_000  # per push-pull table
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 FRAME_TIMEOUT: Final = 10.0  # seconds to read or write one frame
 
 MAX_NODE_ID_LEN: Final = 64
-MAX_HOST_LEN: Final = 255
-MAX_UINT: Final = 2**63 - 1  # seq, incarnation, joined_timestamp: fit a signed 64-bit int
+MAX_HOST_LEN: Final = 253  # the longest DNS name (RFC 1035), and far more than any IP literal
+# Bounds of numbers (MAX_UINT, MAX_INCARNATION, MAX_MEMBERS) live in kvs.net.messages, where
+# the SWIM core reads them too.
 
 REASONS: Final = frozenset(
     {
@@ -215,10 +220,14 @@ def _shape(what: str) -> WireError:
     return WireError("shape", what)
 
 
-def _uint(value: Any, what: str) -> int:
-    if type(value) is not int or not 0 <= value <= MAX_UINT:  # `type is`: a bool is no int
+def _uint(value: Any, what: str, limit: int = MAX_UINT) -> int:
+    if type(value) is not int or not 0 <= value <= limit:  # `type is`: a bool is no int
         raise _shape(what)
     return value
+
+
+def _incarnation(value: Any) -> int:
+    return _uint(value, "incarnation", MAX_INCARNATION)
 
 
 def _node_id(value: Any, what: str = "node id") -> str:
@@ -227,16 +236,25 @@ def _node_id(value: Any, what: str = "node id") -> str:
     return value
 
 
+_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
 def _host(value: Any) -> str:
-    # Hosts are IP addresses or DNS names: printable ASCII without spaces. That also bounds
-    # an Alive message well below one datagram, so any single message always fits.
-    if (
-        type(value) is not str
-        or not 1 <= len(value) <= MAX_HOST_LEN
-        or not value.isascii()
-        or not value.isprintable()
-        or " " in value
-    ):
+    """An IP literal or a DNS name of letters, digits and hyphens (RFC 1123). Anything else
+    makes the resolver raise what a socket call does not document: a label over 63 bytes or
+    an empty one ("a..b") raised UnicodeError out of `sendto` and ended the node. It also
+    bounds an Alive message well below one datagram, so any single message always fits."""
+    if type(value) is not str or not 1 <= len(value) <= MAX_HOST_LEN:
+        raise _shape("host")
+    if ":" in value:  # IPv6; no zone ("%eth0"), which names an interface of the sender
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            raise _shape("host") from None
+        if "%" in value:
+            raise _shape("host")
+        return value
+    if not all(_HOST_LABEL.fullmatch(label) for label in value.split(".")):
         raise _shape("host")
     return value
 
@@ -272,7 +290,7 @@ def _member_from_wire(value: Any) -> MemberInfo:
     return MemberInfo(
         node_id=_node_id(node_id),
         joined_timestamp=_uint(joined, "joined_timestamp"),
-        incarnation=_uint(incarnation, "incarnation"),
+        incarnation=_incarnation(incarnation),
         gossip=_address(gossip),
         sync=_address(sync),
         http=_address(http),
@@ -338,10 +356,10 @@ def _message_from_wire(value: Any) -> Message:
     if kind in (_SUSPECT, _DEAD):
         node_id, incarnation, source = _fields(f, 3, "suspect/dead")
         cls = Suspect if kind == _SUSPECT else Dead
-        return cls(_node_id(node_id), _uint(incarnation, "incarnation"), _node_id(source, "source"))
+        return cls(_node_id(node_id), _incarnation(incarnation), _node_id(source, "source"))
     if kind == _LEAVE:
         node_id, incarnation = _fields(f, 2, "leave")
-        return Leave(_node_id(node_id), _uint(incarnation, "incarnation"))
+        return Leave(_node_id(node_id), _incarnation(incarnation))
     raise _shape("kind")
 
 

@@ -23,6 +23,12 @@ A summary is `[key, hlc, origin_joined, origin, uuid, deleted, expires_at]`. A r
 one frame, so "leaves" and "fetch" answer for the first `count` (>= 1) leaves or keys asked
 for, and the client asks again for the rest. Anything that does not have exactly this shape
 raises `ProtocolError`, and the connection is dropped.
+
+Bounds: every integer is within 0..MAX_INT (HLCs, timestamps, counts; the store packs them as
+unsigned 64-bit integers, and the HLC adds to them), every key passes `validate_key`, and the
+other strings of a record or summary (origin, uuid, owner, group) are at most MAX_ID_LEN
+characters: what a peer lists, we may ask for again in one frame. Records whose HLC is too
+far in the future are refused by the worker, which knows the time (see SyncSettings).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from kvs.model import InvalidKey, Record, RecordCodec, Version, validate_key
+from kvs.model import MAX_KEY_BYTES, InvalidKey, Record, RecordCodec, Version, validate_key
 from kvs.store import Summary
 
 MAX_NODES_PER_REQUEST = 4096
@@ -42,6 +48,7 @@ MAX_RECORDS_PER_PUSH = 2000
 MAX_RECORDS_PER_REPLY = 1 << 20  # "take" and "fetch" replies (their frame bounds them anyway)
 _U63 = (1 << 63) - 1
 MAX_INT = _U63  # every integer in a record or summary (HLCs, timestamps) is within 0..MAX_INT
+MAX_ID_LEN = 256  # origin (a node id, <= 64), uuid (36), owner and group (uuids), in characters
 
 
 class ProtocolError(Exception):
@@ -87,9 +94,22 @@ def parse_leaves(request: dict[str, Any], leaves: int) -> list[int]:
 
 def parse_keys(request: dict[str, Any]) -> list[str]:
     keys = _list(request.get("keys"), MAX_KEYS_PER_REQUEST)
-    if not all(isinstance(k, str) and 0 < len(k) <= 1024 for k in keys):
+    if not all(isinstance(k, str) and 0 < len(k) <= MAX_KEY_BYTES for k in keys):
         raise ProtocolError("shape")
     return keys
+
+
+def _key(value: Any) -> str:
+    try:
+        return validate_key(value, allow_reserved=True)  # not a str: TypeError or AttributeError
+    except (InvalidKey, TypeError, AttributeError):
+        raise ProtocolError("shape") from None
+
+
+def _id(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_ID_LEN:
+        raise ProtocolError("shape")
+    return value
 
 
 def parse_records(value: Any, limit: int = MAX_RECORDS_PER_PUSH) -> list[bytes]:
@@ -136,13 +156,11 @@ def decode_summaries(reply: Any, limit: int) -> list[Summary]:
         if len(fields) != 7:
             raise ProtocolError("shape")
         key, hlc, joined, origin, uid, deleted, expires_at = fields
-        if not (isinstance(key, str) and isinstance(origin, str) and isinstance(uid, str)):
+        if not isinstance(deleted, bool):
             raise ProtocolError("shape")
-        if not isinstance(deleted, bool) or (
-            expires_at is not None and not isinstance(expires_at, int)
-        ):
-            raise ProtocolError("shape")
-        out.append(Summary(key, Version(_int(hlc), _int(joined), origin, uid), deleted, expires_at))
+        version = Version(_int(hlc), _int(joined), _id(origin), _id(uid))
+        expires = None if expires_at is None else _int(expires_at)
+        out.append(Summary(_key(key), version, deleted, expires))
     return out
 
 
@@ -163,12 +181,18 @@ def check_record(codec: RecordCodec, raw: bytes, max_value_size: int) -> Record:
     # summaries must pass `decode_summaries`: out of range, the store write or the tree
     # update would fail (crashing this connection's node, or leaving the tree wrong).
     v = record.version
+    numbers = (v.hlc, v.origin_joined, record.created_at, record.permissions)
     if not (
-        0 <= v.hlc <= MAX_INT
+        # Not a bool (the codec takes one for an int): stored as the peer sent it, it would
+        # go out in our summaries, which every peer refuses, and fail each exchange of its leaf.
+        all(type(n) is int for n in numbers)
+        and (record.expires_at is None or type(record.expires_at) is int)
+        and 0 <= v.hlc <= MAX_INT
         and 0 <= v.origin_joined <= MAX_INT
         and 0 <= record.created_at <= MAX_INT
         and 0 <= (record.expires_at or 0) <= MAX_INT
         and 0 <= record.permissions <= 0xFFF
+        and max(len(v.origin), len(v.uuid), len(record.owner), len(record.group)) <= MAX_ID_LEN
     ):
         raise ProtocolError("bad_record")
     return record

@@ -49,6 +49,7 @@ import zstandard
 
 from kvs.clock import HybridLogicalClock
 from kvs.model import SYNC_BUCKETS, RecordCodec, sync_bucket
+from kvs.net.transport import PEER_IO_ERRORS, expected_error
 from kvs.net.wire import FrameStream
 from kvs.store import SCHEMA_VERSION, Store, index_entries
 from kvs.sync import protocol as p
@@ -127,24 +128,32 @@ async def _stream_copy(
     sha = hashlib.sha256()
     raw_size = 0
     compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL).compressobj()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.to_thread.run_sync, copy)
-        # Closing the read end, however this ends, makes a copy still writing fail (EPIPE).
-        async with trio.lowlevel.FdStream(read_fd) as pipe:
-            pending = bytearray()
-            while True:
-                data = await pipe.receive_some(RAW_CHUNK)
-                if data:
-                    sha.update(data)
-                    raw_size += len(data)
-                    pending += data
-                if pending and (not data or len(pending) >= RAW_CHUNK):
-                    piece = compressor.compress(bytes(pending))
-                    pending.clear()
-                    if piece:
-                        await frames.send({"chunk": piece}, timeout=timeout)
-                if not data:
-                    break
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, copy)
+            # Closing the read end, however this ends, makes a copy still writing fail (EPIPE).
+            async with trio.lowlevel.FdStream(read_fd) as pipe:
+                pending = bytearray()
+                while True:
+                    data = await pipe.receive_some(RAW_CHUNK)
+                    if data:
+                        sha.update(data)
+                        raw_size += len(data)
+                        pending += data
+                    if pending and (not data or len(pending) >= RAW_CHUNK):
+                        piece = compressor.compress(bytes(pending))
+                        pending.clear()
+                        if piece:
+                            await frames.send({"chunk": piece}, timeout=timeout)
+                    if not data:
+                        break
+    except BaseExceptionGroup as group:
+        # A joiner that goes away or stalls mid-copy fails a send inside the nursery, which
+        # wraps it in a group: raise it as itself, as any other send on this connection.
+        peer_failure = expected_error(group, PEER_IO_ERRORS)
+        if peer_failure is None:
+            raise
+        raise peer_failure from None
     if failure:
         raise SnapshotError(f"the copy failed: {failure[0]}")
     await frames.send({"chunk": compressor.flush()}, timeout=timeout)
@@ -267,9 +276,17 @@ async def verify(
             tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
             raise SnapshotError(f"the snapshot check failed: {' '.join(tail) or done.returncode}")
 
-    async with trio.open_nursery() as nursery:
-        for part in range(parts):
-            nursery.start_soon(run, part)
+    try:
+        async with trio.open_nursery() as nursery:
+            for part in range(parts):
+                nursery.start_soon(run, part)
+    except BaseExceptionGroup as group:
+        # The nursery wraps a part's SnapshotError in a group: raise it as itself, which
+        # is what callers catch (a bootstrap then goes on by records).
+        failure = expected_error(group, (SnapshotError,))
+        if failure is None:
+            raise
+        raise failure from None
     leaves = [0] * (FANOUT**DEFAULT_DEPTH)
     counts = [0] * len(leaves)
     highest = expected = found = 0

@@ -12,6 +12,14 @@ Every record from a peer is decoded strictly, its key and size checked, and stor
 `Merge` (which keeps the winner under `resolve`); an expired record is taken as the tombstone
 every replica turns it into, and tombstones older than `tombstone_ttl` are not taken, so
 garbage collection on one replica is never undone by another.
+
+Isolation: each sync connection -- served, or started (an exchange, a push link, a snapshot
+either way) -- is a boundary. Whatever a peer makes fail there ends that connection only:
+it is counted (`dropped_<reason>` served, `exchange_failures` and `push_failures` started;
+plus `errors` and a log line with the traceback, at most once a minute, when it is none of
+`PEER_IO_ERRORS` or `ProtocolError`, i.e. a bug here) and the node goes on. Fatal, on
+purpose: the listening socket failing (no peer could reach us any more) and the store's
+writer failing (the node's own nursery owns that task).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import trio
 from kvs.model import Record, RecordCodec, hlc_ms
 from kvs.net.messages import Address, State
 from kvs.net.swim import MemberChanged
-from kvs.net.transport import Transport
+from kvs.net.transport import PEER_IO_ERRORS, LogLimiter, Transport, expected_error
 from kvs.net.wire import MAX_FRAME_BYTES, FrameStream, WireError, derive_key
 from kvs.store import Change, Merge, Store, StoreError, Summary, Written
 from kvs.sync import protocol as p
@@ -56,14 +64,9 @@ BOOTSTRAP_RETRY = 0.5  # seconds between exchanges while syncing (not sync_inter
 BOOTSTRAP_GRACE = 10.0  # seconds a syncing node looks for a peer with data before it concludes
 # that the cluster is new (every live peer is syncing too) and starts taking writes
 _SUMMARY_OVERHEAD = 32  # msgpack framing and integers of one summary, at most
-_IO_ERRORS = (
-    OSError,
-    WireError,
-    trio.TooSlowError,
-    trio.BrokenResourceError,
-    trio.EndOfChannel,
-    trio.ClosedResourceError,
-)
+# What a peer can make an exchange fail with: the connection's errors, and a reply (or a
+# request) that is not this protocol.
+_PEER_ERRORS = (p.ProtocolError, *PEER_IO_ERRORS)
 
 
 # System-db names (persisted in the store, so that they survive a restart).
@@ -79,6 +82,12 @@ class SyncSettings:
     max_clock_offset_ms: int = 60_000
     throttle_delay: float = 0.0  # pause between batches of an exchange (bootstrap pacing)
     max_connections: int = 64  # inbound sync connections served at once; more are refused
+    max_future_ms: int = 86_400_000
+    """A record from a peer whose HLC is further ahead of our wall clock than this is refused
+    (counted in `refused_future`), not stored: taken, it would drag our clock (and every
+    write after) that far ahead, up to the HLC's ceiling. Peers' clocks a little ahead are
+    normal (max_clock_offset_ms logs them); a day ahead is broken. The refused record comes
+    again with anti-entropy, and is taken once our clock is within reach of it."""
     # A joiner copies a peer's whole data file (kvs/sync/snapshot.py) when the peer holds at
     # least this many keys; fewer, or 0, and it takes the records one by one.
     snapshot_min_keys: int = 10_000
@@ -208,6 +217,7 @@ class SyncWorker:
         self._lost: set[str] = set()  # peers that died (not left) and have not come back
         self._started_at = 0.0
         self._inbound = 0
+        self._errors = LogLimiter(log)
         self._last_exchange_ms: int | None = None
         self._persisted_exchange_ms = 0
 
@@ -351,8 +361,37 @@ class SyncWorker:
         self._inbound += 1
         try:
             await self._serve_one(stream, peer)
+        except Exception as exc:  # the merges' nursery itself (they catch their own)
+            self._dropped(exc, peer)
         finally:
             self._inbound -= 1
+
+    def _dropped(self, exc: Exception, peer: Address) -> None:
+        """Count why a served connection ended badly, and log it (at most once a minute per
+        reason: a flood of nonsense costs a line a minute)."""
+        failure = expected_error(exc, _PEER_ERRORS)
+        if isinstance(failure, (p.ProtocolError, WireError)):
+            reason = failure.reason
+        elif isinstance(failure, trio.TooSlowError):
+            # The handshake's deadline and the frame's expire together and the former wins:
+            # say "timeout" (a stalled peer), like a stalled frame after the handshake.
+            reason = "timeout"
+        elif failure is not None:
+            reason = "io"
+        else:
+            self.counters["dropped_error"] += 1
+            self._errors.log(
+                logging.ERROR,
+                "serve",
+                "serving a sync connection failed unexpectedly",
+                exc_info=True,
+            )
+            return
+        self.counters[f"dropped_{reason}"] += 1
+        level = logging.WARNING if isinstance(failure, p.ProtocolError) else logging.INFO
+        self._errors.log(
+            level, f"dropped_{reason}", "dropped a sync connection from %s:%d: %s", *peer, reason
+        )
 
     async def _serve_one(self, stream: trio.abc.Stream, peer: Address) -> None:
         # Pushes from the push link are merged in the background, at most PUSHES_IN_FLIGHT
@@ -365,7 +404,10 @@ class SyncWorker:
                 await in_flight.acquire()
                 commits.start_soon(self._merge_then_release, ops, in_flight)
 
-            await self._serve_requests(stream, peer, defer)
+            try:
+                await self._serve_requests(stream, peer, defer)
+            except Exception as exc:  # caught here: raised, it would cancel the merges
+                self._dropped(exc, peer)
 
     async def _serve_requests(
         self,
@@ -373,41 +415,30 @@ class SyncWorker:
         peer: Address,
         defer: Callable[[list[Merge]], Awaitable[None]],
     ) -> None:
+        """Answer requests until the peer closes or goes quiet; anything else it does raises,
+        and `_serve` counts it."""
         stream = _CountingStream(stream, self.counters, "bytes", "served_bytes")
-        try:
-            with trio.fail_after(REQUEST_TIMEOUT):
-                frames = await FrameStream.server(
-                    stream, self._key, purpose="sync", nonce=self._nonce()
-                )
-            while True:
-                try:
-                    # A quiet connection may wait IDLE_TIMEOUT for its next request; a
-                    # request once begun must arrive whole within REQUEST_TIMEOUT.
-                    request = await frames.receive(timeout=REQUEST_TIMEOUT, idle=IDLE_TIMEOUT)
-                except trio.EndOfChannel:
-                    return
-                except WireError as exc:
-                    if exc.reason != "idle":
-                        raise
-                    self.counters["closed_idle"] += 1  # not an attack: just quiet
-                    return
-                if isinstance(request, dict) and request.get("op") == "snapshot":
-                    await self._serve_snapshot(frames, request)
-                    continue
-                reply = await self._answer(request, defer)
-                await frames.send(reply, timeout=REQUEST_TIMEOUT)
-        except p.ProtocolError as exc:
-            self.counters[f"dropped_{exc.reason}"] += 1
-            log.warning("dropped a sync connection from %s:%d: %s", peer[0], peer[1], exc.reason)
-        except WireError as exc:
-            self.counters[f"dropped_{exc.reason}"] += 1
-            log.info("dropped a sync connection from %s:%d: %s", peer[0], peer[1], exc.reason)
-        except trio.TooSlowError:
-            # The handshake's deadline and this one expire together and this one wins: say
-            # "timeout" (a stalled peer), not "io", like a stalled frame after the handshake.
-            self.counters["dropped_timeout"] += 1
-        except _IO_ERRORS:
-            self.counters["dropped_io"] += 1
+        with trio.fail_after(REQUEST_TIMEOUT):
+            frames = await FrameStream.server(
+                stream, self._key, purpose="sync", nonce=self._nonce()
+            )
+        while True:
+            try:
+                # A quiet connection may wait IDLE_TIMEOUT for its next request; a
+                # request once begun must arrive whole within REQUEST_TIMEOUT.
+                request = await frames.receive(timeout=REQUEST_TIMEOUT, idle=IDLE_TIMEOUT)
+            except trio.EndOfChannel:
+                return
+            except WireError as exc:
+                if exc.reason != "idle":
+                    raise
+                self.counters["closed_idle"] += 1  # not an attack: just quiet
+                return
+            if isinstance(request, dict) and request.get("op") == "snapshot":
+                await self._serve_snapshot(frames, request)
+                continue
+            reply = await self._answer(request, defer)
+            await frames.send(reply, timeout=REQUEST_TIMEOUT)
 
     async def _serve_snapshot(self, frames: FrameStream, request: dict[str, Any]) -> None:
         """Stream a copy of the store (kvs/sync/snapshot.py), or refuse saying why."""
@@ -443,9 +474,16 @@ class SyncWorker:
     async def _merge_then_release(self, ops: list[Merge], in_flight: trio.Semaphore) -> None:
         try:
             await self._merge(ops)
-        except StoreError as exc:  # the records stay with anti-entropy
+        except Exception as exc:  # the records stay with anti-entropy
             self.counters["merge_failures"] += 1
-            log.error("merging pushed records failed: %s", exc)
+            unexpected = not isinstance(exc, StoreError)
+            self._errors.log(
+                logging.ERROR,
+                "merge",
+                "merging pushed records failed: %s",
+                exc,
+                exc_info=unexpected,
+            )
         finally:
             in_flight.release()
 
@@ -561,11 +599,25 @@ class SyncWorker:
                 self.counters["skipped_old_tombstone"] += 1
                 continue
             lead = written_ms - now
+            if lead > self.settings.max_future_ms:
+                self.counters["refused_future"] += 1
+                self._errors.log(
+                    logging.WARNING,
+                    "future",
+                    "refused a record from %s written %d ms in our future (more than %d): "
+                    "check that node's clock",
+                    record.version.origin[:64],
+                    lead,
+                    self.settings.max_future_ms,
+                )
+                continue
             if lead > self.settings.max_clock_offset_ms:
                 self.counters["clock_offset_exceeded"] += 1
-                log.warning(
+                self._errors.log(
+                    logging.WARNING,
+                    "offset",
                     "a record from %s is %d ms in our future: check that node's clock",
-                    record.version.origin,
+                    record.version.origin[:64],
                     lead,
                 )
             ops.append(Merge(record, stored))
@@ -605,8 +657,9 @@ class SyncWorker:
                     break
                 try:
                     result = await self.exchange(address)
-                except (p.ProtocolError, *_IO_ERRORS) as exc:
+                except Exception as exc:
                     self.counters["exchange_failures"] += 1
+                    self._started_failed(exc, "exchange")
                     log.debug("anti-entropy with %s failed: %s", node_id, exc)
                     continue
                 self._peer_syncing[node_id] = result.peer_syncing
@@ -621,6 +674,15 @@ class SyncWorker:
                     log.info("bootstrap complete: %d records", self.tree.size)
             if self.syncing and not self._live_peers():
                 await trio.sleep(0.5)  # nobody to bootstrap from yet: ask again soon
+
+    def _started_failed(self, exc: Exception, what: str) -> None:
+        """An exchange or a push link we started failed: a peer's doing (counted by the
+        caller), or something unexpected, counted in `errors` and logged with its traceback."""
+        if expected_error(exc, _PEER_ERRORS) is None:
+            self.counters["errors"] += 1
+            self._errors.log(
+                logging.ERROR, what, "a sync %s failed unexpectedly", what, exc_info=True
+            )
 
     def _bootstrapped_by(self, result: ExchangeResult) -> bool:
         """Whether an exchange ends our bootstrap: the peer held the cluster's data (it was
@@ -729,6 +791,10 @@ class SyncWorker:
             received = trio.current_time()
             tree, highest = await snapshot.verify(staging, header, self.settings.max_value_size)
             checked = trio.current_time()
+            lead = hlc_ms(highest) - self.store.clock.wall_ms()
+            if lead > self.settings.max_future_ms:
+                self.counters["refused_future"] += 1
+                raise snapshot.SnapshotError(f"it holds a record written {lead} ms in our future")
 
             def installed() -> None:  # in the writer, before any other write
                 self.tree = tree
@@ -897,8 +963,9 @@ class SyncWorker:
                                 await frames.receive(timeout=REQUEST_TIMEOUT)
                                 self.counters["pushed_on_write"] += len(raw)
                             in_flight = []
-                except _IO_ERRORS as exc:
+                except Exception as exc:
                     self.counters["push_failures"] += 1
+                    self._started_failed(exc, "push")
                     log.debug("push to %s failed: %s", peer.node_id, exc)
                     if in_flight:  # not acknowledged: send it again, first
                         self.counters["push_requeued"] += len(in_flight)

@@ -7,8 +7,10 @@ cryptography) and croniter at start-up; this keeps them out of the import path."
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +49,21 @@ def test_running_a_node_does_not_import_what_only_some_commands_need() -> None:
 )
 def test_each_lazy_library_is_loaded_where_it_is_used(code: str, needed: str) -> None:
     assert needed in loaded_after(code)
+
+
+def test_production_code_never_imports_the_test_tooling() -> None:
+    """kvs.testing (fuzzers, harnesses) may reach into internals and hammer ports: the node
+    must not load it, and no module outside it may import it."""
+    root = Path(__file__).resolve().parents[2] / "kvs"
+    offenders = [
+        str(path.relative_to(root.parent))
+        for path in root.rglob("*.py")
+        if "testing" not in path.relative_to(root).parts
+        and re.search(r"^\s*(from|import)\s+kvs\.testing", path.read_text(), re.MULTILINE)
+    ]
+    assert not offenders, f"production modules importing kvs.testing: {offenders}"
+    script = "import kvs.cli, kvs.node, kvs.api, sys; print('kvs.testing' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "False"

@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from kvs.clock import HybridLogicalClock
-from kvs.model import Record, Version, hlc_ms, hlc_pack, resolve
+from kvs.clock import MAX_HLC, HybridLogicalClock
+from kvs.model import Record, RecordCodec, Version, hlc_ms, hlc_pack, resolve
 from kvs.store import (
     MAINTENANCE_BATCH,
     Change,
@@ -30,6 +30,7 @@ from kvs.store import (
     Unchanged,
     Written,
 )
+from kvs.sync import protocol
 from tests.conftest import ManualWallClock
 
 T0 = 1_700_000_000_000
@@ -678,6 +679,26 @@ async def test_observed_remote_hlc_persists_too(stores: Stores) -> None:
     await stores.close(store)
     store = await stores.open(clock=HybridLogicalClock(ManualWallClock(T0)))
     assert (await put(store, "r", b"2")).version.hlc > ahead
+
+
+async def test_a_persisted_clock_reading_beyond_any_real_time_is_ignored(
+    stores: Stores,
+) -> None:
+    """Before peers' records were bounded in time, one written at 2**63 - 1 moved the clock
+    there, and the reading was persisted: every write after carried an HLC over 63 bits,
+    which every peer refuses. The clock no longer follows such a reading, persisted or not."""
+    with trio.fail_after(30):
+        store = await stores.open()
+        poisoned = 2**63 - 1
+        await merge(store, remote("p", b"1", poisoned, 1, "u"))
+        assert store.clock.last < MAX_HLC  # not followed now
+        store.set_system_now("hlc", poisoned)  # what the old code persisted
+        await stores.close(store)
+        store = await stores.open(clock=HybridLogicalClock(ManualWallClock(T0)))
+        written = await put(store, "k", b"2")
+        assert written.version.hlc < MAX_HLC
+        [raw] = store.get_raw_many(["k"])
+        protocol.check_record(RecordCodec(), raw, 1 << 20)  # a peer takes it
 
 
 async def test_identity_is_stable_across_reopen_and_node_id_change(

@@ -19,9 +19,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+import msgpack
 import pytest
 
 from kvs.net.messages import (
+    MAX_INCARNATION,
+    MAX_SEQ,
     Ack,
     Address,
     Alive,
@@ -44,8 +47,9 @@ from kvs.net.swim import (
     StartPushPull,
     Swim,
     SwimConfig,
+    incarnation_at_start,
 )
-from kvs.net.wire import MAX_DATAGRAM_BYTES, DatagramCodec
+from kvs.net.wire import MAX_DATAGRAM_BYTES, DatagramCodec, WireError, encode_push_pull
 
 CODEC = DatagramCodec(None)
 DEFAULT = SwimConfig()
@@ -797,6 +801,102 @@ def test_refutation_of_alive_claims_about_ourselves() -> None:
         IncarnationChanged(10),
     ]
     assert n00.me_info.gossip == info("n00").gossip
+
+
+# --- the top of the range (issue 12) ------------------------------------------------------------
+
+
+def test_a_forged_dead_at_the_largest_incarnation_is_refused_not_refuted() -> None:
+    """ "n00 is dead" at 2**63 - 1 (the largest integer the wire took) made n00 refute with
+    2**63, which its own encoder refused at the next datagram: the node exited, having
+    persisted that incarnation, and failed again at every restart."""
+    net = Net()
+    n00 = net.add("n00", incarnation=5)
+    net.merge("n00", [MemberState(info("n01"), State.ALIVE)])
+    # The wire carries incarnations up to MAX_INCARNATION only: beyond, the datagram is refused.
+    forged = b"KV\x01" + msgpack.packb([[7, "n00", 2**63 - 1, "n01"]])
+    with pytest.raises(WireError) as caught:
+        CODEC.decode(forged)
+    assert caught.value.reason == "shape"
+    # At the ceiling (or beyond, should a decoder let it through) no incarnation out-ranks
+    # the claim: it is refused and counted, and ours stays as it was.
+    claims: list[Message] = [
+        Dead("n00", 2**63 - 1, "n01"),
+        Dead("n00", MAX_INCARNATION, "n01"),
+        Suspect("n00", MAX_INCARNATION, "n01"),
+        Leave("n00", MAX_INCARNATION),
+        Alive(info("n00", MAX_INCARNATION, host="10.9.9.9")),
+    ]
+    for claim in claims:
+        net.inject("n00", [claim], source="n01")
+        assert n00.me_info.incarnation == 5
+    assert n00.stats["unrefutable_claims"] == len(claims)
+    net.run_for(5)  # every datagram it sends still encodes (Net._send decodes each one)
+    # One below the ceiling is refuted, to exactly the ceiling, which still encodes.
+    net.inject("n00", [Dead("n00", MAX_INCARNATION - 1, "n01")], source="n01")
+    assert n00.me_info.incarnation == MAX_INCARNATION
+    assert [e for _, _, e in net.events if isinstance(e, IncarnationChanged)] == [
+        IncarnationChanged(MAX_INCARNATION)
+    ]
+    net.run_for(5)
+    assert any(Alive(n00.me_info) in p.messages for p in net.sent(src="n00"))
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (None, (1, False)),  # a first start
+        (0, (1, False)),
+        (41, (42, False)),
+        (MAX_INCARNATION - 1, (MAX_INCARNATION, False)),
+        (MAX_INCARNATION, (1, True)),  # no room to rise
+        (2**63 - 1, (1, True)),  # what the forged "dead" left behind before the fix
+        (2**64, (1, True)),
+        (-3, (1, True)),
+        (True, (1, True)),
+        ("7", (1, True)),
+        (7.0, (1, True)),
+    ],
+)
+def test_the_incarnation_at_start_is_always_one_the_wire_accepts(
+    stored: object, expected: tuple[int, bool]
+) -> None:
+    assert incarnation_at_start(stored) == expected
+    core = Swim(info("n00", expected[0]), DEFAULT, random.Random(1), CODEC.pack)
+    core.start(0.0)
+    core.tick(10.0)
+    assert CODEC.decode(CODEC.encode([Alive(core.me_info)])) == [Alive(core.me_info)]
+
+
+def test_an_incarnation_the_wire_refuses_is_refused_by_the_core() -> None:
+    with pytest.raises(ValueError):
+        Swim(info("n00", MAX_INCARNATION + 1), DEFAULT, random.Random(1), CODEC.pack)
+
+
+def test_probe_sequence_numbers_wrap_instead_of_growing_past_the_wire() -> None:
+    net = Net()
+    n00 = net.add("n00")
+    net.merge("n00", [MemberState(info("n01"), State.ALIVE)])
+    n00._seq = MAX_SEQ - 1  # as after ~2**63 probes
+    net.run_for(5)
+    seqs = [m.seq for p in net.sent(src="n00") for m in p.of(Ping)]
+    assert seqs[:2] == [MAX_SEQ, 1], seqs[:2]
+
+
+def test_the_member_table_is_bounded_and_stays_sendable() -> None:
+    config = replace(DEFAULT, max_members=4)
+    net = Net(config=config)
+    n00 = net.add("n00")
+    others = names(12)[1:]
+    net.merge("n00", [MemberState(info(name), State.ALIVE) for name in others[:6]])
+    # Unknown members reported suspect or dead are learned first: refused just the same.
+    net.merge("n00", [MemberState(info(name), State.DEAD) for name in others[6:]])
+    net.inject("n00", [Alive(info("n20"))], source="n01")
+    assert len(n00.members) == 4
+    assert n00.stats["members_refused"] == 12 - 4 + 1
+    encode_push_pull(n00.local_state())
+    with pytest.raises(ValueError):
+        SwimConfig(max_members=10_001)
 
 
 # --- Lifeguard awareness -----------------------------------------------------------------------

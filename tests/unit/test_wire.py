@@ -32,6 +32,8 @@ from kvs.net.messages import (
 )
 from kvs.net.wire import (
     MAX_DATAGRAM_BYTES,
+    MAX_HOST_LEN,
+    MAX_INCARNATION,
     MAX_MEMBERS,
     MAX_MESSAGES,
     REASONS,
@@ -60,18 +62,23 @@ node_ids = st.one_of(
     st.sampled_from(["node-1", "a", "x" * 64]),
     st.text(alphabet=_printable, min_size=1, max_size=64),
 )
+# The longest valid host: four labels of 63 characters (253 with the dots).
+LONGEST_HOST = ".".join(["h" * 63] * 3 + ["h" * 61])
+_labels = st.from_regex(r"\A[A-Za-z0-9]([A-Za-z0-9-]{0,10}[A-Za-z0-9])?\Z")
 hosts = st.one_of(
-    st.sampled_from(["127.0.0.1", "::1", "10.0.0.7", "fe80::1%eth0", "h" * 255]),
-    st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1),
-).filter(lambda h: len(h) <= 255)
+    st.sampled_from(["127.0.0.1", "::1", "10.0.0.7", "fe80::1", "localhost", LONGEST_HOST]),
+    st.lists(_labels, min_size=1, max_size=5).map(".".join),
+    st.ip_addresses().map(str),
+).filter(lambda h: len(h) <= MAX_HOST_LEN)
 ports = st.integers(0, 65535)
 addresses = st.tuples(hosts, ports)
 uints = st.one_of(st.sampled_from([0, 1, 2**63 - 1]), st.integers(0, 2**63 - 1))
+incarnations = st.one_of(st.sampled_from([0, 1, MAX_INCARNATION]), st.integers(0, MAX_INCARNATION))
 member_infos = st.builds(
     MemberInfo,
     node_id=node_ids,
     joined_timestamp=uints,
-    incarnation=uints,
+    incarnation=incarnations,
     gossip=addresses,
     sync=addresses,
     http=addresses,
@@ -82,9 +89,9 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(PingReq, uints, node_ids, node_ids, addresses),
     st.builds(Nack, uints, node_ids),
     st.builds(Alive, member_infos),
-    st.builds(Suspect, node_ids, uints, node_ids),
-    st.builds(Dead, node_ids, uints, node_ids),
-    st.builds(Leave, node_ids, uints),
+    st.builds(Suspect, node_ids, incarnations, node_ids),
+    st.builds(Dead, node_ids, incarnations, node_ids),
+    st.builds(Leave, node_ids, incarnations),
 )
 push_pulls = st.builds(
     PushPull,
@@ -217,10 +224,11 @@ def test_one_datagram_with_every_kind(key: bytes | None) -> None:
 
 
 def test_the_largest_valid_message_fits_a_keyed_datagram() -> None:
-    # 64 four-byte characters and three 255-character hosts: the worst case for an Alive.
+    # 64 four-byte characters and three 253-character hosts: the worst case for an Alive.
     big = "\U0001f600" * 64
-    host = "h" * 255
-    info = MemberInfo(big, 2**63 - 1, 2**63 - 1, (host, 65535), (host, 65535), (host, 65535))
+    host = LONGEST_HOST
+    assert len(host) == MAX_HOST_LEN
+    info = MemberInfo(big, 2**63 - 1, MAX_INCARNATION, (host, 65535), (host, 65535), (host, 65535))
     for message in [Alive(info), PingReq(2**63 - 1, big, big, (host, 65535))]:
         data = DatagramCodec(KEY).encode([message])
         assert len(data) <= MAX_DATAGRAM_BYTES
@@ -239,9 +247,21 @@ def test_the_largest_valid_message_fits_a_keyed_datagram() -> None:
         Ack(1.0, "a"),  # type: ignore[arg-type]
         PingReq(1, "a", "b", ("h", 65536)),
         PingReq(1, "a", "b", ("", 1)),
-        PingReq(1, "a", "b", ("h" * 256, 1)),
+        PingReq(1, "a", "b", ("h" * 254, 1)),
         PingReq(1, "a", "b", ("two words", 1)),
         PingReq(1, "a", "b", ("hôst", 1)),
+        # The resolver raised UnicodeError (not OSError) out of sendto for these: a label
+        # over 63 characters, an empty label; and a zone names an interface of the sender.
+        PingReq(1, "a", "b", ("h" * 64, 1)),
+        PingReq(1, "a", "b", ("a..b", 1)),
+        PingReq(1, "a", "b", ("a.", 1)),
+        PingReq(1, "a", "b", ("-a", 1)),
+        PingReq(1, "a", "b", ("a_b", 1)),
+        PingReq(1, "a", "b", ("fe80::1%eth0", 1)),
+        PingReq(1, "a", "b", ("1::2::3", 1)),
+        Dead("a", MAX_INCARNATION + 1, "b"),
+        Suspect("a", 2**63 - 1, "b"),
+        Leave("a", 2**62 + 7),
         Alive(MemberInfo("a", -5, 0, ("h", 1), ("h", 1), ("h", 1))),
         Leave("a", None),  # type: ignore[arg-type]
     ],

@@ -1,0 +1,1 @@
+"""Hostile-input tests against real node processes (fuzzers from kvs.testing)."""
