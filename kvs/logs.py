@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 import orjson
+import trio
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,12 +40,22 @@ class JsonFormatter(logging.Formatter):
 class LogLimiter:
     """At most `burst` log lines per `period` seconds for each kind of event.
 
-    Hostile input can cause one kind of failure at request speed; logging each one would let
-    a client fill the disk and drown the lines that matter. The first few of a kind are
-    logged, the rest only counted, and the next line logged says how many were left out.
-    Counting for metrics is the caller's job: this class only decides what reaches the log."""
+    Hostile input (a client, a peer) can cause one kind of failure at request speed;
+    logging each one would let it fill the disk and drown the lines that matter. The first
+    few of a kind are logged, the rest only counted, and the next line logged says how many
+    were left out. Kinds are a few fixed labels, never peer data. Counting for metrics is
+    the caller's job: this class only decides what reaches the log. The clock is Trio's by
+    default (the simulator's, under simulation)."""
 
-    def __init__(self, clock: Callable[[], float], *, burst: int = 5, period: float = 60.0) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = 1,
+        period: float = 60.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.logger = logger
         self._clock = clock
         self._burst = burst
         self._period = period
@@ -52,15 +63,14 @@ class LogLimiter:
 
     def log(
         self,
-        logger: logging.Logger,
         level: int,
         kind: str,
         message: str,
         *args: object,
-        exc_info: BaseException | None = None,
+        exc_info: BaseException | bool | None = None,
     ) -> bool:
         """Log `message % args` unless this kind's quota is spent; True if it was logged."""
-        now = self._clock()
+        now = self._clock() if self._clock is not None else trio.current_time()
         start, logged, skipped = self._windows.get(kind, (now, 0, 0))
         if now - start >= self._period:
             start, logged = now, 0
@@ -69,10 +79,8 @@ class LogLimiter:
             return False
         if skipped:
             message += f" ({skipped} more like this were not logged)"
-        if len(self._windows) > 1000:  # kinds are fixed strings; a bound all the same
-            self._windows.clear()
         self._windows[kind] = (start, logged + 1, 0)
-        logger.log(level, message, *args, exc_info=exc_info)
+        self.logger.log(level, message, *args, exc_info=exc_info)
         return True
 
 

@@ -103,7 +103,6 @@ def create_app(node: Node) -> QuartTrio:
         # a client that found it cannot flood the log. The path may hold a key: not logged.
         node.http_stats.app_errors += 1
         node.http_stats.limiter.log(
-            log,
             logging.ERROR,
             "app",
             "unhandled %s serving %s %s",

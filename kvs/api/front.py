@@ -154,7 +154,6 @@ class _Exchange:
         except Exception as exc:  # the net under the app: this request ends, the node goes on
             front.stats.app_errors += 1
             front.stats.limiter.log(
-                log,
                 logging.ERROR,
                 "app",
                 "an HTTP request to %s ended by an unexpected %s: %s",

@@ -131,7 +131,7 @@ class HttpStats:
     body_budget_refusals: int = 0  # 503: the request-body memory budget was full
     app_errors: int = 0  # an exception escaped the app (answered 500 when possible)
     accept_errors: int = 0  # accept() failed for lack of descriptors or memory
-    limiter: LogLimiter = field(default_factory=lambda: LogLimiter(trio.current_time))
+    limiter: LogLimiter = field(default_factory=lambda: LogLimiter(log, burst=5))
 
     def counters(self) -> dict[str, int]:
         return {k: v for k, v in vars(self).items() if isinstance(v, int)}
@@ -220,7 +220,6 @@ class HttpConnection:
             self.stats.connection_errors += 1
             first = group.exceptions[0]
             self.stats.limiter.log(
-                log,
                 logging.WARNING,
                 "connection",
                 "an HTTP connection ended by an unexpected %s: %s",
@@ -457,7 +456,7 @@ async def serve_http(
                     raise  # the listening socket itself failed: fatal, on purpose
                 stats.accept_errors += 1
                 stats.limiter.log(
-                    log, logging.WARNING, "accept", "cannot accept HTTP connections: %s", exc
+                    logging.WARNING, "accept", "cannot accept HTTP connections: %s", exc
                 )
                 await trio.sleep(0.1)
                 continue

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
+from kvs.logs import LogLimiter
 from kvs.net.messages import Address, MemberInfo, PushPull, State
 from kvs.net.swim import (
     IncarnationChanged,
@@ -36,7 +37,6 @@ from kvs.net.swim import (
 from kvs.net.transport import (
     PEER_IO_ERRORS,
     DatagramEndpoint,
-    LogLimiter,
     Transport,
     expected_error,
 )

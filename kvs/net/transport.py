@@ -14,6 +14,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
+from kvs.logs import LogLimiter
 from kvs.net.wire import WireError
 
 log = logging.getLogger(__name__)
@@ -52,32 +53,6 @@ def expected_error(exc: BaseException, expected: tuple[type[BaseException], ...]
             first = first or found
         return first
     return exc if isinstance(exc, expected) else None
-
-
-class LogLimiter:
-    """At most one log line per `key` every `interval` seconds, so that a peer sending the
-    same nonsense a thousand times a second costs one line a minute, not a full disk; the
-    lines left out are counted in the next one. Keys are a few fixed labels, never peer data.
-    Reads Trio's clock (the simulator's, under simulation)."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._next: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def log(
-        self, level: int, key: str, message: str, *args: object, exc_info: bool = False
-    ) -> None:
-        now = trio.current_time()
-        if now < self._next.get(key, -float("inf")):
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._next[key] = now + self.interval
-        left_out = self._suppressed.pop(key, 0)
-        if left_out:
-            message += f" ({left_out} more like it not logged)"
-        self.logger.log(level, message, *args, exc_info=exc_info)
 
 
 class DatagramEndpoint(Protocol):

@@ -35,10 +35,11 @@ from typing import Any
 
 import trio
 
+from kvs.logs import LogLimiter
 from kvs.model import Record, RecordCodec, hlc_ms
 from kvs.net.messages import Address, State
 from kvs.net.swim import MemberChanged
-from kvs.net.transport import PEER_IO_ERRORS, LogLimiter, Transport, expected_error
+from kvs.net.transport import PEER_IO_ERRORS, Transport, expected_error
 from kvs.net.wire import MAX_FRAME_BYTES, FrameStream, WireError, derive_key
 from kvs.store import Change, Merge, Store, StoreError, Summary, Written
 from kvs.sync import protocol as p

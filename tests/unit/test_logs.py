@@ -50,13 +50,13 @@ def test_log_limiter_logs_a_burst_then_counts_what_it_left_out(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [0.0]
-    limiter = LogLimiter(lambda: now[0], burst=2, period=60.0)
     logger = logging.getLogger("kvs.test.limiter")
+    limiter = LogLimiter(logger, burst=2, period=60.0, clock=lambda: now[0])
     with caplog.at_level(logging.WARNING, logger="kvs.test.limiter"):
-        logged = [limiter.log(logger, logging.WARNING, "a", "event %d", i) for i in range(5)]
-        assert limiter.log(logger, logging.WARNING, "b", "other kind")  # its own quota
+        logged = [limiter.log(logging.WARNING, "a", "event %d", i) for i in range(5)]
+        assert limiter.log(logging.WARNING, "b", "other kind")  # its own quota
         now[0] = 61.0
-        assert limiter.log(logger, logging.WARNING, "a", "event again")
+        assert limiter.log(logging.WARNING, "a", "event again")
     assert logged == [True, True, False, False, False]
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
