@@ -1,0 +1,1 @@
+"""test tooling; never imported by the node."""
