@@ -147,7 +147,6 @@ class ConnResult:
     upgraded: bytes | None = None
     garbage: bytes = b""
     raw: bytearray = field(default_factory=bytearray)
-    received: int = 0
     server_closed_at: float | None = None
     reset: bool = False
     we_ended_at: float | None = None
@@ -180,7 +179,6 @@ async def run_conn(conn: Conn, port: int, ctx: Context, marker: bytes) -> ConnRe
                 data = await stream.receive_some(65536)
                 if not data:
                     break
-                res.received += len(data)
                 if len(res.raw) < RAW_KEEP:
                     res.raw += data[: RAW_KEEP - len(res.raw)]
                 if marker in tail + data:
@@ -188,10 +186,10 @@ async def run_conn(conn: Conn, port: int, ctx: Context, marker: bytes) -> ConnRe
                 tail = data[-len(marker) :]
                 if not conn.h2:
                     reader.feed(data)
-                    if conn.expect is not None and len(reader.answers) >= conn.expect:
-                        answered.set()
-                    if reader.upgraded is not None or reader.garbage:
-                        answered.set() if conn.expect is not None else None
+                    done = len(reader.answers) >= (conn.expect or 0)
+                    other = reader.upgraded is not None or bool(reader.garbage)
+                    if conn.expect is not None and (done or other):
+                        answered.set()  # all answers in, or no more HTTP/1.1 to come
         except trio.BrokenResourceError:
             res.reset = True
         except trio.ClosedResourceError:
@@ -273,7 +271,9 @@ async def run_conn(conn: Conn, port: int, ctx: Context, marker: bytes) -> ConnRe
 PARSER_STATUSES = (400, 408, 413, 431, 505)  # what the HTTP parser may answer bare, before the app
 
 
-def judge(inter: Interaction, conn: Conn, res: ConnResult, stats: Stats) -> list[Finding]:
+def judge(
+    inter: Interaction, conn: Conn, res: ConnResult, stats: Stats, marker: bytes
+) -> list[Finding]:
     out: list[Finding] = []
 
     def fail(kind: str, signature: str, detail: str) -> None:
@@ -312,7 +312,15 @@ def judge(inter: Interaction, conn: Conn, res: ConnResult, stats: Stats) -> list
     if res.garbage and not speaks_h2 and inter.kind in ("request", "pipeline", "model"):
         fail("http-garbled", _route(label), repr(res.garbage[:200]))
     if res.marker_seen and not conn_may_see_marker(conn):
-        fail("marker-leak", _route(label), f"{inter.who}: {label}: {bytes(res.raw[:400])!r}")
+        leaked = [
+            (conn.labels[n] if n < len(conn.labels) else label, a)
+            for n, a in enumerate(answers)
+            if marker in a.body
+        ]
+        which, shown = leaked[0] if leaked else (label, None)
+        text = shown.body[:400] if shown is not None else bytes(res.raw[:400])
+        status = shown.status if shown is not None else "?"
+        fail("marker-leak", _route(which), f"{inter.who}: {which} -> {status}: {text!r}")
     if conn.upgrade == "h2c" and res.upgraded is not None:
         fail("http2-served", "h2c upgrade accepted (101)", label)
     elif speaks_h2:
@@ -583,7 +591,7 @@ class Runner:
             if res.connect_error:
                 self.stats.connect_errors += 1
                 return
-            for finding in judge(inter, conn, res, self.stats):
+            for finding in judge(inter, conn, res, self.stats, self.marker):
                 self.findings.add(finding)
 
         async with trio.open_nursery() as nursery:
@@ -908,7 +916,7 @@ def run(options: Options) -> Report:
                 trio.run(runner.fire, options.seconds, options.workers)
         finally:
             fuzz_seconds = time.monotonic() - fuzz_started
-            runner.check_model() if all(n.alive() for n in cluster.nodes) or True else None
+            runner.check_model()  # on the nodes that are up
             monitor.stop()
             runner.tracker.close()
         for i, node in enumerate(cluster.nodes):

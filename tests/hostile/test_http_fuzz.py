@@ -13,11 +13,15 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 from kvs.testing import fuzz_http
 
 FUZZ_SECONDS = 10.0  # with start-up, seeding, settling and stopping: about 18 s in all
 
 
+# /health within a second is a wall-clock bound: run with the other timing tests, alone.
+@pytest.mark.timing
 def test_hostile_http_traffic_never_takes_a_node_down(tmp_path: Path) -> None:
     raw = os.environ.get("KVS_FUZZ_SEED")
     seed = int(raw) if raw else random.SystemRandom().randrange(2**63)

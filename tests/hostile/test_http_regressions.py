@@ -139,6 +139,7 @@ DEADLINE = 2.0  # http_header_timeout and http_body_timeout set in the node's co
 GRACE = 3.0
 
 
+@pytest.mark.timing  # asserts the node cuts the connection within the deadline + a grace
 @pytest.mark.parametrize("how", ["trickled body", "stalled body", "stalled headers"])
 def test_request_headers_and_bodies_have_a_deadline(tmp_path: Path, how: str) -> None:
     """A write-token holder cannot keep `PUT /kv/{key}` open past the deadlines: the node
@@ -190,6 +191,7 @@ def _batch_body(size: int) -> bytes:
     return b'{"ops":[{"op":"put","key":"big/k","data":[' + b"1.5," * (size // 4) + b"0]}]}"
 
 
+@pytest.mark.timing  # asserts /health answers within a second while the batches run
 def test_concurrent_large_batches_keep_memory_and_health_in_bounds(tmp_path: Path) -> None:
     """Three concurrent 29 MiB `/kv/_batch` bodies: RSS stays under 4x idle, /health answers
     within a second throughout, every answer is a 200, a 413 or a 503 with Retry-After."""
