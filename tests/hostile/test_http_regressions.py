@@ -60,6 +60,27 @@ def test_half_closed_requests_do_not_end_the_node(tmp_path: Path, target: bytes)
         assert_node_healthy(live)
 
 
+def test_malformed_chunked_bodies_answered_early_do_not_end_the_node(tmp_path: Path) -> None:
+    """The same race without a half-close (found by the fuzzer): an anonymous `PUT /kv/a` is
+    answered 401 before its body is read, then the body's chunk framing is broken (`2`, two
+    bytes, no CRLF). Ten at once ended the node (BusyResourceError in the connection's
+    error-response path)."""
+    request = b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX"
+    with one_node(tmp_path) as live:
+        socks = [connect(live.port) for _ in range(10)]
+        try:
+            for sock in socks:
+                sock.sendall(request)
+            for sock in socks:
+                answer, _ = read_until_closed(sock, timeout=5.0)
+                status = status_of(answer)
+                assert answer == b"" or (status is not None and 400 <= status < 500), answer[:200]
+        finally:
+            for sock in socks:
+                sock.close()
+        assert_node_healthy(live)
+
+
 # --- 2. HTTP/2 prior knowledge ------------------------------------------------------------------
 
 H2_CASES = {
