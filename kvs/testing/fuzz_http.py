@@ -590,6 +590,9 @@ class Runner:
             self.stats.connections += 1
             if res.connect_error:
                 self.stats.connect_errors += 1
+                # The node is going down (the monitor will say) or its backlog is full:
+                # back off rather than burn interactions that cannot reach it.
+                await trio.sleep(0.25)
                 return
             for finding in judge(inter, conn, res, self.stats, self.marker):
                 self.findings.add(finding)

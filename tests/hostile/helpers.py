@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvs.testing.http_cluster import HOST, NodeCluster, NodeProcess, http_get
+from kvs.testing.http_wire import AnswerReader
 
 SOCKET_TIMEOUT = 10.0  # no single socket operation in these tests may take longer
 
@@ -42,9 +43,13 @@ def connect(port: int, timeout: float = SOCKET_TIMEOUT) -> socket.socket:
     return sock
 
 
-def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
-    """What the server sends within `timeout`; (data, closed_by_server)."""
+def read_until_closed(
+    sock: socket.socket, timeout: float, answers: int | None = None
+) -> tuple[bytes, bool]:
+    """What the server sends within `timeout`, or until `answers` complete HTTP/1.1 answers
+    have arrived; (data, closed_by_server)."""
     deadline = time.monotonic() + timeout
+    reader = AnswerReader()
     data = b""
     while True:
         left = deadline - time.monotonic()
@@ -60,13 +65,20 @@ def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, bool]
         if not chunk:
             return data, True
         data += chunk
+        if answers is not None:
+            reader.feed(chunk)
+            if len(reader.answers) >= answers:
+                return data, False
 
 
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[bytes, bool]:
-    """Send `data` on a new connection and read until the server closes or `timeout`."""
+def exchange(
+    port: int, data: bytes, timeout: float = 5.0, answers: int | None = None
+) -> tuple[bytes, bool]:
+    """Send `data` on a new connection; read until the server closes, `answers` answers
+    are in, or `timeout`."""
     with connect(port) as sock:
         sock.sendall(data)
-        return read_until_closed(sock, timeout)
+        return read_until_closed(sock, timeout, answers)
 
 
 def status_of(answer: bytes) -> int | None:

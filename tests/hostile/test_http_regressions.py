@@ -117,7 +117,7 @@ def test_h2c_upgrade_is_answered_over_http_1_1(tmp_path: Path) -> None:
         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
     )
     with one_node(tmp_path) as live:
-        answer, _ = exchange(live.port, request, timeout=2.0)
+        answer, _ = exchange(live.port, request, timeout=5.0, answers=1)
         assert status_of(answer) == 200, answer[:200]
         assert_node_healthy(live)
 
@@ -146,7 +146,7 @@ def test_bad_input_is_answered_with_a_4xx_never_a_500(tmp_path: Path) -> None:
     wrong = {}
     with one_node(tmp_path) as live:
         for name, request in BAD_INPUT.items():
-            answer, _ = exchange(live.port, request, timeout=2.0)
+            answer, _ = exchange(live.port, request, timeout=5.0, answers=1)
             status = status_of(answer)
             if status is None or not 400 <= status < 500:
                 wrong[name] = answer[:160]
