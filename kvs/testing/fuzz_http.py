@@ -49,7 +49,6 @@ from kvs.testing.http_cluster import HOST, NodeCluster, supported_config_keys
 from kvs.testing.http_inputs import (
     GRACE,
     KINDS,
-    MARKER_READERS,
     MODEL_SLOTS,
     TOKEN_SCOPES,
     Big,
@@ -135,7 +134,6 @@ def mutate_token(token: str, how: str) -> str:
 
 # --- run time: one connection ---------------------------------------------------------------------
 
-MARKER_READ_TOKENS = tuple(tok(name) for name in MARKER_READERS)
 RAW_KEEP = 1 << 20  # bytes of each connection's received data kept for judging
 
 
@@ -311,7 +309,7 @@ def judge(
     speaks_h2 = conn.h2 or _looks_like_h2(res.garbage) or _looks_like_h2(res.upgraded or b"")
     if res.garbage and not speaks_h2 and inter.kind in ("request", "pipeline", "model"):
         fail("http-garbled", _route(label), repr(res.garbage[:200]))
-    if res.marker_seen and not conn_may_see_marker(conn):
+    if res.marker_seen and not conn.may_see_marker:
         leaked = [
             (conn.labels[n] if n < len(conn.labels) else label, a)
             for n, a in enumerate(answers)
@@ -354,13 +352,6 @@ def _json_error(body: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(document, dict) and "error" in document
-
-
-def conn_may_see_marker(conn: Conn) -> bool:
-    for step in conn.steps:
-        if step[0] in ("send", "trickle") and any(t in step[1] for t in MARKER_READ_TOKENS):
-            return True
-    return False
 
 
 def _looks_like_h2(data: bytes) -> bool:
@@ -898,6 +889,7 @@ def run(options: Options) -> Report:
     with cluster:
         cluster.start()
         ctx = seed_cluster(cluster, gen.plan)
+        gen.resolve = ctx.resolve
         runner = Runner(options, cluster, gen, ctx)
         monitor = Monitor(
             cluster.nodes,

@@ -154,6 +154,7 @@ class Conn:
     deadline: float | None = None  # the server must close within this long after ("mark",)
     stream: bool = False  # a watch: the answer never completes
     lenient: bool = False  # we hang up early on purpose: judge what came, not what did not
+    may_see_marker: bool = False  # sent a token of a caller allowed to read private values
 
 
 @dataclass
@@ -439,6 +440,9 @@ def tok(name: str) -> bytes:
     return b"{{tok:" + name.encode() + b"}}"
 
 
+MARKER_READ_TOKENS = tuple(tok(name) for name in MARKER_READERS)
+
+
 # --- the generator -------------------------------------------------------------------------------
 
 # How often each kind of interaction, and each endpoint of a plain request, is drawn.
@@ -476,8 +480,14 @@ class Generator:
         *,
         deadlines: Deadlines | None = None,
         kinds: Sequence[str] = KINDS,
+        resolve: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.seed = seed
+        # Fills in placeholders ({{tok:reader}}...) before any length is computed over them
+        # (Content-Length, chunk sizes, HPACK): the runner passes its context's; without
+        # one (--show, unit tests) the placeholders stay as they are.
+        self.resolve: Callable[[bytes], bytes] = resolve or (lambda data: data)
+        self._may_see = False
         self.nodes = nodes
         self.deadlines = deadlines or Deadlines()
         master = random.Random(seed)
@@ -501,7 +511,33 @@ class Generator:
             kind = random.Random(index ^ self.seed).choices(self.kinds, self.weights)[0]
         node = rng.randrange(self.nodes)
         build: Callable[[random.Random, int, int], Interaction] = getattr(self, f"_kind_{kind}")
-        return build(rng, index, node)
+        self._may_see = False
+        inter = build(rng, index, node)
+        for conn in inter.conns:
+            conn.may_see_marker = self._may_see
+        return inter
+
+    def _request_bytes(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes = b"",
+        **how: Any,
+    ) -> bytes:
+        """wire.request_bytes over resolved parts; notes a token that may read the marker."""
+        r = self.resolve
+        self._note_tokens(target, body, *(v for _, v in headers))
+        resolved = [(r(n), r(v)) for n, v in headers]
+        return wire.request_bytes(r(method), r(target), resolved, r(body), **how)
+
+    def _header_block(self, fields: list[tuple[bytes, bytes]]) -> bytes:
+        self._note_tokens(*(v for _, v in fields))
+        return wire.header_block([(self.resolve(n), self.resolve(v)) for n, v in fields])
+
+    def _note_tokens(self, *parts: bytes) -> None:
+        if any(t in part for part in parts for t in MARKER_READ_TOKENS):
+            self._may_see = True
 
     # --- principals and keys -------------------------------------------------------------------
 
@@ -980,7 +1016,7 @@ class Generator:
         if rng.random() < mutate:
             headers = self._mutate_headers(rng, headers)
         framing = "chunked" if body and rng.random() < 0.15 else "length"
-        data = wire.request_bytes(method, target, headers, body, framing=framing)
+        data = self._request_bytes(method, target, headers, body, framing=framing)
         return f"{label} {method.decode('latin-1')}", data, body, method == b"HEAD"
 
     def _mutate_headers(
@@ -1040,7 +1076,7 @@ class Generator:
                 headers = self._garbage_headers(rng, headers)
             elif mutation == "framing":
                 framing = "none"
-                body = body or b'{"a":1}'
+                body = self.resolve(body or b'{"a":1}')  # the lengths are of what is sent
                 headers = headers + self._bad_framing(rng, body)
             elif mutation == "chunked":
                 framing = "none"
@@ -1051,7 +1087,7 @@ class Generator:
         if "noise" in mutations:
             data = self._noise(rng)
         else:
-            data = wire.request_bytes(
+            data = self._request_bytes(
                 method, target, headers, body, version=version, framing=framing
             )
             if "lines" in mutations:
@@ -1065,7 +1101,7 @@ class Generator:
                 )
         expect = 1
         if rng.random() < 0.3:  # a well-formed request behind it: is the stream still in step?
-            tail = wire.request_bytes(
+            tail = self._request_bytes(
                 b"GET", b"/health", [(b"Host", f"{HOST}:{{{{port:{node}}}}}".encode())]
             )
             expect = 2
@@ -1185,7 +1221,7 @@ class Generator:
         headers = self._host(rng, node) + self._auth_headers(rng, who) + headers
         declared = rng.choice([1, 100, 4096, 10**6])
         sent = rng.choice([0, 1, 2, 50])
-        head = wire.request_bytes(
+        head = self._request_bytes(
             method, target, [*headers, (b"Content-Length", str(declared).encode())], framing="none"
         )
         partial = (body or b'{"a":' + b"1" * 100)[: min(sent, declared - 1)]
@@ -1199,7 +1235,7 @@ class Generator:
         who = rng.choice(["anon", "writer", "root"])
         key = self._junk_key(rng)
         in_body = rng.random() < 0.6
-        head = wire.request_bytes(
+        head = self._request_bytes(
             b"PUT",
             b"/kv/" + pct(key),
             [(b"Host", b"fuzz"), *self._auth_headers(rng, who), (b"Content-Length", b"64")],
@@ -1226,7 +1262,7 @@ class Generator:
         who = rng.choice(["anon", "writer", "root", "reader"])
         in_body = rng.random() < 0.6
         body = dump({"v": "t" * 200})
-        head = wire.request_bytes(
+        head = self._request_bytes(
             b"PUT",
             b"/kv/" + pct(self._junk_key(rng)),
             [
@@ -1260,7 +1296,7 @@ class Generator:
         for _ in range(count):
             label, one, _, head = self._api_request(rng, node, who, mutate=0.05)
             if label.startswith(("watch", "backup")):
-                one = wire.request_bytes(b"GET", b"/health", [(b"Host", b"x")])
+                one = self._request_bytes(b"GET", b"/health", [(b"Host", b"x")])
                 label, head = "health GET", False
             if len(data) + len(one) > PIPELINE_BYTES and labels:
                 break
@@ -1299,7 +1335,7 @@ class Generator:
                     ("eof",),
                 ]
             elif shape == 3:
-                steps = [("send", wire.request_bytes(b"GET", b"/health", [(b"Host", b"x")]))]
+                steps = [("send", self._request_bytes(b"GET", b"/health", [(b"Host", b"x")]))]
             else:
                 steps = [("send", wire.PREFACE), ("sleep", rng.uniform(0, 0.5)), ("close",)]
             conn = Conn(steps, [f"flood shape {shape}"], expect=None if shape != 3 else 1)
@@ -1332,7 +1368,7 @@ class Generator:
             )
         if rng.random() < 0.8:
             headers.append((b"Sec-WebSocket-Version", rng.choice([b"13", b"8", b"99", b"x"])))
-        data = wire.request_bytes(
+        data = self._request_bytes(
             rng.choice([b"GET"] * 5 + [b"POST"]), target, headers, framing="none"
         )
         if rng.random() < 0.4:  # a masked text frame right behind it
@@ -1345,22 +1381,58 @@ class Generator:
 
     def _kind_h2_prior(self, rng: random.Random, index: int, node: int) -> Interaction:
         frames = [wire.PREFACE]
-        if rng.random() < 0.9:
-            frames.append(
-                wire.settings(
-                    [(rng.choice([1, 2, 3, 4, 5, 6, 99]), rng.choice([0, 1, 2**31, 2**32 - 1]))]
-                )
-            )
-        for _ in range(rng.choice([1, 1, 2, 5])):
+        well_framed = rng.random() < 0.6
+        if well_framed:
+            # Well-framed: empty SETTINGS, then one HEADERS frame that ends headers and
+            # stream, so the server gets as far as reading its fields (one of them odd).
+            frames.append(wire.settings())
+            block = self._header_block(self._h2_request_fields(rng, node))
+            flags = wire.END_HEADERS | wire.END_STREAM
+            frames.append(wire.frame(wire.HEADERS, flags, 1, block))
+        elif rng.random() < 0.9:
+            setting = (rng.choice([1, 2, 3, 4, 5, 6, 99]), rng.choice([0, 1, 2**31, 2**32 - 1]))
+            frames.append(wire.settings([setting]))
+        # Frames behind a well-framed request are few: a broken one is refused before the
+        # request's fields are even looked at.
+        for _ in range(rng.choice([0, 0, 0, 1, 2] if well_framed else [1, 1, 2, 5])):
             frames.append(self._h2_frame(rng, node))
         data = b"".join(frames)
         label = "h2 prior-knowledge"
         conn = Conn([("send", data)], [label], expect=None, h2=True, read_timeout=3.0)
         return Interaction(index, "h2_prior", node, "anon", label, [conn])
 
-    def _h2_frame(self, rng: random.Random, node: int) -> bytes:
-        stream = rng.choice([1, 1, 3, 2, 0, 2**31 - 1])
-        choice = rng.randrange(12)
+    def _h2_request_fields(self, rng: random.Random, node: int) -> list[tuple[bytes, bytes]]:
+        """A valid GET /health with exactly one thing wrong (or nothing)."""
+        base = {
+            b":method": b"GET",
+            b":scheme": b"http",
+            b":path": b"/health",
+            b":authority": f"{HOST}:{{{{port:{node}}}}}".encode(),
+        }
+        odd = rng.choice(
+            [
+                (b":path", b"/\xff"),
+                (b":path", b"/kv/\xc3\xa9"),
+                (b":method", "GÉT".encode()),
+                (b":method", b"CONNECT"),  # and no :path, below
+                (b":scheme", b"\xff"),
+                (b":authority", b"\xff"),
+                (b":path", b""),
+                (b":path", b"*"),
+                (b":path", b"?a=1"),
+                (b"x-odd", b"\xff\xfe"),
+                (b"x-nul", b"a\x00b"),
+                (b"host", b"a" * 64),
+                None,
+            ]
+        )
+        if odd is not None:
+            base[odd[0]] = odd[1]
+            if odd == (b":method", b"CONNECT"):
+                del base[b":path"], base[b":scheme"]
+        return list(base.items())
+
+    def _h2_fields(self, rng: random.Random, node: int) -> list[tuple[bytes, bytes]]:
         path = rng.choice(
             [b"/health", b"/kv/a", b"/\xff", b"", b"*", b"/kv/" + b"a" * 5000, b"http://x/"]
         )
@@ -1369,27 +1441,24 @@ class Generator:
             (b":method", method),
             (b":scheme", rng.choice([b"http", b"https", b"\xff"])),
             (b":path", path),
+            (b":authority", f"{HOST}:{{{{port:{node}}}}}".encode()),
         ]
-        fields.append((b":authority", f"{HOST}:{{{{port:{node}}}}}".encode()))
         if rng.random() < 0.3:
             fields = [f for f in fields if f[0] != rng.choice([b":path", b":method", b":scheme"])]
         if rng.random() < 0.2:
-            fields.append(
-                rng.choice(
-                    [
-                        (b"Upper", b"x"),
-                        (b"connection", b"close"),
-                        (b"te", b"gzip"),
-                        (b":bogus", b"1"),
-                        (b"x", b"\x00"),
-                    ]
-                )
-            )
+            odd = [(b"Upper", b"x"), (b"connection", b"close"), (b"te", b"gzip"), (b":bogus", b"1")]
+            fields.append(rng.choice([*odd, (b"x", b"\x00")]))
+        return fields
+
+    def _h2_frame(self, rng: random.Random, node: int) -> bytes:
+        stream = rng.choice([1, 1, 3, 2, 0, 2**31 - 1])
+        choice = rng.randrange(12)
+        fields = self._h2_fields(rng, node)
         if choice < 6:
             flags = rng.choice(
                 [wire.END_HEADERS | wire.END_STREAM, wire.END_HEADERS, 0, wire.PADDED]
             )
-            block = wire.header_block(fields)
+            block = self._header_block(fields)
             if flags & wire.PADDED:
                 block = b"\xff" + block
             return wire.frame(wire.HEADERS, flags, stream, block)
@@ -1421,7 +1490,7 @@ class Generator:
             headers.append(
                 (b"HTTP2-Settings", rng.choice([b"AAMAAABkAAQAAP__", b"", b"!!!", b"A" * 1000]))
             )
-        data = wire.request_bytes(method, target, headers, body)
+        data = self._request_bytes(method, target, headers, body)
         if rng.random() < 0.3:
             data += wire.PREFACE + wire.settings()
         conn = Conn([("send", data)], [f"h2c-upgrade {label}"], [method == b"HEAD"], upgrade="h2c")
@@ -1489,7 +1558,7 @@ class Generator:
             chunked = rng.random() < 0.25
             if chunked:
                 # Each piece of the Big becomes one chunk (sent as its own chunk framing).
-                head = wire.request_bytes(
+                head = self._request_bytes(
                     method, target, [*headers, (b"Transfer-Encoding", b"chunked")], framing="none"
                 )
                 fill = b"%x\r\n" % len(big.fill) + big.fill + b"\r\n"
@@ -1499,7 +1568,7 @@ class Generator:
                 ) + b"0\r\n\r\n"
                 payload = Big(head + start, fill, big.count, end)
             else:
-                head = wire.request_bytes(
+                head = self._request_bytes(
                     method,
                     target,
                     [*headers, (b"Content-Length", str(len(big)).encode())],
@@ -1516,7 +1585,7 @@ class Generator:
 
     def _kind_slow_reader(self, rng: random.Random, index: int, node: int) -> Interaction:
         who = rng.choice(["root", "reader", "writer"])
-        one = wire.request_bytes(
+        one = self._request_bytes(
             b"GET",
             rng.choice(
                 [b"/kv/_tree?limit=5000", b"/metrics", b"/kv_changes?limit=1000", b"/api/users"]

@@ -3,8 +3,10 @@ same bytes, and the generator keeps the promises its oracle relies on."""
 
 from __future__ import annotations
 
+import re
+
 from kvs.testing.http_inputs import KINDS, MARKER_READERS, Generator, Interaction
-from kvs.testing.http_wire import AnswerReader, chunked
+from kvs.testing.http_wire import AnswerReader, chunked, parse_frames
 
 
 def _bytes_of(inter: Interaction) -> list[bytes]:
@@ -55,6 +57,34 @@ def test_the_generator_keeps_the_promises_the_oracle_relies_on() -> None:
                 method = line.split(b" ", 1)[0]
                 if method in (b"PUT", b"DELETE", b"POST") and any(k in line for k in private):
                     raise AssertionError(f"#{index} {inter.who} may change a private key: {line!r}")
+
+
+def _long_values(data: bytes) -> bytes:
+    """A resolver whose values are much longer than the placeholders they replace."""
+    return re.sub(rb"\{\{[^}]*\}\}", lambda m: b"v" * 300, data)
+
+
+def test_lengths_are_computed_over_the_resolved_bytes() -> None:
+    """Placeholders are filled in before Content-Length, chunk sizes and HPACK lengths are
+    computed: a JSON body naming a user, or an HTTP/2 :authority with a port, arrives whole."""
+    gen = Generator(5, 3, resolve=_long_values)
+    checked = {"length": 0, "h2": 0}
+    for index in range(3000):
+        inter = gen.interaction(index)
+        for data in _bytes_of(inter):
+            assert b"{{" not in data, index
+        if inter.kind == "request" and inter.conns[0].steps[0][0] == "send":
+            data = inter.conns[0].steps[0][1]
+            head, _, body = data.partition(b"\r\n\r\n")
+            declared = re.findall(rb"\r\nContent-Length: (\d+)", head)
+            if declared and b"Transfer-Encoding" not in head:
+                assert int(declared[-1]) == len(body), (index, head[:200])
+                checked["length"] += 1
+        if inter.kind == "h2_prior":
+            frames, rest = parse_frames(inter.conns[0].steps[0][1][24:])
+            if frames and frames[0].kind == 4 and len(frames) > 1 and frames[1].kind == 1:
+                checked["h2"] += 1
+    assert checked["length"] > 100 and checked["h2"] > 10, checked
 
 
 def test_the_answer_reader_splits_pipelined_answers() -> None:
