@@ -10,11 +10,13 @@ found with real processes, see tests/integration/test_http_front.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import h11
 import orjson
 import trio
 
@@ -27,7 +29,15 @@ log = logging.getLogger("kvs.http")
 ASGIApp = Callable[[dict[str, Any], ASGIReceive, ASGISend], Awaitable[None]]
 
 HTTP_GRACE = 10.0  # a graceful shutdown waits this long at most for requests in flight
-FINAL_SEND_GRACE = 5.0  # bound on the shielded last send of a response (see HttpFront)
+FINAL_SEND_GRACE = 5.0
+# What Hypercorn's send raises when the client broke or left the connection meanwhile.
+CLIENT_GONE = (
+    h11.ProtocolError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.BusyResourceError,
+)  # bound on the shielded last send of a response (see HttpFront)
 
 
 class HttpFront:
@@ -82,7 +92,8 @@ class HttpFront:
 
     async def __call__(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] == "websocket":
-            await self._refuse_websocket(scope, send)
+            with contextlib.suppress(*CLIENT_GONE):  # it may break the handshake meanwhile
+                await self._refuse_websocket(scope, send)
             return
         if scope["type"] != "http":
             return  # lifespan: nothing to start or stop
@@ -198,21 +209,28 @@ class _Exchange:
         return message
 
     async def send(self, message: ASGIMessage) -> None:
-        """The app's send(): its last body message shielded, the rest of the body drained."""
+        """The app's send(): its last body message shielded, the rest of the body drained.
+
+        A client that broke the protocol meanwhile makes Hypercorn's send raise; that is
+        the client's doing, not the app's, so the message is dropped as if the client had
+        gone, and the app finishes normally."""
         if message["type"] == "http.response.start":
             self.response_started = True
-        if message["type"] != "http.response.body" or message.get("more_body", False):
-            await self._send(message)
-            return
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + FINAL_SEND_GRACE
-            if self.body_done:
+        try:
+            if message["type"] != "http.response.body" or message.get("more_body", False):
                 await self._send(message)
                 return
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._drain_body)
-                await self._send(message)
-                nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + FINAL_SEND_GRACE
+                if self.body_done:
+                    await self._send(message)
+                    return
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._drain_body)
+                    await self._send(message)
+                    nursery.cancel_scope.cancel()
+        except* CLIENT_GONE:
+            pass
 
     async def _drain_body(self) -> None:
         while True:
@@ -275,8 +293,12 @@ def check_host(scope: dict[str, Any]) -> str | None:
     if match is None:
         return "the Host header is not a host name or address with an optional port"
     name = match.group("name")
-    if name and any(len(label) > 63 for label in name.split(".")):
-        return "a label of the Host header's name is longer than 63 characters"
+    if name:
+        labels = name.removesuffix(".").split(".")  # a fully qualified name may end in '.'
+        if any(len(label) > 63 for label in labels):
+            return "a label of the Host header's name is longer than 63 characters"
+        if not all(labels):
+            return "the Host header's name has an empty label ('a..b' or a leading '.')"
     return None
 
 

@@ -43,6 +43,12 @@ _PUT_FIELDS = frozenset({"op", "key", "data", "ttl"})
 _DELETE_FIELDS = frozenset({"op", "key"})
 
 
+def max_op_chars(config: Config) -> int:
+    """The longest JSON text one batch op may have: its value pretty-printed with room to
+    spare, plus its key (1,024 UTF-8 bytes, up to 6 characters each when escaped) and fields."""
+    return 2 * config.max_json_size + 16 * 1024
+
+
 def batch_body_limit(config: Config) -> int:
     """The largest body any endpoint accepts (a `_batch`); also the app-wide Quart limit."""
     return max(config.max_json_size, MIN_BATCH_BODY)
@@ -280,7 +286,9 @@ def kv_blueprint(node: Node) -> Blueprint:
         if not {WRITE_SCOPE, DELETE_SCOPE} & principal.scopes:
             guard.require_scope(node, principal, WRITE_SCOPE)  # 401/403 before reading the body
         # The body is held by the iterator alone, which lets it go once it has the text.
-        ops = iter_batch_ops(await read_body(batch_body_limit(config)), MAX_BATCH_OPS)
+        ops = iter_batch_ops(
+            await read_body(batch_body_limit(config)), MAX_BATCH_OPS, max_op_chars(config)
+        )
         now = node.clock.wall_ms()
         store_ops = [batch_op(index, op, now) async for index, op in ops]
         if node.auth.enabled:

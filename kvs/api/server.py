@@ -60,6 +60,7 @@ from kvs.logs import LogLimiter
 log = logging.getLogger("kvs.http")
 
 MAX_RECV = 64 * 1024
+LINGER = 2.0  # a closing connection reads (and drops) what the client still sends this long
 # Accepting fails this way when the process or the machine is out of a resource; it passes.
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 # The connection's peer broke it: not a bug here, not worth a log line.
@@ -183,6 +184,12 @@ class _Http11Only(H11Protocol):
             raise _BadTarget(check_target(event.target))
         # An `Upgrade: h2c` header is ignored: the request is answered over HTTP/1.1.
 
+    async def _send_error_response(self, status_code: int) -> None:
+        """The parser's own answer to a malformed request. h11 hints 501 for a transfer
+        coding it does not implement (`Transfer-Encoding: gzip`); that is bad input here, so
+        a 400: a node answers no 5xx for what a client sent."""
+        await super()._send_error_response(400 if status_code >= 500 else status_code)
+
 
 class HttpConnection:
     """One accepted connection, served to the end or closed; never raises (but Cancelled)."""
@@ -208,6 +215,7 @@ class HttpConnection:
         self._idle_scope: trio.CancelScope | None = None
         self._closed = False
         self._reading = True
+        self._linger_until: float | None = None  # set once the connection is closing
 
     async def run(self) -> None:
         self.stats.connections += 1
@@ -274,12 +282,17 @@ class HttpConnection:
         assert self.protocol is not None
         body_deadline: float | None = None
         while True:
+            if self._linger_until is not None:
+                await self._linger()
+                return
             deadline, head_deadline, body_deadline = self._deadline(head_deadline, body_deadline)
             with trio.move_on_at(deadline) as timer:
                 try:
                     data = await self.stream.receive_some(MAX_RECV)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     break
+            if self._linger_until is not None:
+                continue  # closing: what arrived meanwhile is discarded
             if timer.cancelled_caught:
                 await self._timed_out(head=body_deadline is None)
                 return
@@ -288,11 +301,11 @@ class HttpConnection:
             except _Http2Preface:
                 self.stats.http2_refused += 1
                 await self._send_raw(HTTP2_REFUSAL)
-                return
+                continue  # lingers, then closes
             except _BadTarget as exc:
                 self.stats.bad_requests += 1
                 await self._send_raw(error_bytes(400, "Bad Request", str(exc)))
-                return
+                continue
             if not data:
                 break
         await self.protocol.handle(Closed())
@@ -396,13 +409,29 @@ class HttpConnection:
                 await self.protocol.handle(Closed())
                 await self._close()
 
+    async def _linger(self) -> None:
+        """Read and discard what the client still sends, until it closes or LINGER passes.
+
+        Closing a socket with unread data makes the kernel answer with a reset, and a
+        client still sending its body (say, the 29 MiB batch a 503 refused) then loses the
+        answer waiting in its receive buffer. So the server first stops writing, then reads
+        until the client has seen the answer and closed too (Apache's lingering close)."""
+        assert self._linger_until is not None
+        with trio.move_on_at(self._linger_until), contextlib.suppress(_PEER_ERRORS):
+            while await self.stream.receive_some(MAX_RECV):
+                pass
+
     async def _close(self) -> None:
+        """Close the connection: at once, or, while the read loop runs, after it lingers."""
         if self._closed:
             return
-        self._closed = True
-        if isinstance(self.stream, trio.SocketStream):
+        if isinstance(self.stream, trio.SocketStream) and self._linger_until is None:
+            self._linger_until = trio.current_time() + LINGER
             with contextlib.suppress(_PEER_ERRORS):
                 await self.stream.send_eof()
+            if self._reading:
+                return  # the read loop lingers, then the connection closes
+        self._closed = True
         with contextlib.suppress(_PEER_ERRORS):
             await self.stream.aclose()
 

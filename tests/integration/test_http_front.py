@@ -309,7 +309,16 @@ async def test_an_absolute_form_target_is_served(start_server: Any) -> None:
 
 @pytest.mark.parametrize(
     "host",
-    [b"a" * 64 + b".example", "bücher.example".encode(), b"a b", b"h:99999999", b"[zz]"],
+    [
+        b"a" * 64 + b".example",
+        "bücher.example".encode(),
+        b"a b",
+        b"h:99999999",
+        b"[zz]",
+        b".",
+        b"a..b",
+        b".a",
+    ],
 )
 async def test_a_bad_host_header_is_a_json_400(start_server: Any, host: bytes) -> None:
     port, _, _ = await start_server(HttpFront(quart_app()))

@@ -10,16 +10,17 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvs.api import batch_body
 from kvs.api.batch_body import iter_batch_ops
 from kvs.api.errors import ApiError
 
 
-async def ops_of(body: bytes, max_ops: int = 1000) -> list[Any]:
-    return [op async for _, op in iter_batch_ops(body, max_ops)]
+async def ops_of(body: bytes, max_ops: int = 1000, max_op_chars: int = 1 << 20) -> list[Any]:
+    return [op async for _, op in iter_batch_ops(body, max_ops, max_op_chars)]
 
 
-def run(body: bytes, max_ops: int = 1000) -> list[Any]:
-    return trio.run(ops_of, body, max_ops)
+def run(body: bytes, max_ops: int = 1000, max_op_chars: int = 1 << 20) -> list[Any]:
+    return trio.run(ops_of, body, max_ops, max_op_chars)
 
 
 json_values = st.recursive(
@@ -38,17 +39,17 @@ json_values = st.recursive(
 @settings(max_examples=200, deadline=None)
 @given(
     ops=st.lists(json_values, max_size=8),
-    others=st.dictionaries(
-        st.text(max_size=4).filter(lambda k: k != "ops"), json_values, max_size=3
-    ),
     indent=st.sampled_from([None, 0, 2]),
+    window=st.sampled_from([8, 64, 4096]),
 )
 def test_it_yields_exactly_what_a_whole_parse_finds(
-    ops: list[Any], others: dict[str, Any], indent: int | None
+    ops: list[Any], indent: int | None, window: int
 ) -> None:
-    document = {**others, "ops": ops}
-    body = json.dumps(document, indent=indent, ensure_ascii=False).encode()
-    assert run(body) == json.loads(body)["ops"]
+    # A tiny first window makes values cross window edges: growing it must not change them.
+    body = json.dumps({"ops": ops}, indent=indent, ensure_ascii=False).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batch_body, "FIRST_WINDOW", window)
+        assert run(body) == json.loads(body)["ops"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -62,7 +63,11 @@ def test_it_refuses_what_a_whole_parse_refuses(text: str) -> None:
         expected = json.loads(text)
     except (ValueError, RecursionError):
         expected = None
-    if not isinstance(expected, dict) or not isinstance(expected.get("ops"), list):
+    if (
+        not isinstance(expected, dict)
+        or expected.keys() != {"ops"}
+        or not isinstance(expected["ops"], list)
+    ):
         with pytest.raises(ApiError) as refused:
             run(text.encode())
         assert refused.value.status == 400
@@ -76,7 +81,8 @@ def test_it_refuses_what_a_whole_parse_refuses(text: str) -> None:
         (b"", "empty"),
         (b"[]", '{"ops": [...]}'),
         (b'{"ops": {}}', '{"ops": [...]}'),
-        (b'{"other": 1}', '{"ops": [...]}'),
+        (b'{"other": 1}', "unknown field 'other'"),
+        (b'{"ops": [], "x": [1.5, 1.5]}', "unknown field 'x'"),
         (b'{"ops": [], "ops": []}', "twice"),
         (b'{"ops": [1,]}', "not valid JSON"),
         (b'{"ops": [1] x', "not valid JSON"),
@@ -118,3 +124,40 @@ async def test_a_large_body_hands_the_event_loop_back_while_it_is_parsed() -> No
         assert len(await ops_of(body)) == 200
         nursery.cancel_scope.cancel()
     assert ticks >= 20  # ~2 MB of text: the other task ran between ops, many times
+
+
+def test_an_op_longer_than_its_limit_is_a_413_before_it_is_parsed_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parsed: list[int] = []
+    raw_decode = batch_body.DECODER.raw_decode
+
+    def counting(text: str, idx: int = 0) -> Any:
+        parsed.append(len(text))
+        return raw_decode(text, idx)
+
+    monkeypatch.setattr(batch_body.DECODER, "raw_decode", counting)
+    # 4 MB of floats in one op: as objects, ~64 MB; refused having parsed at most 100 KB.
+    body = b'{"ops": [{"op": "put", "key": "k", "data": [' + b"1.5," * 1_000_000 + b"0]}]}"
+    with pytest.raises(ApiError) as refused:
+        run(body, max_op_chars=100_000)
+    assert refused.value.status == 413
+    assert "op 0 is longer than 100000 characters" in refused.value.message
+    assert max(parsed) <= 100_000
+
+
+def test_an_op_within_its_limit_but_past_the_first_window_is_read_whole() -> None:
+    op = {"op": "put", "key": "k", "data": "x" * 50_000}
+    body = json.dumps({"ops": [op, op]}).encode()
+    assert run(body, max_op_chars=60_000) == [op, op]
+    with pytest.raises(ApiError) as refused:
+        run(body, max_op_chars=40_000)
+    assert refused.value.status == 413
+
+
+def test_an_error_past_the_first_window_names_its_place_in_the_body() -> None:
+    body = b'{"ops": [\n{"data": "' + b"x" * 10_000 + b'", "bad": tru}]}'
+    with pytest.raises(ApiError) as refused:
+        run(body)
+    assert refused.value.status == 400
+    assert "line 2 column" in refused.value.message
