@@ -14,9 +14,11 @@ Bad configuration ends with one line naming the key and exit status 2, never a t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import gc
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -103,6 +105,20 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def _raise_file_limit() -> int:
+    """Raise this process's open-file limit to its hard limit; return the limit in force.
+
+    Each HTTP connection holds a descriptor; at many systems' default soft limit of 1,024,
+    a thousand idle clients left no descriptor to accept with (nor for LMDB, sync or a
+    backup). The hard limit is the administrator's choice; the soft one is only a default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 async def _serve(config: Config) -> None:
     from kvs.node import Node  # imported late: `kvs init` should not pay for the web stack
 
@@ -112,6 +128,7 @@ async def _serve(config: Config) -> None:
     except StoreError as exc:
         raise ConfigError("data_dir", str(exc), config.source) from None
     _tune_gc()
+    node.file_limit = _raise_file_limit()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 

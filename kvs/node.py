@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import resource
 from collections.abc import Callable
 from typing import Any
 
@@ -77,6 +78,8 @@ class Node:
         self._cancel_scope: trio.CancelScope | None = None
         self._http_front: HttpFront | None = None
         self.http_stats = HttpStats()
+        # The process's open-file limit (the CLI raises and sets it; tests keep the default).
+        self.file_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.backups = BackupService(
             node_id=self.node_id,
             env=lambda: self.store.lease_env(),
@@ -371,7 +374,7 @@ class Node:
         limits = HttpLimits(
             header_timeout=c.http_header_timeout,
             body_timeout=c.http_body_timeout,
-            max_connections=c.http_max_connections,
+            max_connections=self._connection_cap(),
             graceful_timeout=HTTP_GRACE,
         )
         self._http_front = HttpFront(
@@ -391,6 +394,20 @@ class Node:
         # The listener has stopped and requests in flight are answered: end the node.
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
+
+    def _connection_cap(self) -> int:
+        """http_max_connections, lowered to what the open-file limit leaves room for: half
+        of it, the rest for LMDB, gossip, sync peers, backups and the log."""
+        cap = self.config.http_max_connections
+        room = max(16, (self.file_limit - 64) // 2)
+        if room < cap:
+            log.warning(
+                "http_max_connections lowered from %d to %d: the open-file limit is %d",
+                cap,
+                room,
+                self.file_limit,
+            )
+        return min(cap, room)
 
     async def sweep(self) -> int:
         """Expire what is due and collect old tombstones, all of it, a bounded transaction
