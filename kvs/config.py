@@ -48,7 +48,7 @@ class Config:
     http_stall_timeout: float = 20.0  # a client that stops reading is dropped after this long
     http_header_timeout: float = 10.0  # a request's line and headers must arrive within this
     http_body_timeout: float = 60.0  # a request's body must arrive within this after its head
-    http_body_budget: int = 64 * 1024 * 1024  # request bodies held in memory at once, all told
+    http_body_budget: int = 32 * 1024 * 1024  # request bodies held in memory at once, all told
     http_max_connections: int = 1024  # open HTTP connections; more wait in the kernel's backlog
 
     # storage
@@ -517,7 +517,7 @@ read_only: false
 http_stall_timeout: 20s       # drop an HTTP client that stops reading (a response, a watch) this long
 http_header_timeout: 10s      # a request's headers must arrive within this (else 408)
 http_body_timeout: 60s        # a request's body must arrive within this after its headers (else 408)
-http_body_budget: 64MiB       # request bodies held in memory at once, all requests together (else 503)
+http_body_budget: 32MiB       # request bodies held in memory at once, all requests together (else 503)
 http_max_connections: 1024    # open HTTP connections at once
 
 # Cluster

@@ -73,7 +73,7 @@ class HttpFront:
         self,
         app: ASGIApp,
         *,
-        body_budget: int = 64 * 1024 * 1024,
+        body_budget: int = 32 * 1024 * 1024,
         max_body: int = 32 * 1024 * 1024,
         stats: HttpStats | None = None,
     ) -> None:

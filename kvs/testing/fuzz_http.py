@@ -186,6 +186,8 @@ async def run_conn(conn: Conn, port: int, ctx: Context, marker: bytes) -> ConnRe
                     reader.feed(data)
                     done = len(reader.answers) >= (conn.expect or 0)
                     other = reader.upgraded is not None or bool(reader.garbage)
+                    if other and _looks_like_h2(res.raw):
+                        continue  # an HTTP/2 refusal: judged with the close that must follow
                     if conn.expect is not None and (done or other):
                         answered.set()  # all answers in, or no more HTTP/1.1 to come
         except trio.BrokenResourceError:
