@@ -431,11 +431,17 @@ def kv_blueprint(node: Node) -> Blueprint:
         # owner and bits of the last live version, so a deleted private key's history stays
         # private. No record at all (never written, or its tombstone collected, which drops
         # its history too): nothing to show.
+        # Each previous version is then shown only to a caller who may read that version
+        # too, by its own owner and bits: loosening a key's bits, or a new owner re-creating
+        # a deleted key, must not open the versions written while it was private (found by
+        # the HTTP fuzzer: a deleted private key re-created by a writer showed its history).
         current = store.get(key)
         versions: list[Record] = []
         if current is not None:
             guard.require_read(node, g.principal, current)
-            versions = store.history(key, limit=config.revision_history_depth)
+            readable = guard.readable_by(node, g.principal)
+            history = store.history(key, limit=config.revision_history_depth)
+            versions = [r for r in history if readable(r)]
         n_raw = match.group("n")
         if n_raw is None:
             return json_response({"key": key, "versions": [version_json(r) for r in versions]})

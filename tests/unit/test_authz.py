@@ -120,6 +120,35 @@ async def test_history_of_a_deleted_private_key_with_history_off(start_node):
     assert mine["versions"] == []
 
 
+async def test_a_deleted_private_key_re_created_by_another_user_keeps_its_past_private(
+    start_node,
+):
+    # Found by the HTTP fuzzer: a writer re-created a deleted owner-only key with the default
+    # bits, and its history then showed the owner's private values to every reader.
+    node = await start_node(auth_enabled=True, allow_anonymous_read=True)
+    admin = Admin(node)
+    owner = await admin.actor("owner")
+    writer = await admin.actor("writer", scopes=["read", "write"])
+    reader = await admin.actor("reader", scopes=["read"])
+    await private_key(node, owner, "p/k", '"SECRET-1"', '"SECRET-2"')
+    client = client_of(node)
+    assert (await client.delete("/kv/p/k", headers=owner.headers)).status_code == 204
+    await expect_json(await client.put("/kv/p/k", data=b'"public"', headers=writer.headers))
+    for headers in (writer.headers, reader.headers, {}):
+        seen = await expect_json(await client.get("/api/data/p/k/history", headers=headers))
+        assert "SECRET" not in json.dumps(seen)
+        assert (await client.get("/api/data/p/k/history/1", headers=headers)).status_code == 404
+    # Loosening the bits later opens new versions, not those written while it was private.
+    # (A new key starts readable: a placeholder first, as the README advises.)
+    await private_key(node, owner, "q/k", '"placeholder"', '"SECRET-3"', '"SECRET-4"')
+    loose = b'{"permissions": 3889}'
+    await expect_json(await client.put("/kv/q/k/metadata", data=loose, headers=owner.headers))
+    seen = await expect_json(await client.get("/api/data/q/k/history", headers=reader.headers))
+    assert "SECRET-3" not in json.dumps(seen)
+    mine = await expect_json(await client.get("/api/data/q/k/history", headers=owner.headers))
+    assert "SECRET-3" in json.dumps(mine)
+
+
 # --- 3. /kv_changes lists only what the caller may read, and pages past the rest ------------------
 
 
