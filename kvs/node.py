@@ -31,6 +31,7 @@ from kvs.auth.service import AuthService, IssuedToken
 from kvs.backup_service import BackupService, BackupSettings
 from kvs.clock import HybridLogicalClock, system_wall_ms
 from kvs.config import Config
+from kvs.memory import release_free_memory
 from kvs.net.membership import Membership, SeedResolver
 from kvs.net.messages import MemberInfo, State
 from kvs.net.seeds import http_seed_resolver
@@ -425,6 +426,7 @@ class Node:
             removed = await self.sweep()
             if removed:
                 log.debug("housekeeping removed %d expired records and old tombstones", removed)
+            release_free_memory()  # what the last second's requests and peers freed
             if self.config.durability == "os":
                 await trio.to_thread.run_sync(self.store.sync_to_disk)
 

@@ -796,6 +796,8 @@ class Store:
                     except Exception:  # a broken observer must not stop every write
                         log.exception("store listener %r failed", listener)
             self.publishing = False
+            # Not kept until the next write arrives: a batch may hold tens of MiB of values.
+            del batch, first, changes
 
     async def replace_data(
         self, staged: Path, installed: Callable[[], None] = lambda: None

@@ -21,6 +21,7 @@ import orjson
 import trio
 
 from kvs.api.server import HttpStats
+from kvs.memory import release_free_memory
 
 ASGIMessage = dict[str, Any]
 ASGISend = Callable[[ASGIMessage], Awaitable[None]]
@@ -30,6 +31,8 @@ ASGIApp = Callable[[dict[str, Any], ASGIReceive, ASGISend], Awaitable[None]]
 
 HTTP_GRACE = 10.0  # a graceful shutdown waits this long at most for requests in flight
 FINAL_SEND_GRACE = 5.0
+# A request that held at least this much body memory hands what it freed back to the system.
+TRIM_AFTER = 1024 * 1024
 # What Hypercorn's send raises when the client broke or left the connection meanwhile.
 CLIENT_GONE = (
     h11.ProtocolError,
@@ -177,6 +180,8 @@ class _Exchange:
                 await self.send_error(500, "internal error; see the node's log")
         finally:
             front.budget.give(self.held)
+            if self.held >= TRIM_AFTER:
+                release_free_memory()  # the body and what it was parsed into are freed now
             self.held = 0
         if self.over_budget and not self.response_started:
             front.stats.body_budget_refusals += 1
