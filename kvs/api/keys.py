@@ -14,6 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from kvs.api.bodies import parse_json_document
 from kvs.api.errors import ApiError
 from kvs.api.guard import (
     client_of_scope,
@@ -29,7 +30,6 @@ from kvs.api.kv import (
     TTL_HEADER,
     check_key,
     etag_value,
-    parse_json_document,
     parse_ttl,
     require_writable,
     stored_value_json,

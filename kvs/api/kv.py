@@ -14,7 +14,7 @@ from werkzeug.exceptions import RequestTimeout
 
 from kvs import listing
 from kvs.api import guard
-from kvs.api.batch_body import DECODER, invalid_json, iter_batch_ops, refuse_lone_surrogates
+from kvs.api.bodies import iter_batch_ops
 from kvs.api.errors import ApiError, json_response, raw_json_response
 from kvs.auth.permissions import DELETE, DELETE_SCOPE, READ_SCOPE, WRITE, WRITE_SCOPE
 from kvs.model import (
@@ -23,7 +23,6 @@ from kvs.model import (
     canonical_json,
     hlc_ms,
     hlc_pack,
-    json_number_shapes,
     parse_duration,
     validate_key,
 )
@@ -61,40 +60,6 @@ def allowed_methods(rest: str) -> str:
     if rest.rpartition("/")[2] in ("_ls", "_tree"):
         return "GET, HEAD"
     return KEY_METHODS
-
-
-def parse_json_document(body: bytes, shapes: tuple[bool, bool] | None = None) -> Any:
-    """Validate a client's JSON document. Raises ApiError(400) saying what is wrong.
-
-    `shapes` is `json_number_shapes(body)`, for a caller that has it already."""
-    if not body.strip():
-        raise ApiError(400, "request body is empty; send a JSON document")
-    _, may_hold_huge_int = shapes or json_number_shapes(body)
-    # orjson parses 2-5x faster, and refuses all the stdlib refuses below (NaN, Infinity,
-    # numbers that overflow a double, bad UTF-8, ...) and a little more (lone surrogate
-    # escapes): whatever it refuses, the stdlib decides, and explains. But it reads an integer
-    # beyond 64 bits as a float, losing digits, so a document that may hold one goes to the
-    # stdlib, which keeps it exact. And it takes nesting the stdlib refuses (its limit, ~950
-    # levels, depends on the stack): orjson.dumps, cheap next to parsing, refuses more than
-    # 254 levels, so a document it writes is far from that limit; a deeper one goes to the
-    # stdlib too.
-    if not may_hold_huge_int:
-        try:
-            document = orjson.loads(body)
-            orjson.dumps(document)
-            return document
-        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
-            pass
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "request body is not UTF-8 encoded JSON") from None
-    try:
-        document = DECODER.decode(text)
-    except (ValueError, RecursionError) as exc:
-        raise invalid_json(exc) from None
-    refuse_lone_surrogates(document)
-    return document
 
 
 def check_key(key: str) -> str:

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from quart import Blueprint, Response, g, request
 
+from kvs.api.bodies import parse_json_document
 from kvs.api.errors import ApiError, json_response
 from kvs.api.guard import read_live, require_scope
 from kvs.api.kv import (
     check_key,
     int_arg,
-    parse_json_document,
     parse_ttl,
     read_body,
     require_writable,

@@ -1,4 +1,4 @@
-"""kvs.api.batch_body: a `_batch` body read op by op accepts what a whole-document parse does."""
+"""kvs.api.bodies: a `_batch` body read op by op accepts what a whole-document parse does."""
 
 from __future__ import annotations
 
@@ -10,17 +10,23 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvs.api import batch_body
-from kvs.api.batch_body import iter_batch_ops
+from kvs.api import bodies
+from kvs.api.bodies import iter_batch_ops
 from kvs.api.errors import ApiError
 
 
-async def ops_of(body: bytes, max_ops: int = 1000, max_op_chars: int = 1 << 20) -> list[Any]:
-    return [op async for _, op in iter_batch_ops(body, max_ops, max_op_chars)]
+async def ops_of(
+    body: bytes, max_ops: int = 1000, max_op_chars: int = 1 << 20, whole_up_to: int = 0
+) -> list[Any]:
+    ops = iter_batch_ops(body, max_ops, max_op_chars, whole_up_to=whole_up_to)
+    return [op async for _, op in ops]
 
 
-def run(body: bytes, max_ops: int = 1000, max_op_chars: int = 1 << 20) -> list[Any]:
-    return trio.run(ops_of, body, max_ops, max_op_chars)
+def run(
+    body: bytes, max_ops: int = 1000, max_op_chars: int = 1 << 20, whole: bool = False
+) -> list[Any]:
+    """The ops of `body`, read op by op (or, `whole`, by the whole-body path)."""
+    return trio.run(ops_of, body, max_ops, max_op_chars, 1 << 30 if whole else 0)
 
 
 json_values = st.recursive(
@@ -41,15 +47,16 @@ json_values = st.recursive(
     ops=st.lists(json_values, max_size=8),
     indent=st.sampled_from([None, 0, 2]),
     window=st.sampled_from([8, 64, 4096]),
+    whole=st.booleans(),
 )
 def test_it_yields_exactly_what_a_whole_parse_finds(
-    ops: list[Any], indent: int | None, window: int
+    ops: list[Any], indent: int | None, window: int, whole: bool
 ) -> None:
     # A tiny first window makes values cross window edges: growing it must not change them.
     body = json.dumps({"ops": ops}, indent=indent, ensure_ascii=False).encode()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(batch_body, "FIRST_WINDOW", window)
-        assert run(body) == json.loads(body)["ops"]
+        patch.setattr(bodies, "FIRST_WINDOW", window)
+        assert run(body, whole=whole) == json.loads(body)["ops"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -58,7 +65,8 @@ def test_it_yields_exactly_what_a_whole_parse_finds(
         lambda t: '{"ops": [' + t
     )
 )
-def test_it_refuses_what_a_whole_parse_refuses(text: str) -> None:
+@pytest.mark.parametrize("whole", [False, True])
+def test_it_refuses_what_a_whole_parse_refuses(text: str, whole: bool) -> None:
     try:
         expected = json.loads(text)
     except (ValueError, RecursionError):
@@ -69,10 +77,10 @@ def test_it_refuses_what_a_whole_parse_refuses(text: str) -> None:
         or not isinstance(expected["ops"], list)
     ):
         with pytest.raises(ApiError) as refused:
-            run(text.encode())
+            run(text.encode(), whole=whole)
         assert refused.value.status == 400
     elif text.count('"ops"') == 1:
-        assert run(text.encode()) == expected["ops"]
+        assert run(text.encode(), whole=whole) == expected["ops"]
 
 
 @pytest.mark.parametrize(
@@ -94,11 +102,12 @@ def test_it_refuses_what_a_whole_parse_refuses(text: str) -> None:
         (b'{"ops": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", "nested too deeply"),
     ],
 )
-def test_bad_bodies_are_a_400_saying_why(body: bytes, message: str) -> None:
+@pytest.mark.parametrize("whole", [False, True])
+def test_bad_bodies_are_a_400_saying_why(body: bytes, message: str, whole: bool) -> None:
     with pytest.raises(ApiError) as refused:
-        run(body)
+        run(body, whole=whole)
     assert refused.value.status == 400
-    assert message in refused.value.message
+    assert message.lower() in refused.value.message.lower()
 
 
 def test_the_op_past_the_limit_is_refused_before_the_rest_is_parsed() -> None:
@@ -130,13 +139,13 @@ def test_an_op_longer_than_its_limit_is_a_413_before_it_is_parsed_whole(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     parsed: list[int] = []
-    raw_decode = batch_body.DECODER.raw_decode
+    raw_decode = bodies.DECODER.raw_decode
 
     def counting(text: str, idx: int = 0) -> Any:
         parsed.append(len(text))
         return raw_decode(text, idx)
 
-    monkeypatch.setattr(batch_body.DECODER, "raw_decode", counting)
+    monkeypatch.setattr(bodies.DECODER, "raw_decode", counting)
     # 4 MB of floats in one op: as objects, ~64 MB; refused having parsed at most 100 KB.
     body = b'{"ops": [{"op": "put", "key": "k", "data": [' + b"1.5," * 1_000_000 + b"0]}]}"
     with pytest.raises(ApiError) as refused:
