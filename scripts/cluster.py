@@ -54,6 +54,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 from kvs.config import default_config_text
 from kvs.config import load as load_config
+from kvs.testing.ports import free_ports
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -224,7 +225,7 @@ class Cluster:
         if count < 1:
             raise UsageError("-n must be at least 1")
         if base_port == 0:
-            ports = _free_ports(3 * count)
+            ports = free_ports(3 * count)
         else:
             ports = list(range(base_port, base_port + 3 * count))
         if ports[-1] > 65535:
@@ -578,23 +579,6 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     tmp.replace(path)
-
-
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct ports the kernel says are free for TCP (and UDP) on loopback."""
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        while len(ports) < count:
-            tcp = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            tcp.bind((HOST, 0))
-            port = tcp.getsockname()[1]
-            udp = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-            try:
-                udp.bind((HOST, port))
-            except OSError:
-                continue  # free for TCP but not UDP: keep it held and pick another
-            ports.append(port)
-        return ports
 
 
 def _port_free(host: str, port: int, kind: int) -> bool:

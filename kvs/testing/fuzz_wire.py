@@ -40,7 +40,6 @@ import math
 import os
 import random
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -84,6 +83,7 @@ from kvs.net.wire import (
     encode_push_pull,
 )
 from kvs.sync.snapshot import snapshot_format
+from kvs.testing.ports import free_port
 
 HEALTH_TIMEOUT = 1.0  # /health must answer within this, every time it is asked
 RSS_FACTOR = 4.0  # RSS must stay under this many times the idle RSS
@@ -158,20 +158,6 @@ class FakePeers:
 
     gossip: tuple[str, int]  # UDP (answers pings) and TCP (serves push-pulls)
     sync: tuple[str, int]  # TCP (serves sync exchanges)
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP a moment ago (gossip takes both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
 
 
 def write_config(directory: Path, target: Target) -> Path:

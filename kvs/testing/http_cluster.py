@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kvs.config import Config, default_config_text
 from kvs.config import load as load_config
+from kvs.testing.ports import free_ports
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0  # a loaded 2-core machine can take seconds to import the stack
@@ -37,23 +38,6 @@ def supported_config_keys() -> frozenset[str]:
     """The config keys this checkout's node accepts (a newer key makes an older node refuse
     to start, so callers set optional keys only when they are here)."""
     return frozenset(f.name for f in dataclasses.fields(Config) if f.name != "source")
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on loopback for TCP and UDP a moment ago."""
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        while len(ports) < count:
-            tcp = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            tcp.bind((HOST, 0))
-            port = tcp.getsockname()[1]
-            udp = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-            try:
-                udp.bind((HOST, port))
-            except OSError:
-                continue
-            ports.append(port)
-        return ports
 
 
 def _set_key(text: str, key: str, value: str) -> str:

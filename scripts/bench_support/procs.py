@@ -12,7 +12,6 @@ import json
 import os
 import resource
 import shlex
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -25,25 +24,6 @@ LOOPBACK = "127.0.0.1"
 
 class BenchError(RuntimeError):
     """A benchmark step that cannot go on; the message says which and why."""
-
-
-def free_port() -> int:
-    """A loopback TCP port that is free right now (the kernel picks it, so no guessing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all held open together while picked)."""
-    with contextlib.ExitStack() as stack:
-        socks = [
-            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            for _ in range(count)
-        ]
-        for sock in socks:
-            sock.bind((LOOPBACK, 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def http_request(

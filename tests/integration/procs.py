@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,29 +18,14 @@ from pathlib import Path
 
 import httpx
 
+from kvs.testing.ports import free_ports
+
 READY_TIMEOUT = 30.0  # generous: a loaded 2-core CI machine can be slow to import the stack
 EXIT_TIMEOUT = 30.0
 POLL_INTERVAL = 0.02
 
 KVS = [sys.executable, "-m", "kvs"]
 KVS_SCRIPT = Path(sys.executable).with_name("kvs")  # the console script pip installed
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports that were free a moment ago on 127.0.0.1 (UDP too, mostly).
-
-    The sockets are held open together so the kernel hands out distinct ports, then closed;
-    another process could take one in between, which is rare enough for tests."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def run_kvs(
