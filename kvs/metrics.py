@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from kvs.store import BATCH_SIZE_BUCKETS
 
 if TYPE_CHECKING:
-    from kvs.node import Node
+    from kvs.api.view import NodeView
     from kvs.watch import WatchHub
 
 # Latency buckets (seconds): a GET answers in ~100 µs, a fsync'd PUT in a few ms.
@@ -108,7 +108,7 @@ class HttpMetrics(Collector):
 class NodeCollector(Collector):
     """Reads the node's own counters at scrape time."""
 
-    def __init__(self, node: Node, hub: WatchHub) -> None:
+    def __init__(self, node: NodeView, hub: WatchHub) -> None:
         self.node = node
         self.hub = hub
 
@@ -137,10 +137,9 @@ class NodeCollector(Collector):
             self.hub.disconnected_slow,
         )
         yield from self._http_front(node.http_stats.counters())
-        if node.membership is not None:
-            yield from self._membership(node.membership.stats())
-        if node.sync is not None:
-            yield from self._sync(node.sync)
+        if node.cluster is not None:
+            yield from self._membership(node.cluster.membership_stats())
+            yield from self._sync(node.cluster.sync_stats())
 
     def _http_front(self, c: dict[str, int]) -> Iterator[Metric]:
         """What the HTTP listener refused or survived (kvs/api/server.py, kvs/api/front.py)."""
@@ -251,8 +250,8 @@ class NodeCollector(Collector):
             "kvs_gossip_awareness", "Lifeguard local health (0 is healthy)", stats["awareness"]
         )
 
-    def _sync(self, sync: Any) -> Iterator[Metric]:
-        c = sync.counters
+    def _sync(self, sync: dict[str, Any]) -> Iterator[Metric]:
+        c = sync["counters"]
         exchanges = CounterMetricFamily(
             "kvs_sync_exchanges", "Anti-entropy exchanges started by this node", labels=["result"]
         )
@@ -292,7 +291,7 @@ class NodeCollector(Collector):
         depth = GaugeMetricFamily(
             "kvs_sync_push_queue_depth", "Keys waiting to be pushed, per peer", labels=["peer"]
         )
-        for peer, pending in sorted(sync.stats()["push_queue"].items()):
+        for peer, pending in sorted(sync["push_queue"].items()):
             depth.add_metric([peer], pending)
         yield depth
         for name, what in (
@@ -304,11 +303,11 @@ class NodeCollector(Collector):
         ):
             yield CounterMetricFamily(f"kvs_sync_{name}", what, c.get(name, 0))
         yield GaugeMetricFamily(
-            "kvs_sync_syncing", "1 while bootstrapping from the cluster", float(sync.syncing)
+            "kvs_sync_syncing", "1 while bootstrapping from the cluster", float(sync["syncing"])
         )
 
 
-def make_registry(node: Node, hub: WatchHub) -> tuple[CollectorRegistry, HttpMetrics]:
+def make_registry(node: NodeView, hub: WatchHub) -> tuple[CollectorRegistry, HttpMetrics]:
     registry = CollectorRegistry()
     http = HttpMetrics()
     registry.register(http)

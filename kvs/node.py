@@ -23,8 +23,8 @@ from typing import Any
 import trio
 
 from kvs.api import create_app
+from kvs.api.batch import batch_body_limit
 from kvs.api.front import HTTP_GRACE, HttpFront
-from kvs.api.kv import batch_body_limit
 from kvs.api.server import FrontConfig, HttpLimits, HttpStats, serve_http
 from kvs.audit import AUDIT_DIR, AuditLog
 from kvs.auth.service import AuthService, IssuedToken
@@ -109,6 +109,13 @@ class Node:
         if self.sync is not None and self.sync.stale:
             return "stale"
         return "normal"
+
+    @property
+    def cluster(self) -> _Cluster | None:
+        """Membership and replication as the API shows them; None with clustering off."""
+        if self.membership is None or self.sync is None:
+            return None
+        return _Cluster(self.membership, self.sync)
 
     @property
     def stopping(self) -> trio.Event:
@@ -445,3 +452,29 @@ def _known_peers(stored: Any) -> list[tuple[str, int]]:
         ):
             peers.append((entry[0], entry[1]))
     return peers
+
+
+class _Cluster:
+    """The cluster's state as the API reads it (kvs/api/view.py ClusterView)."""
+
+    def __init__(self, membership: Membership, sync: SyncWorker) -> None:
+        self._membership = membership
+        self._sync = sync
+
+    def members_table(self, wall_ms: int) -> list[dict[str, object]]:
+        return self._membership.table(wall_ms)
+
+    def membership_stats(self) -> dict[str, Any]:
+        return dict(self._membership.stats())
+
+    def sync_stats(self) -> dict[str, Any]:
+        return self._sync.stats()
+
+    def alive_count(self) -> int:
+        return self._membership.alive_count()
+
+    def self_info(self) -> MemberInfo:
+        return self._membership.core.me_info
+
+    def refuse_cluster_info(self) -> None:
+        self._membership.counters["cluster_info_refused"] += 1

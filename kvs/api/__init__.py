@@ -9,15 +9,21 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from kvs.api.accounts import accounts_blueprint
+from kvs.api.audit import audit_blueprint
 from kvs.api.backup import backup_blueprint
+from kvs.api.batch import batch_body_limit
+from kvs.api.changes import changes_blueprint
 from kvs.api.cluster import cluster_blueprint
 from kvs.api.errors import ApiError, error_response
 from kvs.api.guard import identify, require_scope
+from kvs.api.history import history_blueprint
 from kvs.api.keys import KeyRoutes
-from kvs.api.kv import allowed_methods, batch_body_limit, kv_blueprint
+from kvs.api.kv import allowed_methods, kv_blueprint
+from kvs.api.metadata import metadata_blueprint
 from kvs.api.metrics import MetricsMiddleware, metrics_blueprint
 from kvs.api.ops import ops_blueprint
-from kvs.api.security import security_blueprint
+from kvs.api.tokens import tokens_blueprint
 from kvs.api.watch import WatchRoutes
 from kvs.auth.permissions import READ_SCOPE
 from kvs.metrics import make_registry
@@ -25,7 +31,7 @@ from kvs.model import InvalidKey, validate_key
 from kvs.watch import WatchHub
 
 if TYPE_CHECKING:
-    from kvs.node import Node
+    from kvs.api.view import NodeView
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,7 @@ CLUSTER_PATHS = frozenset(
 )
 
 
-def create_app(node: Node) -> QuartTrio:
+def create_app(node: NodeView) -> QuartTrio:
     app = QuartTrio(__name__)
     # Keys are paths: `a//b` must reach the handler (and be refused as a bad key), not be
     # redirected to `a/b`, and `/kv/x/` must not be redirected either.
@@ -50,7 +56,15 @@ def create_app(node: Node) -> QuartTrio:
     app.register_blueprint(ops_blueprint(node))
     app.register_blueprint(cluster_blueprint(node))
     app.register_blueprint(backup_blueprint(node))
-    app.register_blueprint(security_blueprint(node))
+    for blueprint in (
+        changes_blueprint,
+        history_blueprint,
+        accounts_blueprint,
+        tokens_blueprint,
+        metadata_blueprint,
+        audit_blueprint,
+    ):
+        app.register_blueprint(blueprint(node))
 
     @app.before_request
     async def authenticate() -> None:

@@ -13,10 +13,10 @@ from kvs.api.guard import require_scope
 from kvs.backup import BackupError
 
 if TYPE_CHECKING:
-    from kvs.node import Node
+    from kvs.api.view import NodeView
 
 
-def backup_blueprint(node: Node) -> Blueprint:
+def backup_blueprint(node: NodeView) -> Blueprint:
     bp = Blueprint("backup", __name__)
 
     @bp.route("/api/backup/status", methods=["GET"])

@@ -1,61 +1,60 @@
 """Cluster endpoints: `GET /members/` (the member table), `GET /cluster/info` (how a
 joining node learns this node's gossip address; needs proof of the cluster secret) and
 `GET /cluster/stats` (membership counters: traffic, drops by reason, push-pulls, local
-health; no secrets, no addresses beyond what /members/ shows)."""
+health; no secrets, no addresses beyond what /members/ shows), and
+`POST /auth/cluster-bootstrap` (`admin:cluster:bootstrap`: what `kvs join` needs)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, g, request
 
+from kvs.api import guard
 from kvs.api.errors import ApiError, json_response
 from kvs.net.seeds import AUTH_HEADER, verify_auth
 
 if TYPE_CHECKING:
-    from kvs.node import Node
+    from kvs.api.view import ClusterView, NodeView
 
 
-def cluster_blueprint(node: Node) -> Blueprint:
+def _cluster(node: NodeView) -> ClusterView:
+    if node.cluster is None:
+        raise ApiError(404, "clustering is disabled on this node (clustering_enabled: false)")
+    return node.cluster
+
+
+def cluster_blueprint(node: NodeView) -> Blueprint:
     bp = Blueprint("cluster", __name__)
 
     @bp.route("/members/", methods=["GET"])
     @bp.route("/members", methods=["GET"])
     async def members() -> Response:
-        if node.membership is None:
-            raise ApiError(404, "clustering is disabled on this node (clustering_enabled: false)")
-        return json_response(node.membership.table(node.clock.wall_ms()))
+        return json_response(_cluster(node).members_table(node.clock.wall_ms()))
 
     @bp.route("/cluster/stats", methods=["GET"])
     async def cluster_stats() -> Response:
-        if node.membership is None:
-            raise ApiError(404, "clustering is disabled on this node (clustering_enabled: false)")
-        body = node.membership.stats()
-        if node.sync is not None:
-            body["sync"] = node.sync.stats()
-        return json_response(body)
+        cluster = _cluster(node)
+        return json_response({**cluster.membership_stats(), "sync": cluster.sync_stats()})
 
     @bp.route("/merkle_tree/root", methods=["GET"])
     async def merkle_root() -> Response:
-        if node.sync is None:
-            raise ApiError(404, "clustering is disabled on this node (clustering_enabled: false)")
-        return json_response({"root": node.sync.tree.root_hex(), "keys": node.sync.tree.size})
+        stats = _cluster(node).sync_stats()
+        return json_response({"root": stats["root"], "keys": stats["keys"]})
 
     @bp.route("/cluster/info", methods=["GET"])
     async def cluster_info() -> Response:
         if not verify_auth(
             node.config.cluster_secret, request.headers.get(AUTH_HEADER), node.clock.wall_ms()
         ):
-            if node.membership is not None:
+            if node.cluster is not None:
                 # Counted, so a node with the wrong secret knocking at its seed shows up in
                 # the seed's /cluster/stats too, not only in the joiner's log.
-                node.membership.counters["cluster_info_refused"] += 1
+                node.cluster.refuse_cluster_info()
             raise ApiError(
                 401, f"missing or invalid {AUTH_HEADER}: this node belongs to another cluster"
             )
-        if node.membership is None:
-            raise ApiError(404, "clustering is disabled on this node (clustering_enabled: false)")
-        me = node.membership.core.me_info
+        me = _cluster(node).self_info()
         return json_response(
             {
                 "node_id": me.node_id,
@@ -64,6 +63,22 @@ def cluster_blueprint(node: Node) -> Blueprint:
                 "sync_address": f"{me.sync[0]}:{me.sync[1]}",
                 "http_address": f"{me.http[0]}:{me.http[1]}",
             }
+        )
+
+    @bp.route("/auth/cluster-bootstrap", methods=["POST"])
+    async def cluster_bootstrap() -> Response:
+        """What a new node needs to join (`kvs join`): the secret, a seed, its id."""
+        guard.require_auth_on(node)
+        guard.require_scope(node, g.principal, "admin:cluster:bootstrap")
+        c = node.config
+        await guard.audit(node, g.principal, "cluster.bootstrap", request.remote_addr or "")
+        return json_response(
+            {
+                "cluster_secret": c.cluster_secret,
+                "seed": f"{c.effective_advertise_address}:{c.port}",
+                "node_id": node.node_id,
+            },
+            headers={"Cache-Control": "no-store"},
         )
 
     return bp

@@ -16,14 +16,14 @@ from kvs.auth.service import AuthError
 from kvs.model import Record
 
 if TYPE_CHECKING:
-    from kvs.node import Node
+    from kvs.api.view import NodeView
 
 
 def api_error(exc: AuthError) -> ApiError:
     return ApiError(exc.status, exc.message, headers=exc.headers)
 
 
-async def identify(node: Node, authorization: str | None, client: str) -> Principal:
+async def identify(node: NodeView, authorization: str | None, client: str) -> Principal:
     """Authenticate (when auth is on) and count the request against the caller's rate."""
     auth = node.auth
     try:
@@ -45,7 +45,7 @@ async def identify(node: Node, authorization: str | None, client: str) -> Princi
     return principal
 
 
-def require_scope(node: Node, principal: Principal, scope: str) -> None:
+def require_scope(node: NodeView, principal: Principal, scope: str) -> None:
     if node.auth.enabled:
         try:
             node.auth.require_scope(principal, scope)
@@ -53,7 +53,7 @@ def require_scope(node: Node, principal: Principal, scope: str) -> None:
             raise api_error(exc) from None
 
 
-def require_bit(node: Node, principal: Principal, record: Record, bit: int) -> None:
+def require_bit(node: NodeView, principal: Principal, record: Record, bit: int) -> None:
     """The key's permission bits must grant `bit` to the caller (403, or 401 if anonymous)."""
     if node.auth.enabled:
         try:
@@ -69,7 +69,7 @@ def require_bit(node: Node, principal: Principal, record: Record, bit: int) -> N
             raise api_error(exc) from None
 
 
-def readable_by(node: Node, principal: Principal) -> Callable[[Record], bool]:
+def readable_by(node: NodeView, principal: Principal) -> Callable[[Record], bool]:
     """The read rule bound to one caller: the filter of listings, change feeds and watches
     (what it refuses is left out, as if it did not exist)."""
     enabled = node.auth.enabled
@@ -80,7 +80,7 @@ def readable_by(node: Node, principal: Principal) -> Callable[[Record], bool]:
     return readable
 
 
-def require_read(node: Node, principal: Principal, record: Record) -> None:
+def require_read(node: NodeView, principal: Principal, record: Record) -> None:
     """403 (401 if anonymous) unless the caller may read the key `record` holds -- a live
     version, an expired one or a tombstone alike: a key it may not read answers the same
     whether it is live or gone, so not even when it was deleted leaks."""
@@ -88,7 +88,7 @@ def require_read(node: Node, principal: Principal, record: Record) -> None:
         raise api_error(node.auth.denied(principal, f"read key {record.key!r}"))
 
 
-def read_live(node: Node, principal: Principal, key: str) -> Record:
+def read_live(node: NodeView, principal: Principal, key: str) -> Record:
     """The live record of `key` for a caller who may read it: 404 if there is none (never
     written, or its tombstone collected), 401/403 if it may not be read (`require_read`),
     then 404 if it is deleted or expired."""
@@ -101,7 +101,7 @@ def read_live(node: Node, principal: Principal, key: str) -> Record:
     return record
 
 
-def nearest_ancestor(node: Node, key: str) -> Record | None:
+def nearest_ancestor(node: NodeView, key: str) -> Record | None:
     """The closest live key above `key` (`a/b` for `a/b/c`, else `a`), or None."""
     parts = key.split("/")
     for end in range(len(parts) - 1, 0, -1):
@@ -111,7 +111,7 @@ def nearest_ancestor(node: Node, key: str) -> Record | None:
     return None
 
 
-def require_create(node: Node, principal: Principal, key: str) -> None:
+def require_create(node: NodeView, principal: Principal, key: str) -> None:
     """Creating a key needs Create on its nearest existing ancestor key, if it has one."""
     if node.auth.enabled:
         parent = nearest_ancestor(node, key)
@@ -119,10 +119,47 @@ def require_create(node: Node, principal: Principal, key: str) -> None:
             require_bit(node, principal, parent, CREATE)
 
 
-def new_key_owner(node: Node, principal: Principal) -> tuple[str, str]:
+def new_key_owner(node: NodeView, principal: Principal) -> tuple[str, str]:
     return (principal.user, principal.primary_group) if node.auth.enabled else ("", "")
 
 
 def client_of_scope(scope: dict) -> str:  # type: ignore[type-arg]
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
+
+
+def require_writable(node: NodeView) -> None:
+    """Writes are refused (503) on a read-only node, on one still bootstrapping, and on a
+    stale one (cut off longer than tombstone_ttl: it no longer replicates)."""
+    mode = node.mode
+    if mode == "read-only":
+        raise ApiError(
+            503, "this node is read-only (read_only: true); writes are refused", mode=mode
+        )
+    if mode == "syncing":
+        raise ApiError(
+            503,
+            "this node is syncing its data from the cluster; writes are refused until it finishes",
+            mode=mode,
+        )
+    if mode == "stale":
+        raise ApiError(
+            503,
+            "this node was cut off from the cluster for longer than tombstone_ttl and must be "
+            "re-bootstrapped; writes are refused",
+            mode=mode,
+        )
+
+
+def require_auth_on(node: NodeView) -> None:
+    """The users, groups and tokens endpoints exist only with authentication on."""
+    if not node.auth.enabled:
+        raise ApiError(404, "authentication is disabled on this node (auth_enabled: false)")
+
+
+async def audit(
+    node: NodeView, principal: Principal, action: str, target: str, detail: str = ""
+) -> None:
+    """Append to the tamper-evident log, when it is on, in the caller's name."""
+    if node.audit is not None:
+        await node.audit_event(action, principal.user, target, detail)

@@ -14,6 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from kvs.api.answers import stored_value_json
 from kvs.api.bodies import parse_json_document
 from kvs.api.errors import ApiError
 from kvs.api.guard import (
@@ -25,15 +26,9 @@ from kvs.api.guard import (
     require_bit,
     require_create,
     require_scope,
-)
-from kvs.api.kv import (
-    TTL_HEADER,
-    check_key,
-    etag_value,
-    parse_ttl,
     require_writable,
-    stored_value_json,
 )
+from kvs.api.requests import TTL_HEADER, check_key, etag_value, parse_ttl
 from kvs.auth.permissions import (
     DELETE,
     DELETE_SCOPE,
@@ -45,7 +40,7 @@ from kvs.auth.permissions import (
 from kvs.store import Conflict, Delete, NotFound, Put, Written
 
 if TYPE_CHECKING:
-    from kvs.node import Node
+    from kvs.api.view import NodeView
 
 Scope = dict[str, Any]
 _JSON = (b"content-type", b"application/json")
@@ -58,7 +53,7 @@ class _Disconnected(Exception):
 
 
 class KeyRoutes:
-    def __init__(self, app: Any, node: Node) -> None:
+    def __init__(self, app: Any, node: NodeView) -> None:
         self.app = app
         self.node = node
 

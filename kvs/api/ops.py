@@ -9,10 +9,10 @@ from quart import Blueprint, Response
 from kvs.api.errors import json_response
 
 if TYPE_CHECKING:
-    from kvs.node import Node
+    from kvs.api.view import NodeView
 
 
-def ops_blueprint(node: Node) -> Blueprint:
+def ops_blueprint(node: NodeView) -> Blueprint:
     bp = Blueprint("ops", __name__)
 
     @bp.route("/health", methods=["GET"])
@@ -24,8 +24,8 @@ def ops_blueprint(node: Node) -> Blueprint:
             "keys": node.store.count(),
             "uptime_s": round(node.uptime_s(), 3),
         }
-        if node.membership is not None:
-            body["members_alive"] = node.membership.alive_count()
+        if node.cluster is not None:
+            body["members_alive"] = node.cluster.alive_count()
         return json_response(body)
 
     return bp

@@ -29,12 +29,12 @@ import trio
 
 from kvs.api.errors import ApiError
 from kvs.api.guard import client_of_scope, identify, readable_by, require_scope
-from kvs.api.kv import check_key
+from kvs.api.requests import check_key
 from kvs.auth.permissions import READ_SCOPE, Principal
 from kvs.watch import ResumePoint, Watcher, WatchHub, parse_resume, sse_control, sse_event
 
 if TYPE_CHECKING:
-    from kvs.node import Node
+    from kvs.api.view import NodeView
 
 Scope = dict[str, Any]
 KEEPALIVE = 15.0
@@ -52,7 +52,7 @@ def is_watch_path(path: str) -> bool:
 class WatchRoutes:
     """Serves `_watch` paths; passes every other request on to `app`."""
 
-    def __init__(self, app: Any, node: Node, hub: WatchHub) -> None:
+    def __init__(self, app: Any, node: NodeView, hub: WatchHub) -> None:
         self.app = app
         self.node = node
         self.hub = hub

@@ -1,0 +1,54 @@
+"""`GET /kv/{prefix}/_ls` (direct children) and `GET /kv/{prefix}/_tree` (every key below),
+as range scans (kvs/listing.py), leaving out what the caller may not read."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, g, request
+
+from kvs import listing
+from kvs.api import guard
+from kvs.api.errors import ApiError, json_response
+from kvs.api.requests import bool_arg, int_arg
+
+if TYPE_CHECKING:
+    from kvs.api.view import NodeView
+
+
+def ls(node: NodeView, prefix: str) -> Response:
+    limit = int_arg("limit", 100, 1000)
+    include_metadata = bool_arg("include_metadata")
+    children, total = listing.list_children(
+        node.store, prefix, limit, node.clock.wall_ms(), guard.readable_by(node, g.principal)
+    )
+    return json_response(
+        {
+            "path": prefix,
+            "children": [c.to_json(include_metadata) for c in children],
+            "total": total,
+            "truncated": total > len(children),
+        }
+    )
+
+
+def tree(node: NodeView, prefix: str) -> Response:
+    limit = int_arg("limit", 500, 5000)
+    depth = int_arg("depth", 1_000_000, 1_000_000)
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "nested"):
+        raise ApiError(400, f"query parameter format must be json or nested, got {fmt!r}")
+    records, total = listing.list_tree(
+        node.store, prefix, depth, limit, node.clock.wall_ms(), guard.readable_by(node, g.principal)
+    )
+    body: dict[str, Any] = {"path": prefix}
+    if fmt == "nested":
+        body["children"] = listing.nest(records, prefix)
+    else:
+        body["keys"] = [
+            {"key": r.key, "uuid": r.version.uuid, "timestamp": r.version.timestamp}
+            for r in records
+        ]
+    body["total"] = total
+    body["truncated"] = total > len(records)
+    return json_response(body)
