@@ -25,13 +25,12 @@ from bench_support.procs import (
     LOOPBACK,
     BenchError,
     Proc,
-    free_port,
-    free_ports,
     http_json,
     http_request,
     spawned,
     wait_ready,
 )
+from kvs.testing.ports import free_port, free_ports
 
 KVS_BATCH_MAX = 1000
 ETCD_TXN_OPS = 100
