@@ -3,7 +3,9 @@
 Rule: `Environment` declares every piece of state the parts of the store share (the parts
 are its subclasses, and `Store` combines them), and opens what is on disk -- the schema
 checked, the bucket index complete, the clock moved past the HLC it persisted. It never
-writes a record: records change only in the writer's transactions (kvs/store/writer.py).
+writes a record: records change only in the writer's transactions (kvs/store/writer.py);
+what it writes itself is the schema and a missing bucket index at open, and system entries
+before the writer runs (`ensure_identity`, `set_system_now`).
 """
 
 from __future__ import annotations

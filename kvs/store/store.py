@@ -27,7 +27,11 @@ class Store(Writer, Maintenance):
 
     Reads (`get`, `scan`, `changes_after`, ...) run in the caller's task; writes (`write`,
     `put_system`, `maintain`, `replace_data`) wait for the writer task's commit. Listeners
-    (`listeners`, `replaced_listeners`) are told, in the writer task, what each commit did."""
+    (`listeners`, `replaced_listeners`) are told, in the writer task, what each commit did.
+
+    The parts build on one another in the order they need each other: Environment (state,
+    opening) <- Reads <- DataFile (replace_data reads the records it carries over) <- Writer
+    (runs replace jobs, grows the map); Maintenance needs only the Environment."""
 
     def __init__(
         self,
