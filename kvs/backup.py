@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -36,8 +35,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 import lmdb
-import msgpack
 import zstandard
+
+from kvs.store.layout import (
+    DATA_FILE,
+    IDENTITY,
+    SCHEMA,
+    in_use,
+    open_copy,
+    system_entries,
+    unpack_value,
+)
 
 FORMAT_VERSION = 1
 MAGIC = b"KVSBAK1\n"
@@ -47,7 +55,6 @@ CHUNK = 1 << 20
 SUFFIX = ".kvsbak"
 COMPRESSION_LEVEL = 3
 BACKUP_NICE = 10  # the backup threads' CPU priority, below the node's own threads
-DATA_FILE = "data.mdb"  # LMDB's file inside a data dir (lock.mdb is recreated on open)
 
 # kvs-<node id>-<UTC time to the millisecond>.kvsbak: sortable by name, parseable back.
 _STAMP_FORMAT = "%Y%m%dT%H%M%S"
@@ -338,17 +345,14 @@ class _Limited:
 def _check_store(directory: Path) -> None:
     """The restored copy opens as a KVS store (LMDB readable, schema and identity present)."""
     try:
-        env = lmdb.open(str(directory), readonly=True, max_dbs=8, lock=False)
+        env = open_copy(directory)
     except lmdb.Error as exc:
         raise BackupError(f"the restored data is not a readable LMDB store: {exc}") from None
     try:
-        system = env.open_db(b"system", create=False)
-        with env.begin(db=system) as txn:
-            schema = txn.get(b"schema")
-            identity = txn.get(b"identity")
+        schema, identity = system_entries(env, SCHEMA, IDENTITY)
         if schema is None or identity is None:
             raise BackupError("the backup is not of a KVS store (no schema or identity)")
-        msgpack.unpackb(identity)
+        unpack_value(identity)
     except lmdb.Error as exc:
         raise BackupError(f"the backup is not of a KVS store: {exc}") from None
     finally:
@@ -356,26 +360,11 @@ def _check_store(directory: Path) -> None:
 
 
 def node_holds(directory: Path) -> bool:
-    """Whether a running process has the LMDB environment in `directory` open.
-
-    LMDB keeps a shared fcntl lock on the first byte of lock.mdb for as long as an
-    environment is open; taking an exclusive one fails while any other process holds it."""
-    lock = directory / "lock.mdb"
+    """Whether a running process has the LMDB environment in `directory` open."""
     try:
-        fd = os.open(lock, os.O_RDWR)
-    except FileNotFoundError:
-        return False
+        return in_use(directory)
     except OSError:
         return True  # cannot tell: refuse rather than overwrite a live store
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-    except OSError:
-        return True
-    else:
-        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
-        return False
-    finally:
-        os.close(fd)
 
 
 def restore(

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -49,6 +47,7 @@ from kvs.model import (
     validate_key,
 )
 from kvs.store import Merge, Store, StoreError, Written
+from kvs.store.layout import DATA_FILE, in_use
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -151,30 +150,15 @@ def resolve_data_dir(arg: str) -> Path:
 
 
 def check_stopped(data_dir: Path) -> None:
-    """Refuse a dir some process has open: LMDB holds a shared lock on lock.mdb while the
-    environment is open, so taking an exclusive one fails while a node runs there.
-
-    (Checked before we open it ourselves: fcntl locks belong to the process, and closing this
-    descriptor later would drop the lock LMDB takes.)"""
-    if not (data_dir / "data.mdb").is_file():
+    """Refuse a dir that is not a store, or that some process has open (a node runs there):
+    checked before we open it ourselves (see `kvs.store.layout.in_use`)."""
+    if not (data_dir / DATA_FILE).is_file():
         raise ConflictError(
-            f"{data_dir} is not a KVS data dir (no data.mdb): give a node's data_dir, after"
+            f"{data_dir} is not a KVS data dir (no {DATA_FILE}): give a node's data_dir, after"
             " starting that node once"
         )
-    lock = data_dir / "lock.mdb"
-    if not lock.exists():
-        return
-    fd = os.open(lock, os.O_RDWR)
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-        except OSError:
-            raise ConflictError(
-                f"{data_dir} is in use (a node is running on it?): stop the node first"
-            ) from None
-        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
-    finally:
-        os.close(fd)
+    if in_use(data_dir):
+        raise ConflictError(f"{data_dir} is in use (a node is running on it?): stop the node first")
 
 
 @contextlib.contextmanager

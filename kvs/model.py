@@ -6,8 +6,6 @@ every replica (and every test) computes exactly the same answers from the same i
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
@@ -48,19 +46,6 @@ def hlc_pack(ms: int, logical: int = 0) -> int:
 
 def hlc_ms(hlc: int) -> int:
     return hlc >> HLC_LOGICAL_BITS
-
-
-SYNC_BUCKETS = 1 << 16  # replicas compare data bucket by bucket (the Merkle tree's leaves)
-
-
-@functools.lru_cache(maxsize=8192)
-def sync_bucket(key: str) -> int:
-    """The sync bucket of a key: a hash, so that buckets fill evenly whatever the keys are.
-
-    Cached because every write needs it twice in a row, for the store's bucket index and then
-    the Merkle tree (measured: a cache hit costs a tenth of the hash)."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % SYNC_BUCKETS
 
 
 def validate_key(key: str, *, allow_reserved: bool = False) -> str:

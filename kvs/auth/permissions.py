@@ -77,9 +77,9 @@ def may_read(principal: Principal, auth_enabled: bool, record: Record) -> bool:
 
     `record` is what the store holds for the key: a live version, an expired one or a
     tombstone. Deletes and expiries keep the owner, group and bits of the last live version
-    (kvs/store.py), so a key that was private stays private once it is gone: its history,
-    its tombstone in change feeds and watches. System records (users, groups, tokens) are
-    never client keys, whoever asks; with auth off every other key is readable."""
+    (kvs/store/transaction.py), so a key that was private stays private once it is gone: its
+    history, its tombstone in change feeds and watches. System records (users, groups,
+    tokens) are never client keys, whoever asks; with auth off every other key is readable."""
     if record.key.startswith(SYSTEM_PREFIX):
         return False
     if not auth_enabled:

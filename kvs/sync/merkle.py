@@ -18,7 +18,8 @@ import hashlib
 import struct
 from collections.abc import Iterable
 
-from kvs.model import SYNC_BUCKETS, Record, Version, sync_bucket
+from kvs.model import Record, Version
+from kvs.store import layout
 
 FANOUT = 16
 DEFAULT_DEPTH = 4  # 16**4 leaves == the store's 65,536 sync buckets
@@ -77,11 +78,10 @@ class MerkleTree:
 
     def leaf_of(self, key: str) -> int:
         """Leaves are the store's sync buckets (grouped, for a shallower tree)."""
-        return sync_bucket(key) // (SYNC_BUCKETS // self.leaves)
+        return layout.leaf_of(key, self.leaves)
 
     def buckets_of_leaf(self, leaf: int) -> range:
-        per_leaf = SYNC_BUCKETS // self.leaves
-        return range(leaf * per_leaf, (leaf + 1) * per_leaf)
+        return layout.buckets_of_leaf(leaf, self.leaves)
 
     def toggle(self, key: str, version: Version, deleted: bool, *, adding: bool) -> None:
         """XOR one version in or out (the same operation; `adding` only keeps the counts)."""
@@ -113,7 +113,7 @@ class MerkleTree:
         The XORs are batched: a commit's deltas are summed per leaf, then per inner node
         level by level, instead of walking every change up to the root. Every write and
         every record a sync takes comes through here."""
-        per_leaf = SYNC_BUCKETS // self.leaves
+        leaves = self.leaves
         counts = self.counts
         deltas: dict[int, int] = {}
         for old, new in changes:
@@ -124,7 +124,7 @@ class MerkleTree:
                 delta = record_hash(old.key, old.version, old.value is None)
             if new is not None:
                 delta ^= record_hash(new.key, new.version, new.value is None)
-            leaf = sync_bucket((new or old).key) // per_leaf  # type: ignore[union-attr]
+            leaf = layout.leaf_of((new or old).key, leaves)  # type: ignore[union-attr]
             if old is None:
                 counts[leaf] += 1
                 self.size += 1

@@ -48,10 +48,18 @@ import trio
 import zstandard
 
 from kvs.clock import HybridLogicalClock
-from kvs.model import SYNC_BUCKETS, RecordCodec, sync_bucket
+from kvs.model import RecordCodec
 from kvs.net.transport import PEER_IO_ERRORS, expected_error
 from kvs.net.wire import FrameStream
-from kvs.store import SCHEMA_VERSION, Store, index_entries
+from kvs.store import Store
+from kvs.store.layout import (
+    DATA_FILE,
+    SCHEMA_VERSION,
+    index_entries,
+    leaf_of,
+    open_copy,
+    stored_schema,
+)
 from kvs.sync import protocol as p
 from kvs.sync.merkle import DEFAULT_DEPTH, FANOUT, MerkleTree, record_hash
 
@@ -190,7 +198,7 @@ async def receive(
     staging.mkdir(parents=True)
     room = shutil.disk_usage(staging).free - DISK_RESERVE
     sha = hashlib.sha256()
-    with open(staging / "data.mdb", "wb") as out:
+    with open(staging / DATA_FILE, "wb") as out:
         sink = _Bounded(out, sha, room)
         writer = zstandard.ZstdDecompressor().stream_writer(sink, write_return_read=True)
         while True:
@@ -317,16 +325,11 @@ async def verify(
 
 def _check_schema(staging: Path) -> None:
     try:
-        env = lmdb.open(str(staging), readonly=True, lock=False, max_dbs=8)
+        env = open_copy(staging)
     except lmdb.Error as exc:
         raise SnapshotError(f"the snapshot is not an LMDB data file: {exc}") from None
     try:
-        system = env.open_db(b"system", create=False)
-        for name in (b"records", b"buckets", b"changes", b"tombstones", b"expiry", b"history"):
-            env.open_db(name, create=False)
-        with env.begin(db=system) as txn:
-            schema = txn.get(b"schema")
-        if schema is None or msgpack.unpackb(schema) != SCHEMA_VERSION:
+        if stored_schema(env) != SCHEMA_VERSION:
             raise SnapshotError(f"the snapshot is not of a store of schema {SCHEMA_VERSION}")
     except (lmdb.Error, ValueError) as exc:
         raise SnapshotError(f"the snapshot is not a KVS store: {exc}") from None
@@ -360,7 +363,6 @@ def _check_contents(store: Store, max_value_size: int, part: int, parts: int) ->
     pack = msgpack.Packer().pack
     leaves = [0] * (FANOUT**DEFAULT_DEPTH)
     counts = [0] * len(leaves)
-    per_leaf = SYNC_BUCKETS // len(leaves)
     highest = expected = found = 0
     for index, (key_b, raw) in enumerate(store.iter_raw_items()):
         if index % _CHECK_CHUNK == 0:
@@ -375,7 +377,7 @@ def _check_contents(store: Store, max_value_size: int, part: int, parts: int) ->
         if stored_at != key_b:
             raise SnapshotError(f"the snapshot files a record under another key: {record.key!r}")
         v = record.version
-        leaf = sync_bucket(record.key) // per_leaf
+        leaf = leaf_of(record.key, len(leaves))
         leaves[leaf] ^= record_hash(record.key, v, record.value is None)
         counts[leaf] += 1
         highest = max(highest, v.hlc)

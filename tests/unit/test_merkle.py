@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvs.model import SYNC_BUCKETS, Record, Version, sync_bucket
+from kvs.model import Record, Version
+from kvs.store.layout import SYNC_BUCKETS, sync_bucket
 from kvs.sync import protocol as p
 from kvs.sync.merkle import DEFAULT_DEPTH, FANOUT, MerkleTree, hash_of, record_hash
 from kvs.sync.worker import SyncWorker
