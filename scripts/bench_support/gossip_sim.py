@@ -37,10 +37,10 @@ import trio
 from kvs.config import Config
 from kvs.net.membership import suspicion_bound
 from kvs.net.messages import State
-from kvs.net.sim import SimNetwork
-from kvs.net.simharness import run_simulation
 from kvs.net.swim import MemberChanged, SwimConfig
-from kvs.simulation import SimCluster
+from kvs.testing.cluster import SimCluster
+from kvs.testing.harness import run_simulation
+from kvs.testing.network import SimNetwork
 
 POLL_STEP = 0.05  # simulated seconds between checks of a condition (the timing resolution)
 SETTLE_S = 5.0  # quiet time after a join or a kill, so the next step starts from a calm cluster

@@ -22,7 +22,7 @@ import trio
 import trio.testing
 from trio._core import _run as trio_run_internals
 
-from kvs.net.sim import SimNetwork
+from kvs.testing.network import SimNetwork
 
 __all__ = [
     "SEED_ENV",

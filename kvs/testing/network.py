@@ -3,7 +3,7 @@
 Membership and sync only ever see a `Transport`; here every node gets a `SimTransport` onto one
 shared `SimNetwork`, which injects latency, jitter (hence reordering), loss, duplication,
 partitions and host crashes. Run it under `trio.testing.MockClock(autojump_threshold=0)` and
-with Trio's scheduler pinned (`kvs.net.simharness.run_simulation` does both): then a seed
+with Trio's scheduler pinned (`kvs.testing.harness.run_simulation` does both): then a seed
 replays exactly, and a simulated minute costs milliseconds.
 
 Delivery is done by one task owned by the network (`run`, or `async with net.running()`): a
