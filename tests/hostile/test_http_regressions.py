@@ -22,7 +22,7 @@ import pytest
 
 from kvs.testing import http_wire as wire
 from kvs.testing.http_cluster import http_get, supported_config_keys
-from tests.hostile.helpers import (
+from tests.support.hostile import (
     assert_node_healthy,
     connect,
     exchange,

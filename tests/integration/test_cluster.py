@@ -32,7 +32,7 @@ import trio
 from kvs.net.messages import Alive, Dead, MemberInfo, Ping
 from kvs.net.seeds import AUTH_HEADER, auth_header_value
 from kvs.net.wire import DatagramCodec, FrameStream, WireError, derive_key
-from tests.integration.procs import assert_clean_stderr, config_value, init_config, running
+from tests.support.procs import assert_clean_stderr, config_value, init_config, running
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "scripts" / "cluster.py"

@@ -29,7 +29,7 @@ import pytest
 import trio
 
 from kvs.net.wire import FrameStream, WireError, derive_key
-from tests.integration.procs import assert_clean_stderr, config_value, init_config, running
+from tests.support.procs import assert_clean_stderr, config_value, init_config, running
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "scripts" / "cluster.py"

@@ -19,7 +19,8 @@ from kvs.model import SYNC_BUCKETS, Record, Version, sync_bucket
 from kvs.sync import protocol as p
 from kvs.sync.merkle import DEFAULT_DEPTH, FANOUT, MerkleTree, hash_of, record_hash
 from kvs.sync.worker import SyncWorker
-from tests.unit.sync_helpers import T0, MemoryTransport, open_replica, record
+from kvs.testing.memory import MemoryTransport
+from tests.support.sync import T0, open_replica, record
 
 KEYS = [f"k/{i}" for i in range(12)]
 
