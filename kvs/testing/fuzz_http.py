@@ -45,7 +45,7 @@ from urllib.parse import quote
 import trio
 
 from kvs.testing import http_wire as wire
-from kvs.testing.http_cluster import HOST, NodeCluster, supported_config_keys
+from kvs.testing.http_cluster import NodeCluster, supported_config_keys
 from kvs.testing.http_inputs import (
     GRACE,
     KINDS,
@@ -71,6 +71,7 @@ from kvs.testing.http_monitor import (
     Tracker,
     shape,
 )
+from kvs.testing.procs import HOST
 
 # --- run time: placeholders ------------------------------------------------------------------------
 

@@ -37,11 +37,8 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import random
-import signal
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -83,7 +80,9 @@ from kvs.net.wire import (
     encode_push_pull,
 )
 from kvs.sync.snapshot import snapshot_format
+from kvs.testing import procs
 from kvs.testing.ports import free_port
+from kvs.testing.procs import NodeProcess, write_private
 
 HEALTH_TIMEOUT = 1.0  # /health must answer within this, every time it is asked
 RSS_FACTOR = 4.0  # RSS must stay under this many times the idle RSS
@@ -176,23 +175,13 @@ def write_config(directory: Path, target: Target) -> Path:
     }
     path = directory / "config.yaml"
     # JSON values are YAML flow scalars: no quoting rules to get wrong.
-    text = "".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    write_private(path, "".join(f"{key}: {json.dumps(value)}\n" for key, value in values.items()))
     return path
 
 
 def rss_kib(pid: int) -> int:
     """Resident set size of a process (Linux), 0 where unknown."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+    return procs.rss_kib(pid) or 0
 
 
 # --- datagrams -----------------------------------------------------------------------------------
@@ -918,43 +907,19 @@ def _is_drop(name: str) -> bool:
     )
 
 
-class _Node:
-    """The node process: started, watched, stopped."""
-
-    def __init__(self, directory: Path, target: Target) -> None:
-        self.directory = directory
-        self.target = target
-        self.stderr_path = directory / "node.err"
-        config = write_config(directory, target)
-        with open(directory / "node.out", "wb") as out, open(self.stderr_path, "wb") as err:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "kvs", str(config)],
-                cwd=directory,
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-            )
-        self.base = f"http://{target.http[0]}:{target.http[1]}"
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=STOP_TIMEOUT)
-
-    def stop(self) -> int | None:
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            return None
+def _start_node(directory: Path, target: Target) -> NodeProcess:
+    """The node process, started on a fresh config; its output in node.out and node.err."""
+    node = NodeProcess(
+        [str(write_config(directory, target))],
+        cwd=directory,
+        port=target.http[1],
+        stdout_path=directory / "node.out",
+        stderr_path=directory / "node.err",
+        name="the node",
+        append=False,
+    )
+    node.start()
+    return node
 
 
 async def _get(client: Any, url: str, timeout: float) -> Any:
@@ -979,17 +944,18 @@ async def _fuzz(options: FuzzOptions, seed: int, directory: Path) -> FuzzReport:
     values_rng = random.Random(rng.getrandbits(64))
     peer_rng = random.Random(rng.getrandbits(64))
 
-    node = _Node(directory, target)
+    node = _start_node(directory, target)
+    base = node.url
     tally = Tally()
     try:
         async with httpx.AsyncClient(trust_env=False) as client:
             deadline = trio.current_time() + START_TIMEOUT
             while True:
                 if not node.alive():
-                    report.problems.append(f"the node exited at start-up: {node.popen.poll()}")
+                    report.problems.append(f"the node exited at start-up: {node.returncode()}")
                     return report
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await _get(client, node.base + "/health", 2.0)).status_code == 200:
+                    if (await _get(client, base + "/health", 2.0)).status_code == 200:
                         break
                 if trio.current_time() > deadline:
                     report.problems.append("the node did not start")
@@ -997,10 +963,10 @@ async def _fuzz(options: FuzzOptions, seed: int, directory: Path) -> FuzzReport:
                 await trio.sleep(0.05)
             for i in range(SEED_VALUES):
                 value = json.dumps(values_rng.randbytes(SEED_VALUE_BYTES // 2).hex())
-                await client.put(f"{node.base}/kv/fuzz/big/{i}", content=value, timeout=10)
+                await client.put(f"{base}/kv/fuzz/big/{i}", content=value, timeout=10)
             await trio.sleep(1.0)
-            report.idle_rss_kib = max(rss_kib(node.popen.pid) for _ in range(3))
-            before = _counters((await _get(client, node.base + "/cluster/stats", 5)).json())
+            report.idle_rss_kib = max(rss_kib(node.pid or 0) for _ in range(3))
+            before = _counters((await _get(client, base + "/cluster/stats", 5)).json())
 
             sock = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
             gossip_port = free_port()
@@ -1026,14 +992,14 @@ async def _fuzz(options: FuzzOptions, seed: int, directory: Path) -> FuzzReport:
                 while trio.current_time() < end:
                     if not node.alive():
                         report.problems.append(
-                            f"the node exited during the run (status {node.popen.poll()}) "
+                            f"the node exited during the run (status {node.returncode()}) "
                             f"after {trio.current_time() - started:.1f} s"
                         )
                         return
-                    report.max_rss_kib = max(report.max_rss_kib, rss_kib(node.popen.pid))
+                    report.max_rss_kib = max(report.max_rss_kib, rss_kib(node.pid or 0))
                     asked = trio.current_time()
                     try:
-                        response = await _get(client, node.base + "/health", options.health_timeout)
+                        response = await _get(client, base + "/health", options.health_timeout)
                         took = trio.current_time() - asked
                         report.max_health_s = max(report.max_health_s, took)
                         if response.status_code != 200:
@@ -1064,9 +1030,9 @@ async def _fuzz(options: FuzzOptions, seed: int, directory: Path) -> FuzzReport:
             report.seconds = trio.current_time() - started
             await trio.sleep(1.0)  # let the node finish what was in flight
             if node.alive():
-                report.max_rss_kib = max(report.max_rss_kib, rss_kib(node.popen.pid))
+                report.max_rss_kib = max(report.max_rss_kib, rss_kib(node.pid or 0))
                 try:
-                    stats = (await _get(client, node.base + "/cluster/stats", 5)).json()
+                    stats = (await _get(client, base + "/cluster/stats", 5)).json()
                     after = _counters(stats)
                     report.drops = {
                         name: after[name] - before.get(name, 0)
@@ -1076,7 +1042,7 @@ async def _fuzz(options: FuzzOptions, seed: int, directory: Path) -> FuzzReport:
                 except (httpx.HTTPError, ValueError) as exc:
                     report.problems.append(f"/cluster/stats failed after the run: {exc!r}")
     finally:
-        report.exit_status = node.stop()
+        report.exit_status, _ = node.stop(STOP_TIMEOUT)
         node.kill()
         report.datagrams, report.frames = tally.datagrams, tally.frames
         report.connections = tally.connections
@@ -1085,7 +1051,7 @@ async def _fuzz(options: FuzzOptions, seed: int, directory: Path) -> FuzzReport:
         report.fuzzer_errors = dict(tally.fuzzer_errors)
         with contextlib.suppress(NameError):
             report.datagram_kinds = dict(datagrams.kinds)
-    _judge(report, node.stderr(), target, options)
+    _judge(report, node.stderr_text(), target, options)
     return report
 
 

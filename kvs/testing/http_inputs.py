@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from kvs.testing import http_wire as wire
-from kvs.testing.http_cluster import HOST
+from kvs.testing.procs import HOST
 
 # --- the plan: what the setup creates, derived from the seed -----------------------------------
 
