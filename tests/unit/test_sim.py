@@ -1,5 +1,6 @@
-"""kvs.testing.network and kvs.testing.harness: the simulated network does what the faults say, and a
-seed replays exactly; plus RealTransport on loopback, the production twin of SimTransport."""
+"""kvs.testing.network and kvs.testing.harness: the simulated network does what the faults
+say, and a seed replays exactly; plus RealTransport on loopback, the production twin of
+SimTransport. (The harness's time limits: test_sim_limits.py.)"""
 
 from __future__ import annotations
 
