@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvs.cli import _raise_file_limit
+from kvs.cli.serve import _raise_file_limit
 from kvs.node import Node
 from tests.support.config import make_config
 
