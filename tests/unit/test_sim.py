@@ -15,7 +15,8 @@ from trio._core import _run as trio_run_internals
 
 from kvs.net.transport import Address, RealTransport, Transport
 from kvs.testing.harness import SEED_ENV, run_simulation, seed_from_env, seeds_from_env
-from kvs.testing.network import SimDatagramEndpoint, SimNetwork
+from kvs.testing.network import SimNetwork
+from kvs.testing.sockets import SimDatagramEndpoint
 
 A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 PORT = 7946
