@@ -9,6 +9,7 @@ cryptography) and croniter at start-up; this keeps them out of the import path."
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import subprocess
 import sys
@@ -165,3 +166,15 @@ def test_the_import_rules_see_what_they_forbid(tmp_path: Path) -> None:
         "cluster",
     ]
     assert "cluster" in script_modules()
+
+
+def test_the_client_package_face_resolves_every_name_on_first_use() -> None:
+    """`from kvs.client import X` works for every former name of kvs/client.py, and reading
+    the client defaults (as the CLI does at start-up) loads no HTTP client."""
+    import kvs.client as face
+
+    assert sorted(face._MODULE_OF) == sorted(face.__all__)
+    for name in face.__all__:
+        module = importlib.import_module(face._MODULE_OF[name])
+        assert getattr(face, name) is getattr(module, name), name
+    assert "httpx" not in loaded_after("import kvs.client.env")
