@@ -129,8 +129,15 @@ def state(instance: Instance) -> State:
 
 
 def log_tail(instance: Instance, lines: int = LOG_TAIL_LINES) -> str:
+    return tail(instance.log_file, lines)
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a log file ("" if it cannot be read), from at most its last
+    64 KiB: a failed start is explained by its end, however long the log grew. (The test and
+    benchmark process helpers, kvs.testing.procs, use this one too.)"""
     try:
-        with open(instance.log_file, "rb") as fh:
+        with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             fh.seek(max(0, fh.tell() - 64 * 1024))
             text = fh.read().decode(errors="replace")

@@ -2,7 +2,7 @@
 
 Membership and sync talk only to a `Transport`, never to sockets, so the same protocol code
 runs on real UDP/TCP (`RealTransport`, here) and on the deterministic simulated network
-(`kvs.net.sim.SimNetwork.transport(...)`), where loss, delay and partitions are injected.
+(`kvs.testing.network.SimNetwork.transport(...)`), where loss, delay and partitions are injected.
 """
 
 from __future__ import annotations

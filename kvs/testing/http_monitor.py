@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvs.testing.http_cluster import NodeProcess, http_get
-from kvs.testing.http_inputs import Interaction
+from kvs.testing.http_plan import Interaction
+from kvs.testing.procs import NodeProcess, http_get
 
 # --- failures ---------------------------------------------------------------------------------
 

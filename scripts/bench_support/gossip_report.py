@@ -80,7 +80,7 @@ def _render_sim(report: GossipReport) -> list[str]:
     out = [
         "### Simulator (deterministic; simulated seconds)",
         "",
-        f"Whole KVS nodes (`kvs.simulation.SimCluster`) with the shipped default membership"
+        f"Whole KVS nodes (`kvs.testing.cluster.SimCluster`) with the shipped default membership"
         f" config: {config}. Network: latency {s.latency * 1000:g} ms + uniform jitter"
         f" [0, {s.jitter * 1000:g} ms), no loss unless stated. Seed {s.seed} (same seed, same"
         f" figures: `--seed {s.seed}`). A round is one probe_interval ({pi:g} s). Times are"

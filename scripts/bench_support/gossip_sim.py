@@ -37,14 +37,15 @@ import trio
 from kvs.config import Config
 from kvs.net.membership import suspicion_bound
 from kvs.net.messages import State
-from kvs.net.sim import SimNetwork
-from kvs.net.simharness import run_simulation
 from kvs.net.swim import MemberChanged, SwimConfig
-from kvs.simulation import SimCluster
+from kvs.testing.cluster import SimCluster
+from kvs.testing.harness import run_simulation
+from kvs.testing.network import SimNetwork
 
 POLL_STEP = 0.05  # simulated seconds between checks of a condition (the timing resolution)
 SETTLE_S = 5.0  # quiet time after a join or a kill, so the next step starts from a calm cluster
 FIRST_PUSH_PULL_SPREAD = 1.5  # nodes push-pull first within 0.5..1.5 x push_pull_interval
+JOB_WALL_LIMIT = 3600.0  # real seconds one job may take (large clusters take minutes, not hours)
 
 
 MEMBERSHIP_KEYS = (
@@ -469,7 +470,9 @@ def _run_job(
             await scenario(net, Path(tmp))
 
         try:
-            run_simulation(main, s.seed, latency=s.latency, jitter=s.jitter)
+            run_simulation(
+                main, s.seed, wall_limit=JOB_WALL_LIMIT, latency=s.latency, jitter=s.jitter
+            )
         except Exception as exc:  # reported in the table; the other jobs go on
             result.error = result.error or f"{type(exc).__name__}: {exc}"
     result.wall_s = time.perf_counter() - began

@@ -1,4 +1,5 @@
-"""Starting, probing and always stopping the server processes a benchmark measures.
+"""Starting, probing and always stopping the server processes a benchmark measures (any
+server: kvs, etcd, Hypercorn, serf; stopping, log tails and RSS come from kvs.testing.procs).
 
 Every wait here has a deadline and every process started here is stopped by its own
 context manager, so an interrupted or failing benchmark leaves nothing running.
@@ -18,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kvs.testing.procs import rss_kib, stop_process, tail
 
 LOOPBACK = "127.0.0.1"
 
@@ -86,11 +89,7 @@ class Proc:
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of the process's output, to explain a failed start."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.log, lines)
 
 
 @contextlib.contextmanager
@@ -120,14 +119,7 @@ def spawned(
 
 def stop(popen: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """Stop one process we started, by its pid: politely first, then for sure."""
-    if popen.poll() is not None:
-        return
-    popen.terminate()
-    try:
-        popen.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        popen.kill()
-        popen.wait(timeout=grace)
+    stop_process(popen, timeout=grace)
 
 
 def wait_ready(
@@ -164,10 +156,10 @@ def wait_ready(
 
 def rss_mb(pid: int) -> float:
     """Resident set size of `pid` in MB (MiB), from /proc/PID/status VmRSS."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmRSS in /proc/{pid}/status")
+    kib = rss_kib(pid)
+    if kib is None:
+        raise BenchError(f"no VmRSS in /proc/{pid}/status")
+    return kib / 1024
 
 
 def process_cpu_s(pid: int) -> float:

@@ -1,5 +1,6 @@
 """`bench.py replication`: replication lag, anti-entropy cost and bootstrap, with real node
-processes on 127.0.0.1 (started with scripts/cluster.py's `Cluster`, always stopped).
+processes on 127.0.0.1 (started with the launcher's `Cluster`, kvs/testing/launcher.py, and
+always stopped).
 
 1. lag: a 3-node cluster; one writer PUTs fresh keys to node1 at a steady rate (several
    keep-alive connections, each on its own schedule, so one slow fsync does not hold the
@@ -170,9 +171,9 @@ class ReplicationReport:
 
 
 def _launcher() -> Any:
-    import cluster  # scripts/cluster.py: scripts/ is on sys.path when bench.py runs
+    from kvs.testing import launcher  # scripts/cluster.py's library (loads httpx)
 
-    return cluster
+    return launcher
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from kvs.testing.http_inputs import KINDS, MARKER_READERS, Generator, Interaction
+from kvs.testing.http_inputs import KINDS, Generator
+from kvs.testing.http_plan import MARKER_READERS, Interaction
 from kvs.testing.http_wire import AnswerReader, chunked, parse_frames
 
 

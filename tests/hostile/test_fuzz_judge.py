@@ -11,8 +11,10 @@ import pytest
 import trio
 
 from kvs.testing import http_wire as wire
-from kvs.testing.fuzz_http import Context, Stats, judge, run_conn
-from kvs.testing.http_inputs import Conn, Interaction
+from kvs.testing.http_conn import run_conn
+from kvs.testing.http_context import Context
+from kvs.testing.http_judge import Stats, judge
+from kvs.testing.http_plan import Conn, Interaction
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 MARKER = b"MARKsecret"

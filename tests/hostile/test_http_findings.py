@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from tests.hostile.helpers import assert_node_healthy, exchange, one_node, status_of
+from tests.support.hostile import assert_node_healthy, exchange, one_node, status_of
 
 HANDSHAKE = (
     b"GET /health HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

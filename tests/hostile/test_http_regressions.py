@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from kvs.testing import http_wire as wire
-from kvs.testing.http_cluster import http_get, supported_config_keys
-from tests.hostile.helpers import (
+from kvs.testing.http_cluster import supported_config_keys
+from kvs.testing.procs import http_get
+from tests.support.hostile import (
     assert_node_healthy,
     connect,
     exchange,

@@ -15,14 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.procs import KVS, config_value, run_kvs
-from tests.integration.test_replication import load_launcher
+from kvs.testing import launcher
+from tests.support.procs import KVS, config_value, run_kvs
 
 # The revocation test asserts "refused on every node within 1 s" in wall-clock time, which
 # an overloaded machine (the parallel part of the suite) can break without any bug.
 pytestmark = pytest.mark.timing
 
-launcher = load_launcher()
 TIMEOUT = 30.0  # replication takes milliseconds; generous for a loaded 2-core machine
 NAMES = ("node1", "node2", "node3")
 

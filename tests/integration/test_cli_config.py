@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from kvs.config import default_config_text
-from tests.integration.procs import (
+from tests.support.procs import (
     READY_TIMEOUT,
     KvsProcess,
     assert_clean_stderr,

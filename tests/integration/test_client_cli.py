@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvs.cli import main
-from tests.integration.test_replication import LiveCluster, wait_for
+from tests.support.cluster import LiveCluster, wait_for
 
 LINE_TIMEOUT = 30.0  # generous: a loaded 2-core machine
 

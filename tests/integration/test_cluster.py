@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib.util
 import json
 import os
 import random
@@ -19,9 +18,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -32,31 +30,18 @@ import trio
 from kvs.net.messages import Alive, Dead, MemberInfo, Ping
 from kvs.net.seeds import AUTH_HEADER, auth_header_value
 from kvs.net.wire import DatagramCodec, FrameStream, WireError, derive_key
-from tests.integration.procs import assert_clean_stderr, config_value, init_config, running
+from kvs.testing import launcher
+from tests.support.cluster import wait_for
+from tests.support.procs import assert_clean_stderr, config_value, init_config, running
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "scripts" / "cluster.py"
 DETECT_TIMEOUT = 30.0  # kill -9 to "dead" everywhere; measured ~2-4 s with the defaults
-CONVERGE_TIMEOUT = 30.0
-POLL = 0.05
 NAMES = ("node1", "node2", "node3")
 DEAD_PROXY = {
     name: "http://127.0.0.1:9"
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 }
-
-
-def load_launcher() -> ModuleType:
-    """scripts/cluster.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("kvs_cluster_launcher", LAUNCHER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
-
-
-launcher = load_launcher()
 
 
 def run_launcher(*args: str, directory: Path) -> subprocess.CompletedProcess[str]:
@@ -80,16 +65,6 @@ def stats(url: str) -> dict[str, Any]:
     response = httpx.get(f"{url}/cluster/stats", timeout=5)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = CONVERGE_TIMEOUT) -> float:
-    """Poll `check` until true; return the seconds it took (fail with `what` on timeout)."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(POLL)
-    return time.monotonic() - started
 
 
 def member_of(url: str, node_id: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from kvs import daemon
-from tests.integration.procs import (
+from tests.support.procs import (
     EXIT_TIMEOUT,
     KVS,
     assert_clean_stderr,

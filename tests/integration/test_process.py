@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.integration.procs import (
+from tests.support.procs import (
     KvsProcess,
     assert_clean_stderr,
     config_value,

@@ -11,7 +11,6 @@ here is stopped in teardown, whatever happened. Every wait is bounded.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -29,35 +27,12 @@ import pytest
 import trio
 
 from kvs.net.wire import FrameStream, WireError, derive_key
-from tests.integration.procs import assert_clean_stderr, config_value, init_config, running
+from tests.support.cluster import CONVERGE_TIMEOUT, LiveCluster, client, wait_for
+from tests.support.procs import assert_clean_stderr, init_config, running
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCHER = ROOT / "scripts" / "cluster.py"
 CONFLICT = ROOT / "scripts" / "conflict.py"
-CONVERGE_TIMEOUT = 30.0  # measured well under 2 s; generous for a loaded 2-core machine
-POLL = 0.05
-NAMES = ("node1", "node2", "node3")
 HANDSHAKE_TIMEOUT = 10.0  # kvs.sync.worker.REQUEST_TIMEOUT / kvs.net.wire.FRAME_TIMEOUT
-
-
-def load_launcher() -> ModuleType:
-    """scripts/cluster.py as a module (scripts/ is not a package)."""
-    name = "kvs_cluster_launcher"
-    if name in sys.modules:  # test_cluster.py may have loaded it already
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, LAUNCHER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
-
-
-launcher = load_launcher()
-
-
-def client() -> httpx.Client:
-    return httpx.Client(timeout=5.0, trust_env=False)  # loopback only, never via a proxy
 
 
 def get_json(url: str) -> Any:
@@ -81,67 +56,12 @@ def sync_counters(url: str) -> dict[str, int]:
     return dict(get_json(f"{url}/cluster/stats")["sync"]["counters"])
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = CONVERGE_TIMEOUT) -> float:
-    """Poll `check` until true; return the seconds it took (fail with `what` on timeout)."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(POLL)
-    return time.monotonic() - started
-
-
 def same_root(urls: list[str]) -> Callable[[], bool]:
     def check() -> bool:
         roots = [root_of(u) for u in urls]
         return all(r is not None for r in roots) and len({json.dumps(r) for r in roots}) == 1
 
     return check
-
-
-class LiveCluster:
-    def __init__(self, directory: Path, names: tuple[str, ...] = NAMES) -> None:
-        self.directory = directory
-        self.names = names
-        self.lines: list[str] = []
-        self.cluster = launcher.Cluster(directory, out=self.lines.append)
-        self.specs: dict[str, Any] = {}
-
-    def start(self) -> None:
-        if self.cluster.exists():
-            self.specs = {s.name: s for s in self.cluster.start()}
-        else:
-            self.specs = {s.name: s for s in self.cluster.start(len(self.names), base_port=0)}
-
-    def url(self, name: str) -> str:
-        return str(self.specs[name].url)
-
-    def urls(self) -> list[str]:
-        return [self.url(n) for n in self.names]
-
-    def secret(self) -> str:
-        return config_value(self.specs[self.names[0]].config, "cluster_secret")
-
-    def all_alive(self) -> bool:
-        with client() as c:
-            for name in self.names:
-                alive = launcher.alive_members(c, self.url(name))
-                if alive is None or not set(self.names) <= alive:
-                    return False
-        return True
-
-    def ensure_healthy(self) -> None:
-        """Bring the cluster back to all running and all alive (after an earlier test)."""
-        up = self.cluster.running()
-        for name in self.names:
-            if name not in up:
-                self.cluster.restart(name, wait_cluster=False)
-        wait_for("every node sees every node alive", self.all_alive)
-
-    def assert_clean_logs(self) -> None:
-        secret = self.secret()
-        for name in self.names:
-            assert_clean_stderr(self.specs[name].log.read_text(errors="replace"), secret)
 
 
 @pytest.fixture(scope="module")

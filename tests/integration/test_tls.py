@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trustme
 
-from tests.integration.procs import (
+from tests.support.procs import (
     READY_TIMEOUT,
     KvsProcess,
     config_value,

@@ -12,9 +12,9 @@ import pytest
 import trio
 
 from kvs.net.messages import State
-from kvs.net.sim import SimNetwork
-from kvs.net.simharness import run_simulation, seeds_from_env
-from kvs.simulation import SimCluster
+from kvs.testing.cluster import SimCluster
+from kvs.testing.harness import run_simulation, seeds_from_env
+from kvs.testing.network import SimNetwork
 
 SEEDS = seeds_from_env([1, 2, 3])
 LAN = {"latency": 0.0005, "jitter": 0.001}

@@ -36,12 +36,12 @@ from hypothesis import strategies as st
 
 from kvs.model import Record, RecordCodec, Version, resolve
 from kvs.net.messages import State
-from kvs.net.sim import SimNetwork
-from kvs.net.simharness import run_simulation, seeds_from_env
 from kvs.node import Node
-from kvs.simulation import SimCluster
 from kvs.store import Change, Delete, Put, Written
 from kvs.sync.merkle import MerkleTree
+from kvs.testing.cluster import SimCluster
+from kvs.testing.harness import run_simulation, seeds_from_env
+from kvs.testing.network import SimNetwork
 
 SEEDS = seeds_from_env([1, 2, 3])
 LAN = {"latency": 0.0005, "jitter": 0.001}

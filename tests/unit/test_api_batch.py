@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.api_helpers import (
+from tests.support.api import (
     batch,
     client_of,
     expect_error,

@@ -15,7 +15,7 @@ import trio
 
 from kvs.model import MAX_KEY_BYTES
 from kvs.node import Node
-from tests.unit.api_helpers import client_of, expect_error, expect_json, get_value, put
+from tests.support.api import client_of, expect_error, expect_json, get_value, put
 
 # --- put / get ---------------------------------------------------------------------------------
 

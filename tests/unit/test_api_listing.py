@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.api_helpers import batch, client_of, expect_error, expect_json, put
+from tests.support.api import batch, client_of, expect_error, expect_json, put
 
 
 async def fill(client: Any, keys: list[str], value: Any = 1) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import trio
 
 from kvs import cli
 from kvs.audit import AUDIT_DIR, GENESIS, chain_hash
-from tests.unit.api_helpers import client_of, expect_error, expect_json
-from tests.unit.auth_helpers import Admin, bearer
+from tests.support.api import client_of, expect_error, expect_json
+from tests.support.auth import Admin, bearer
 
 
 async def _stop(node) -> None:

@@ -13,8 +13,8 @@ import trio
 
 from kvs.auth import tokens
 from kvs.model import DEFAULT_PERMISSIONS
-from tests.unit.api_helpers import client_of, expect_error, expect_json
-from tests.unit.auth_helpers import Admin, bearer, root_token
+from tests.support.api import client_of, expect_error, expect_json
+from tests.support.auth import Admin, bearer, root_token
 
 SECRET = "test-secret"  # make_config's cluster_secret
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")

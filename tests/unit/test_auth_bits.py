@@ -8,8 +8,8 @@ import json
 import pytest
 
 from kvs.auth.permissions import CREATE, DELETE, READ, WRITE, Principal, allows, nibble
-from tests.unit.api_helpers import client_of, expect_error
-from tests.unit.auth_helpers import Admin
+from tests.support.api import client_of, expect_error
+from tests.support.auth import Admin
 
 SHIFT = {"owner": 8, "group": 4, "others": 0}
 BITS = {"create": CREATE, "delete": DELETE, "write": WRITE, "read": READ}

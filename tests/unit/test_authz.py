@@ -16,9 +16,9 @@ from kvs.auth.permissions import ALL_SCOPES, ANONYMOUS, Principal, may_read
 from kvs.auth.service import FAILED_AUTH_PER_CLIENT, FAILED_AUTH_PER_NODE
 from kvs.model import SYSTEM_PREFIX, Record, Version
 from kvs.store import Delete, Put
-from tests.unit.api_helpers import client_of, expect_error, expect_json
-from tests.unit.auth_helpers import Admin, bearer
-from tests.unit.watch_helpers import open_watch
+from tests.support.api import client_of, expect_error, expect_json
+from tests.support.auth import Admin, bearer
+from tests.support.watch import open_watch
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 

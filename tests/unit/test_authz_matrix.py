@@ -19,9 +19,9 @@ import pytest
 import trio
 
 from kvs.node import Node
-from tests.unit.api_helpers import client_of, expect_json
-from tests.unit.auth_helpers import Admin
-from tests.unit.watch_helpers import WatchStream, open_watch
+from tests.support.api import client_of, expect_json
+from tests.support.auth import Admin
+from tests.support.watch import WatchStream, open_watch
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 

@@ -31,8 +31,8 @@ from kvs.backup_service import BackupService, BackupSettings, next_run
 from kvs.config import Config
 from kvs.node import Node
 from kvs.store import Delete, Put
-from tests.conftest import make_config
-from tests.unit.api_helpers import client_of, expect_error, expect_json, put
+from tests.support.api import client_of, expect_error, expect_json, put
+from tests.support.config import make_config
 
 DBS = (b"records", b"changes", b"history", b"expiry", b"tombstones", b"system", b"buckets")
 DAY_MS = 86_400_000

@@ -13,8 +13,8 @@ import trio
 
 from kvs import client as kc
 from kvs.client import AsyncClient, Client
-from tests.integration.procs import free_ports
-from tests.unit.live_node import start_live_node
+from kvs.testing.ports import free_ports
+from tests.support.live_node import start_live_node
 
 
 async def in_thread(fn: Any) -> Any:

@@ -13,8 +13,8 @@ import trio
 from kvs import client as kc
 from kvs.cli import main
 from kvs.client import AsyncClient, Event
-from tests.unit.auth_helpers import root_token
-from tests.unit.live_node import start_live_node
+from tests.support.auth import root_token
+from tests.support.live_node import start_live_node
 
 
 async def test_users_groups_tokens_through_the_client(

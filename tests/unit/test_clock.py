@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from kvs.clock import HybridLogicalClock, system_wall_ms
 from kvs.model import HLC_LOGICAL_MASK, hlc_ms, hlc_pack
-from tests.conftest import ManualWallClock
+from tests.support.config import ManualWallClock
 
 T0 = 1_700_000_000_000
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kvs.cli import _raise_file_limit
+from kvs.cli.serve import _raise_file_limit
 from kvs.node import Node
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 
 def test_the_soft_open_file_limit_is_raised_to_the_hard_limit() -> None:

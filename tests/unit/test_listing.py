@@ -18,7 +18,7 @@ from kvs.clock import HybridLogicalClock
 from kvs.listing import Child, TreeNode, list_children, list_tree, nest
 from kvs.model import Record
 from kvs.store import Delete, Put, Store
-from tests.conftest import ManualWallClock
+from tests.support.config import ManualWallClock
 
 T0 = 1_700_000_000_000
 NOW = T0 + 1000  # listings are taken at this time: "expired" keys are gone, "ttl" keys are not

@@ -24,8 +24,8 @@ from kvs.net.swim import SwimConfig
 from kvs.net.transport import RealTransport, expected_error
 from kvs.net.wire import TAG_BYTES, DatagramCodec, derive_key
 from kvs.node import Node
-from tests.conftest import make_config
-from tests.integration.procs import free_ports
+from kvs.testing.ports import free_ports
+from tests.support.config import make_config
 
 SECRET = "membership-isolation-secret"
 KEY = derive_key(SECRET, "gossip")

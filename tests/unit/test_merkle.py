@@ -20,7 +20,8 @@ from kvs.store.layout import SYNC_BUCKETS, sync_bucket
 from kvs.sync import protocol as p
 from kvs.sync.merkle import DEFAULT_DEPTH, FANOUT, MerkleTree, hash_of, record_hash
 from kvs.sync.worker import SyncWorker
-from tests.unit.sync_helpers import T0, MemoryTransport, open_replica, record
+from kvs.testing.memory import MemoryTransport
+from tests.support.sync import T0, open_replica, record
 
 KEYS = [f"k/{i}" for i in range(12)]
 

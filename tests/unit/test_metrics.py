@@ -8,32 +8,10 @@ from pathlib import Path
 
 import httpx
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from kvs.client import AsyncClient, NotFound
-from tests.unit.live_node import start_live_node
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(url: str) -> Samples:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(f"{url}/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain; version=")
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def requests(samples: Samples, route: str, method: str, status: str) -> float:
-    return value(samples, "kvs_http_requests_total", route=route, method=method, status=status)
+from tests.support.live_node import start_live_node
+from tests.support.metrics import requests, scrape, value
 
 
 async def test_counters_follow_traffic(nursery: trio.Nursery, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""kvs.net.sim and kvs.net.simharness: the simulated network does what the faults say, and a
-seed replays exactly; plus RealTransport on loopback, the production twin of SimTransport."""
+"""kvs.testing.network and kvs.testing.harness: the simulated network does what the faults
+say, and a seed replays exactly; plus RealTransport on loopback, the production twin of
+SimTransport. (The harness's time limits: test_sim_limits.py.)"""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 import trio
 from trio._core import _run as trio_run_internals
 
-from kvs.net.sim import SimDatagramEndpoint, SimNetwork
-from kvs.net.simharness import SEED_ENV, run_simulation, seed_from_env, seeds_from_env
 from kvs.net.transport import Address, RealTransport, Transport
+from kvs.testing.harness import SEED_ENV, run_simulation, seed_from_env, seeds_from_env
+from kvs.testing.network import SimNetwork
+from kvs.testing.sockets import SimDatagramEndpoint
 
 A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 PORT = 7946

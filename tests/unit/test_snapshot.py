@@ -15,7 +15,8 @@ from kvs.net.wire import FrameStream, derive_key
 from kvs.store import Put, Store, index_entries
 from kvs.sync import snapshot
 from kvs.sync.worker import BOOTSTRAP_STATE
-from tests.unit.sync_helpers import SECRET, T0, MemoryTransport, Replica, open_replica, record
+from kvs.testing.memory import MemoryTransport
+from tests.support.sync import SECRET, T0, Replica, open_replica, record
 
 A = ("a", 1)
 

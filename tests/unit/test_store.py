@@ -31,7 +31,7 @@ from kvs.store import (
     Written,
 )
 from kvs.sync import protocol
-from tests.conftest import ManualWallClock
+from tests.support.config import ManualWallClock
 
 T0 = 1_700_000_000_000
 

@@ -18,8 +18,8 @@ from kvs.net.transport import expected_error
 from kvs.store import Put
 from kvs.sync import snapshot
 from kvs.sync import worker as worker_module
-from tests.unit.sync_helpers import T0, MemoryTransport, _serve_one, encode, open_replica, record
-from tests.unit.test_sync_protocol import session, still_serving
+from kvs.testing.memory import MemoryTransport, serve_one
+from tests.support.sync import T0, encode, open_replica, record, session, still_serving
 
 A = ("a", 1)
 DAY_MS = 86_400_000
@@ -33,7 +33,7 @@ class LockstepTransport(MemoryTransport):
         await trio.lowlevel.checkpoint()
         handler, nursery = self._listeners[address]
         client, server = trio.testing.lockstep_stream_pair()
-        nursery.start_soon(_serve_one, handler, server, ("client", 1))
+        nursery.start_soon(serve_one, handler, server, ("client", 1))
         return client
 
 

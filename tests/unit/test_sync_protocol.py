@@ -21,21 +21,24 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvs.net.wire import MAX_FRAME_BYTES, FrameStream, WireError, derive_key
+from kvs.net.wire import MAX_FRAME_BYTES, FrameStream, WireError
 from kvs.store import Delete, Put, Summary
 from kvs.sync import protocol as p
 from kvs.sync.merkle import MerkleTree
 from kvs.sync.worker import IDLE_TIMEOUT, REQUEST_TIMEOUT
-from tests.conftest import ManualWallClock
-from tests.unit.sync_helpers import (
-    SECRET,
+from kvs.testing.memory import MemoryTransport
+from tests.support.config import ManualWallClock
+from tests.support.sync import (
+    ADDRESS,
     T0,
-    MemoryTransport,
     Replica,
+    connect,
     encode,
     open_replica,
     raw_fields,
     record,
+    session,
+    still_serving,
 )
 
 MAX_VALUE = 4096
@@ -436,19 +439,6 @@ def test_the_dispatcher_answers_or_raises_protocol_error_never_anything_else(obj
 
 # --- the server over a stream --------------------------------------------------------------------
 
-ADDRESS = ("a", 1)
-
-
-async def connect(transport: MemoryTransport) -> trio.abc.Stream:
-    return await transport.connect_stream(ADDRESS)
-
-
-async def session(transport: MemoryTransport, secret: str = SECRET) -> FrameStream:
-    stream = await connect(transport)
-    return await FrameStream.client(
-        stream, derive_key(secret, "sync"), purpose="sync", nonce=b"n" * 16
-    )
-
 
 async def closed_by_server(stream: trio.abc.Stream) -> float:
     """Read until the server closes; returns when (simulated seconds)."""
@@ -458,19 +448,6 @@ async def closed_by_server(stream: trio.abc.Stream) -> float:
                 return trio.current_time()
         except trio.BrokenResourceError:
             return trio.current_time()
-
-
-async def still_serving(transport: MemoryTransport, replica: Replica) -> None:
-    frames = await session(transport)
-    await frames.send({"op": "root"})
-    reply = await frames.receive()
-    assert reply == {
-        "root": p.encode_hash(replica.worker.tree.root),
-        "size": 1,
-        "syncing": False,
-        "stale": False,
-    }
-    await frames.aclose()
 
 
 def frame(payload: bytes) -> bytes:

@@ -28,8 +28,8 @@ from kvs.sync.worker import (
     SyncWorker,
     bootstrap_needed,
 )
-from tests.unit.sync_helpers import T0, MemoryTransport, Replica, encode, open_replica, record
-from tests.unit.test_sync_protocol import session
+from kvs.testing.memory import MemoryTransport
+from tests.support.sync import T0, Replica, encode, open_replica, record, session
 
 A, B = ("a", 1), ("b", 1)
 DAY_MS = 86_400_000

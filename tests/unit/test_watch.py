@@ -17,7 +17,7 @@ from kvs.model import hlc_pack
 from kvs.node import Node
 from kvs.store import Change, Delete, Put
 from kvs.watch import ResumePoint, WatchEvent, WatchHub, parse_resume
-from tests.unit.live_node import start_live_node
+from tests.support.live_node import start_live_node
 
 
 def test_parse_resume() -> None:
@@ -224,7 +224,7 @@ async def test_a_stalled_reader_stops_costing_memory(nursery: trio.Nursery, tmp_
     """A client that stops reading entirely: once the socket buffers are full its watcher
     overflows and is dropped, so the node holds no more events for it. (Hypercorn shields
     its socket writes, so the connection itself stays until the client reads or goes.)"""
-    from tests.unit.test_metrics import requests, scrape, value
+    from tests.support.metrics import requests, scrape, value
 
     _, url = await start_live_node(nursery, tmp_path, watch_buffer=100)
     host, port = url.removeprefix("http://").split(":")

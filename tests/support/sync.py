@@ -1,4 +1,5 @@
-"""Helpers for the sync tests: real LMDB stores, SyncWorkers, and an in-memory transport."""
+"""Helpers for the sync tests: real LMDB stores and SyncWorkers on a `MemoryTransport`, records
+made by hand, and a client session with a replica's sync server."""
 
 from __future__ import annotations
 
@@ -10,63 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio.testing
 
 from kvs.clock import HybridLogicalClock
 from kvs.model import Record, RecordCodec, Version, hlc_pack
-from kvs.net.transport import Address, StreamHandler
+from kvs.net.wire import FrameStream, derive_key
 from kvs.store import Merge, Store
+from kvs.sync import protocol as p
 from kvs.sync.worker import SyncSettings, SyncWorker
-from tests.conftest import ManualWallClock
+from kvs.testing.memory import MemoryTransport
+from tests.support.config import ManualWallClock
 
 T0 = 1_700_000_000_000
 SECRET = "sync-test-secret"
 CODEC = RecordCodec()
-
-
-class MemoryTransport:
-    """Stream connections between SyncWorkers in one process (trio memory streams). Like the
-    real and simulated transports, a handler's I/O errors end its connection, nothing more."""
-
-    def __init__(self) -> None:
-        self._listeners: dict[Address, tuple[StreamHandler, trio.Nursery]] = {}
-        self._ports = itertools.count(40000)
-
-    async def bind_datagram(self, address: Address) -> Any:
-        raise NotImplementedError("sync uses streams only")
-
-    async def serve_stream(
-        self,
-        address: Address,
-        handler: StreamHandler,
-        *,
-        task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        async with trio.open_nursery() as nursery:
-            self._listeners[address] = (handler, nursery)
-            try:
-                task_status.started(address)
-                await trio.sleep_forever()
-            finally:
-                del self._listeners[address]
-
-    async def connect_stream(self, address: Address) -> trio.abc.Stream:
-        await trio.lowlevel.checkpoint()
-        entry = self._listeners.get(address)
-        if entry is None:
-            raise ConnectionRefusedError(f"nothing listens on {address}")
-        handler, nursery = entry
-        client, server = trio.testing.memory_stream_pair()
-        nursery.start_soon(_serve_one, handler, server, ("client", next(self._ports)))
-        return client
-
-
-async def _serve_one(handler: StreamHandler, stream: trio.abc.Stream, peer: Address) -> None:
-    try:
-        async with stream:
-            await handler(stream, peer)
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
 
 
 def version(ms: int, joined: int = 1, origin: str = "n1", uid: str = "u") -> Version:
@@ -171,3 +128,32 @@ async def open_replica(
             nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+# --- a client of a replica's sync server -------------------------------------------------------
+
+ADDRESS = ("a", 1)  # where `open_replica(name="a", serve=True)` listens
+
+
+async def connect(transport: MemoryTransport) -> trio.abc.Stream:
+    return await transport.connect_stream(ADDRESS)
+
+
+async def session(transport: MemoryTransport, secret: str = SECRET) -> FrameStream:
+    stream = await connect(transport)
+    return await FrameStream.client(
+        stream, derive_key(secret, "sync"), purpose="sync", nonce=b"n" * 16
+    )
+
+
+async def still_serving(transport: MemoryTransport, replica: Replica) -> None:
+    frames = await session(transport)
+    await frames.send({"op": "root"})
+    reply = await frames.receive()
+    assert reply == {
+        "root": p.encode_hash(replica.worker.tree.root),
+        "size": 1,
+        "syncing": False,
+        "stale": False,
+    }
+    await frames.aclose()

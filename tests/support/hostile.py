@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvs.testing.http_cluster import HOST, NodeCluster, NodeProcess, http_get
+from kvs.testing.http_cluster import NodeCluster
 from kvs.testing.http_wire import AnswerReader
+from kvs.testing.procs import HOST, NodeProcess, http_get
 
 SOCKET_TIMEOUT = 10.0  # no single socket operation in these tests may take longer
 

@@ -25,8 +25,8 @@ import trio
 
 from kvs.config import Config
 from kvs.net.messages import Address, State
-from kvs.net.sim import SimNetwork
 from kvs.node import Node
+from kvs.testing.network import SimNetwork
 
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01: simulated wall clocks start here
 HTTP_PORT = 8000

@@ -10,8 +10,8 @@ from typing import Any
 import trio
 
 from kvs.node import Node
-from tests.conftest import make_config
-from tests.integration.procs import free_ports
+from kvs.testing.ports import free_ports
+from tests.support.config import make_config
 
 
 async def start_live_node(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvs.node import Node
-from tests.unit.api_helpers import client_of, expect_json
+from tests.support.api import client_of, expect_json
 
 ALL_KEY_SCOPES = ["read", "write", "delete"]
 

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kvs.cli_client import add_client_args, positive_seconds
-from kvs.client_env import DEFAULT_URL, TOKEN_ENV, URL_ENV
+from kvs.cli.client import add_client_args, positive_seconds
+from kvs.client.env import DEFAULT_URL, TOKEN_ENV, URL_ENV
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -49,7 +49,7 @@ def _usage(message: str) -> int:
 
 
 def _base_url(given: str) -> str | None:
-    from kvs.client import resolve_url  # the client library's URL rules (kvs/client.py)
+    from kvs.client import resolve_url  # the client library's URL rules (kvs/client/)
 
     try:
         return resolve_url(given)

@@ -1,4 +1,5 @@
-"""Helpers for tests that run the real `kvs` process: ports, configs, start, poll, kill.
+"""Helpers for tests that run the real `kvs` process: configs, start, poll, kill (on the
+shared process helpers of kvs.testing.procs, with the test's assertions).
 
 Every process started here is killed when its `running()` block ends, whatever happened,
 so a failing test never leaves a node behind holding a port or an LMDB lock.
@@ -7,7 +8,6 @@ so a failing test never leaves a node behind holding a port or an LMDB lock.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import subprocess
@@ -19,12 +19,19 @@ from pathlib import Path
 import httpx
 
 from kvs.testing.ports import free_ports
+from kvs.testing.procs import (
+    KVS_COMMAND,
+    NodeProcess,
+    ProcessError,
+    kill_process,
+    set_key,
+    yaml_scalar,
+)
 
 READY_TIMEOUT = 30.0  # generous: a loaded 2-core CI machine can be slow to import the stack
 EXIT_TIMEOUT = 30.0
-POLL_INTERVAL = 0.02
 
-KVS = [sys.executable, "-m", "kvs"]
+KVS = list(KVS_COMMAND)  # python -m kvs
 KVS_SCRIPT = Path(sys.executable).with_name("kvs")  # the console script pip installed
 
 
@@ -51,21 +58,8 @@ def set_keys(path: Path, **values: object) -> None:
     Keys not in the file are appended. Values are written as YAML scalars."""
     text = path.read_text(encoding="utf-8")
     for key, value in values.items():
-        scalar = yaml_scalar(value)
-        pattern = re.compile(rf"^{re.escape(key)}:[^\n#]*", re.MULTILINE)
-        if pattern.search(text):
-            text = pattern.sub(lambda _m, k=key, s=scalar: f"{k}: {s} ", text, count=1)
-        else:
-            text += f"{key}: {scalar}\n"
+        text = set_key(text, key, yaml_scalar(value))
     path.write_text(text, encoding="utf-8")
-
-
-def yaml_scalar(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def config_value(path: Path, key: str) -> str:
@@ -92,7 +86,9 @@ def init_config(directory: Path, name: str = "config.yaml", **overrides: object)
 
 
 class KvsProcess:
-    """One real `kvs` node process; stdout and stderr go to files (a pipe could fill up)."""
+    """One real `kvs` node process (a `kvs.testing.procs.NodeProcess`, started at once),
+    with the test's view of it: a wait that fails is an AssertionError with its stderr;
+    stdout and stderr go to files (a pipe could fill up)."""
 
     def __init__(self, args: list[str], cwd: Path, port: int, log_dir: Path) -> None:
         self.args = args
@@ -103,18 +99,25 @@ class KvsProcess:
         stamp = time.monotonic_ns()
         self.stdout_path = log_dir / f"kvs-{port}-{stamp}.out"
         self.stderr_path = log_dir / f"kvs-{port}-{stamp}.err"
-        self.started_at = time.monotonic()
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.popen = subprocess.Popen(
-                [*KVS, *args], cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL
-            )
+        self.process = NodeProcess(
+            args,
+            cwd=cwd,
+            port=port,
+            stdout_path=self.stdout_path,
+            stderr_path=self.stderr_path,
+            append=False,
+        )
+        self.process.start()
+        self.started_at = self.process.started_at
+        assert self.process.popen is not None
+        self.popen = self.process.popen
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
     def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+        return self.process.stderr_text()
 
     def health(self, timeout: float = 2.0) -> httpx.Response | None:
         """GET /health, or None while nothing answers on the port yet."""
@@ -125,23 +128,13 @@ class KvsProcess:
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
         """Poll /health until 200; return seconds since start. Fails if the process exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self.popen.poll()
-            if code is not None:
-                raise AssertionError(
-                    f"kvs exited with status {code} before it was ready:\n{self.stderr()}"
-                )
-            response = self.health()
-            if response is not None and response.status_code == 200:
-                return time.monotonic() - self.started_at
-            if time.monotonic() > deadline:
-                raise AssertionError(f"kvs not ready after {timeout}s:\n{self.stderr()}")
-            time.sleep(POLL_INTERVAL)
+        try:
+            return self.process.wait_ready(timeout)
+        except ProcessError as exc:
+            raise AssertionError(f"{exc}\n(all of stderr:)\n{self.stderr()}") from None
 
     def send_signal(self, signum: int) -> None:
-        if self.popen.poll() is None:
-            os.kill(self.pid, signum)
+        self.process.send_signal(signum)
 
     def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
         try:
@@ -158,9 +151,7 @@ class KvsProcess:
 
     def kill(self) -> None:
         """SIGKILL and reap (kill -9: no chance to flush or close anything)."""
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(timeout=EXIT_TIMEOUT)
+        kill_process(self.popen, timeout=EXIT_TIMEOUT)
 
 
 @contextlib.contextmanager

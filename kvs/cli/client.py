@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kvs.client_env import DEFAULT_URL, TOKEN_ENV, URL_ENV
+from kvs.client.env import DEFAULT_URL, TOKEN_ENV, URL_ENV
 
 if TYPE_CHECKING:
     from kvs.client import Client
