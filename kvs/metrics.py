@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from kvs.store import BATCH_SIZE_BUCKETS
 
 if TYPE_CHECKING:
+    from kvs.api.listener import HttpStats
     from kvs.api.view import NodeView
     from kvs.watch import WatchHub
 
@@ -108,9 +109,10 @@ class HttpMetrics(Collector):
 class NodeCollector(Collector):
     """Reads the node's own counters at scrape time."""
 
-    def __init__(self, node: NodeView, hub: WatchHub) -> None:
+    def __init__(self, node: NodeView, hub: WatchHub, http: HttpStats) -> None:
         self.node = node
         self.hub = hub
+        self.http = http
 
     def describe(self) -> list[Metric]:
         return []  # registered without a trial collect (the node may not be fully up yet)
@@ -136,7 +138,7 @@ class NodeCollector(Collector):
             "Watch streams cut off because the client fell too far behind",
             self.hub.disconnected_slow,
         )
-        yield from self._http_front(node.http_stats.counters())
+        yield from self._http_front(self.http.counters())
         if node.cluster is not None:
             yield from self._membership(node.cluster.membership_stats())
             yield from self._sync(node.cluster.sync_stats())
@@ -307,9 +309,11 @@ class NodeCollector(Collector):
         )
 
 
-def make_registry(node: NodeView, hub: WatchHub) -> tuple[CollectorRegistry, HttpMetrics]:
+def make_registry(
+    node: NodeView, hub: WatchHub, front: HttpStats
+) -> tuple[CollectorRegistry, HttpMetrics]:
     registry = CollectorRegistry()
     http = HttpMetrics()
     registry.register(http)
-    registry.register(NodeCollector(node, hub))
+    registry.register(NodeCollector(node, hub, front))
     return registry, http

@@ -3,7 +3,7 @@
     Node.run()
     ├── Store.writer      group-commit writer (LMDB)
     ├── Membership        SWIM over UDP + TCP push-pull on gossip_port (kvs/net/)
-    ├── HTTP API          Quart-Trio app served by hypercorn.trio.serve
+    ├── HTTP API          whatever HttpService it is given (kvs/server.py ApiServer)
     ├── housekeeping      TTL sweep, tombstone GC, periodic flush (durability: os)
     └── backups           cron-scheduled LMDB snapshots (backup_enabled; kvs/backup_service.py)
 
@@ -16,16 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import random
-import resource
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from kvs.api import create_app
-from kvs.api.batch import batch_body_limit
-from kvs.api.front import HTTP_GRACE, HttpFront
-from kvs.api.server import FrontConfig, HttpLimits, HttpStats, serve_http
 from kvs.audit import AUDIT_DIR, AuditLog
 from kvs.auth.service import AuthService, IssuedToken
 from kvs.backup_service import BackupService, BackupSettings
@@ -43,6 +38,20 @@ from kvs.sync.worker import SyncSettings, SyncWorker, bootstrap_needed
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 1.0
+STOP_GRACE = 10.0  # a graceful stop waits this long at most for API requests in flight
+
+
+class HttpService(Protocol):
+    """What a node runs to serve its API (kvs/server.py `ApiServer`); the node does not know
+    what is behind it, so it depends on nothing above it."""
+
+    async def run(
+        self, node: Any, *, listen: bool, task_status: trio.TaskStatus[list[str]]
+    ) -> None:
+        """Serve `node` until it stops, reporting the bound URLs (none without `listen`)."""
+
+    async def wait_idle(self) -> None:
+        """Return once no request is being answered."""
 
 
 class Node:
@@ -56,8 +65,10 @@ class Node:
         transport: Transport | None = None,
         resolve_seed: SeedResolver | None = None,
         show_root_token: Callable[[IssuedToken, str], None] | None = None,
+        api: HttpService | None = None,
     ) -> None:
         self.config = config
+        self.api = api
         self.node_id = config.node_id
         # A node given an rng (tests, the simulator) takes every random choice from it, nonces
         # included, so a seed replays exactly; a production node uses the OS's entropy.
@@ -73,14 +84,9 @@ class Node:
         self._store_in_thread = store_in_thread
         self.store: Store | Any = None
         self.http_addresses: list[str] = []
-        self.app: Any = None
         self._started_at = 0.0
         self._shutdown = trio.Event()
         self._cancel_scope: trio.CancelScope | None = None
-        self._http_front: HttpFront | None = None
-        self.http_stats = HttpStats()
-        # The process's open-file limit (the CLI raises and sets it; tests keep the default).
-        self.file_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.backups = BackupService(
             node_id=self.node_id,
             env=lambda: self.store.lease_env(),
@@ -167,9 +173,43 @@ class Node:
     ) -> None:
         """Run until shut down; report readiness only once every listener is bound.
 
-        `http=False` runs everything but the HTTP listener: tests and the simulator drive
-        `self.app` in process instead of through a socket."""
+        `http=False` runs everything but the HTTP listener: tests and the simulator drive the
+        API's app in process instead of through a socket."""
         self._started_at = trio.current_time()
+        self._open_parts()
+        # "stopped" is logged only after "ready": a node that fails to bind must leave just
+        # the CLI's one-line error on stderr, not a misleading lifecycle line before it.
+        ready = False
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel_scope = nursery.cancel_scope
+                await nursery.start(self.store.writer)
+                if self.audit is not None:
+                    await nursery.start(self.audit.writer)
+                if self.config.clustering_enabled:
+                    await self._start_cluster(nursery)
+                # Before HTTP answers, so a node that is up has its root.token in place.
+                issued = await self.auth.bootstrap_root()
+                if issued is not None:
+                    self._publish_root_token(issued)
+                if self.api is not None:
+                    self.http_addresses = await nursery.start(self._run_api, http)
+                nursery.start_soon(self._housekeeping)
+                if self.config.backup_enabled:
+                    nursery.start_soon(self.backups.run_schedule)
+                self._log_ready()
+                task_status.started(self)
+                ready = True
+                await self._shutdown.wait()
+                await self._stop_gracefully()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._close_parts()
+            if ready:
+                log.info("node %s stopped", self.node_id)
+
+    def _open_parts(self) -> None:
+        """The store, authentication and the audit log: what everything else stands on."""
         if self.store is None:
             self.store = self.open_store()
         self.auth = AuthService(
@@ -188,67 +228,58 @@ class Node:
                 in_thread=self._store_in_thread,
             )
             self.auth.audit_hook = self.audit_event
-        # "stopped" is logged only after "ready": a node that fails to bind must leave just
-        # the CLI's one-line error on stderr, not a misleading lifecycle line before it.
-        ready = False
+
+    def _close_parts(self) -> None:
+        self.store.close()
+        self.store = None
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
+
+    async def _start_cluster(self, nursery: trio.Nursery) -> None:
+        """Membership, then replication; a port that cannot be bound names its config key."""
+        self.membership = await self._make_membership()
         try:
-            async with trio.open_nursery() as nursery:
-                self._cancel_scope = nursery.cancel_scope
-                await nursery.start(self.store.writer)
-                if self.audit is not None:
-                    await nursery.start(self.audit.writer)
-                if self.config.clustering_enabled:
-                    self.membership = await self._make_membership()
-                    try:
-                        await nursery.start(self.membership.run)
-                    except OSError as exc:
-                        exc.config_key = "gossip_port"  # type: ignore[attr-defined]
-                        raise
-                    self.sync = self._make_sync()
-                    self.membership.listeners.append(self.sync.on_member_change)
-                    try:
-                        await nursery.start(self.sync.run)
-                    except OSError as exc:
-                        exc.config_key = "sync_port"  # type: ignore[attr-defined]
-                        raise
-                self.app = create_app(self)
-                # Before HTTP answers, so a node that is up has its root.token in place.
-                issued = await self.auth.bootstrap_root()
-                if issued is not None:
-                    self._publish_root_token(issued)
-                if http:
-                    self.http_addresses = await nursery.start(self._serve_http, self.app)
-                nursery.start_soon(self._housekeeping)
-                if self.config.backup_enabled:
-                    nursery.start_soon(self.backups.run_schedule)
-                log.info(
-                    "node %s ready: %s://%s:%d (data in %s)",
-                    self.node_id,
-                    "https" if self.config.tls_cert_file else "http",
-                    self.config.bind_address,
-                    self.config.port,
-                    self.config.data_path,
-                )
-                task_status.started(self)
-                ready = True
-                await self._shutdown.wait()
-                log.info("node %s shutting down", self.node_id)
-                if self.membership is not None:
-                    await self.membership.leave()  # peers mark us "left", not failed
-                if http and self._http_front is not None:
-                    # Hypercorn stops accepting (the same event is its shutdown trigger);
-                    # answer every request already in flight, then stop everything.
-                    with trio.move_on_after(HTTP_GRACE):
-                        await self._http_front.wait_idle()
-                nursery.cancel_scope.cancel()
-        finally:
-            self.store.close()
-            self.store = None
-            if self.audit is not None:
-                self.audit.close()
-                self.audit = None
-            if ready:
-                log.info("node %s stopped", self.node_id)
+            await nursery.start(self.membership.run)
+        except OSError as exc:
+            exc.config_key = "gossip_port"  # type: ignore[attr-defined]
+            raise
+        self.sync = self._make_sync()
+        self.membership.listeners.append(self.sync.on_member_change)
+        try:
+            await nursery.start(self.sync.run)
+        except OSError as exc:
+            exc.config_key = "sync_port"  # type: ignore[attr-defined]
+            raise
+
+    async def _run_api(
+        self, listen: bool, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert self.api is not None
+        await self.api.run(self, listen=listen, task_status=task_status)
+        # The listener has stopped and requests in flight are answered: end the node.
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    async def _stop_gracefully(self) -> None:
+        """Tell the peers we leave, and let the API answer what it has in flight (the
+        listener stops accepting on the same event)."""
+        log.info("node %s shutting down", self.node_id)
+        if self.membership is not None:
+            await self.membership.leave()  # peers mark us "left", not failed
+        if self.api is not None:
+            with trio.move_on_after(STOP_GRACE):
+                await self.api.wait_idle()
+
+    def _log_ready(self) -> None:
+        log.info(
+            "node %s ready: %s://%s:%d (data in %s)",
+            self.node_id,
+            "https" if self.config.tls_cert_file else "http",
+            self.config.bind_address,
+            self.config.port,
+            self.config.data_path,
+        )
 
     async def audit_event(self, action: str, user: str, target: str, detail: str = "") -> None:
         """Append to the tamper-evident log (when it is on); returns once durable."""
@@ -366,56 +397,6 @@ class Node:
         )
         worker.rebuild_tree()
         return worker
-
-    async def _serve_http(
-        self, app: Any, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        c = self.config
-        hc = FrontConfig()
-        hc.stall_timeout = c.http_stall_timeout
-        hc.bind = [f"{c.bind_address}:{c.port}"]
-        hc.accesslog = None
-        hc.errorlog = logging.getLogger("kvs.http")
-        if c.tls_cert_file:
-            hc.certfile = str(c.file_path(c.tls_cert_file))
-            hc.keyfile = str(c.file_path(c.tls_key_file))
-        limits = HttpLimits(
-            header_timeout=c.http_header_timeout,
-            body_timeout=c.http_body_timeout,
-            max_connections=self._connection_cap(),
-            graceful_timeout=HTTP_GRACE,
-        )
-        self._http_front = HttpFront(
-            app,
-            body_budget=c.http_body_budget,
-            max_body=batch_body_limit(c),
-            stats=self.http_stats,
-        )
-        await serve_http(
-            self._http_front,
-            hc,
-            limits,
-            self.http_stats,
-            shutdown_trigger=self._shutdown.wait,
-            task_status=task_status,
-        )
-        # The listener has stopped and requests in flight are answered: end the node.
-        if self._cancel_scope is not None:
-            self._cancel_scope.cancel()
-
-    def _connection_cap(self) -> int:
-        """http_max_connections, lowered to what the open-file limit leaves room for: half
-        of it, the rest for LMDB, gossip, sync peers, backups and the log."""
-        cap = self.config.http_max_connections
-        room = max(16, (self.file_limit - 64) // 2)
-        if room < cap:
-            log.warning(
-                "http_max_connections lowered from %d to %d: the open-file limit is %d",
-                cap,
-                room,
-                self.file_limit,
-            )
-        return min(cap, room)
 
     async def sweep(self) -> int:
         """Expire what is due and collect old tombstones, all of it, a bounded transaction

@@ -11,6 +11,8 @@ import pytest
 import trio
 
 from kvs.node import Node
+from kvs.server import ApiServer
+from tests.support.api import app_of
 from tests.support.config import ManualWallClock, make_config
 
 
@@ -28,7 +30,7 @@ def start_node(tmp_path: Path, nursery: trio.Nursery) -> Callable[..., Any]:
         kwargs: dict[str, Any] = {"rng": random.Random(1234)}
         if wall_ms is not None:
             kwargs["wall_ms"] = wall_ms
-        node = Node(config, **kwargs)
+        node = Node(config, api=ApiServer(), **kwargs)
         await nursery.start(lambda task_status: node.run(http=False, task_status=task_status))
         return node
 
@@ -42,4 +44,4 @@ async def node(start_node: Callable[..., Any]) -> AsyncIterator[Node]:
 
 @pytest.fixture
 def client(node: Node) -> Any:
-    return node.app.test_client()
+    return app_of(node).test_client()

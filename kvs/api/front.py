@@ -20,7 +20,7 @@ import h11
 import orjson
 import trio
 
-from kvs.api.server import HttpStats
+from kvs.api.listener import HttpStats
 from kvs.memory import release_free_memory
 
 ASGIMessage = dict[str, Any]
@@ -29,7 +29,6 @@ ASGIReceive = Callable[[], Awaitable[ASGIMessage]]
 log = logging.getLogger("kvs.http")
 ASGIApp = Callable[[dict[str, Any], ASGIReceive, ASGISend], Awaitable[None]]
 
-HTTP_GRACE = 10.0  # a graceful shutdown waits this long at most for requests in flight
 FINAL_SEND_GRACE = 5.0
 # A request that held at least this much body memory hands what it freed back to the system.
 TRIM_AFTER = 1024 * 1024

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import trio
 
-    from kvs.api.server import HttpStats
     from kvs.audit import AuditLog
     from kvs.auth.service import AuthService
     from kvs.backup_service import BackupService
@@ -51,7 +50,6 @@ class NodeView(Protocol):
     auth: AuthService
     clock: HybridLogicalClock
     backups: BackupService
-    http_stats: HttpStats
 
     @property
     def node_id(self) -> str: ...

@@ -112,15 +112,16 @@ def _raise_file_limit() -> int:
 
 
 async def _serve(config: Config) -> None:
-    from kvs.node import Node  # imported late: `kvs init` should not pay for the web stack
+    from kvs.node import Node
+    from kvs.server import ApiServer  # imported late: `kvs init` should not pay for the web stack
 
-    node = Node(config, show_root_token=_show_root_token)
+    node = Node(config, api=ApiServer(), show_root_token=_show_root_token)
     try:
         node.store = node.open_store()
     except StoreError as exc:
         raise ConfigError("data_dir", str(exc), config.source) from None
     _tune_gc()
-    node.file_limit = _raise_file_limit()
+    _raise_file_limit()  # before the API sizes its connection cap by it
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 

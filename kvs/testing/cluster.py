@@ -3,7 +3,7 @@
 Each node is the production `Node` with its parts swapped for simulated ones -- the
 transport comes from `SimNetwork`, the wall clock from Trio's MockClock (plus a per-node
 skew), randomness from the network's seeded generator, and LMDB writes run inline (a worker
-thread would let mock time jump). HTTP is not bound; tests drive `node.app` in process.
+thread would let mock time jump). HTTP is not bound; tests drive the API's app (`node.api.app`) in process.
 
     def test_something():
         async def scenario(net):
@@ -26,6 +26,7 @@ import trio
 from kvs.config import Config
 from kvs.net.messages import Address, State
 from kvs.node import Node
+from kvs.server import ApiServer
 from kvs.testing.network import SimNetwork
 
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01: simulated wall clocks start here
@@ -122,6 +123,7 @@ class SimCluster:
             store_in_thread=False,
             transport=self.net.transport(sim.host),
             resolve_seed=resolve,
+            api=ApiServer(),
         )
         sim.node = node
         sim.stopped = trio.Event()

@@ -16,6 +16,7 @@ import trio
 
 from kvs.config import Config
 from kvs.node import Node
+from kvs.server import ApiServer
 
 WORKERS = 16
 PER_WORKER = 1000
@@ -33,7 +34,7 @@ async def _measure(auth: bool) -> dict[str, float]:
             clustering_enabled=False,
             auth_enabled=auth,
         )
-        node = Node(config, rng=random.Random(1))
+        node = Node(config, rng=random.Random(1), api=ApiServer())
         out: dict[str, float] = {}
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: node.run(http=False, task_status=task_status))
@@ -60,7 +61,7 @@ async def _measure(auth: bool) -> dict[str, float]:
                     if message["type"] == "http.response.start":
                         statuses.append(message["status"])
 
-                await node.app.asgi_app(scope, receive, send)
+                await node.api.app.asgi_app(scope, receive, send)
                 if statuses != [200]:
                     raise RuntimeError(f"{method} {path} answered {statuses}")
 

@@ -22,6 +22,7 @@ import trio
 
 from kvs.config import Config
 from kvs.node import Node
+from kvs.server import ApiServer
 from kvs.store import Put
 
 
@@ -67,11 +68,11 @@ async def _measure(args: argparse.Namespace) -> dict[str, float]:
             clustering_enabled=False,
             auth_enabled=False,
         )
-        node = Node(config, rng=random.Random(1))
+        node = Node(config, rng=random.Random(1), api=ApiServer())
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: node.run(http=False, task_status=task_status))
             await node.store.write([Put("bench/key", b'{"a": 1, "b": "some text"}')])
-            full = node.app.asgi_app  # MetricsMiddleware(WatchRoutes(KeyRoutes(quart)))
+            full = node.api.app.asgi_app  # MetricsMiddleware(WatchRoutes(KeyRoutes(quart)))
             variants = {
                 "fast path only": full.app.app,
                 "+ watch router": full.app,

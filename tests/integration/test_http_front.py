@@ -1,4 +1,4 @@
-"""kvs.api.front.HttpFront behind kvs.api.server on real sockets, in process (no subprocess).
+"""kvs.api.front.HttpFront behind kvs.api.listener on real sockets, in process (no subprocess).
 
 Each test pins one Hypercorn/Quart-Trio interaction that HttpFront exists for; see its
 docstring. They bind 127.0.0.1:0 and use short timeouts, so they cost well under a second.
@@ -15,7 +15,7 @@ import trio
 from quart_trio import QuartTrio
 
 from kvs.api.front import HttpFront
-from kvs.api.server import HTTP2_REFUSAL, FrontConfig, HttpLimits, HttpStats, serve_http
+from kvs.api.listener import HTTP2_REFUSAL, FrontConfig, HttpLimits, HttpStats, serve_http
 
 ASGIApp = Any
 
@@ -58,7 +58,7 @@ def quart_app() -> QuartTrio:
 
 @pytest.fixture
 async def start_server(nursery: trio.Nursery) -> AsyncIterator[Any]:
-    """Serve an ASGI app the way a node does (kvs.api.server.serve_http) on 127.0.0.1:0."""
+    """Serve an ASGI app the way a node does (kvs.api.listener.serve_http) on 127.0.0.1:0."""
 
     async def start(
         app: ASGIApp,
@@ -203,7 +203,7 @@ async def test_a_client_that_stops_reading_cannot_hold_a_shutdown_open(start_ser
     await stream.aclose()
 
 
-# --- hostile clients (issue 12): kvs.api.server and HttpFront keep every other client served
+# --- hostile clients (issue 12): kvs.api.listener and HttpFront keep every other client served
 
 
 async def request(port: int, raw: bytes, timeout: float = 5.0) -> bytes:

@@ -42,6 +42,7 @@ from kvs.sync.merkle import MerkleTree
 from kvs.testing.cluster import SimCluster
 from kvs.testing.harness import run_simulation, seeds_from_env
 from kvs.testing.network import SimNetwork
+from tests.support.api import app_of
 
 SEEDS = seeds_from_env([1, 2, 3])
 LAN = {"latency": 0.0005, "jitter": 0.001}
@@ -386,7 +387,7 @@ def test_a_fresh_node_is_syncing_until_its_first_exchange_then_has_the_same_root
             assert sync is not None
             assert fresh.mode == "syncing" and fresh.store.count() == 0
             # Writes are refused while syncing (the API's 503), reads are served.
-            client = fresh.app.test_client()
+            client = app_of(fresh).test_client()
             response = await client.put("/kv/during/bootstrap", json={"x": 1})
             assert response.status_code == 503
             assert "syncing" in (await response.get_json())["error"]
@@ -467,7 +468,7 @@ def test_a_node_partitioned_longer_than_tombstone_ttl_goes_stale_until_re_bootst
             assert all(cluster.nodes[n].node.mode == "normal" for n in names[:2])
             # The deleted key did not come back, and the stale node takes no writes.
             assert node0.store.get("doomed") is None
-            client = stale.app.test_client()
+            client = app_of(stale).test_client()
             assert (await (await client.get("/health")).get_json())["mode"] == "stale"
             response = await client.put("/kv/x", json=1)
             assert response.status_code == 503

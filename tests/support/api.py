@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from kvs.node import Node
+from kvs.server import ApiServer
 
 
 async def expect_error(response: Any, status: int) -> dict[str, Any]:
@@ -41,4 +42,10 @@ async def batch(client: Any, ops: list[Any]) -> Any:
 
 
 def client_of(node: Node) -> Any:
-    return node.app.test_client()
+    return app_of(node).test_client()
+
+
+def app_of(node: Node) -> Any:
+    """The Quart app of a node started with an `ApiServer` (tests drive it in process)."""
+    assert isinstance(node.api, ApiServer) and node.api.app is not None, "no API on this node"
+    return node.api.app

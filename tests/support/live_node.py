@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from kvs.node import Node
+from kvs.server import ApiServer
 from kvs.testing.ports import free_ports
 from tests.support.config import make_config
 
@@ -26,6 +27,6 @@ async def start_live_node(
         "auth_enabled": False,  # explicit: these tests are about the client, not auth
     }
     values.update(overrides)
-    node = Node(make_config(tmp_path, **values), rng=random.Random(name))
+    node = Node(make_config(tmp_path, **values), rng=random.Random(name), api=ApiServer())
     await nursery.start(node.run)
     return node, f"http://127.0.0.1:{port}"

@@ -8,6 +8,7 @@ from typing import Any
 import trio
 
 from kvs.node import Node
+from tests.support.api import app_of
 
 
 class WatchStream:
@@ -51,7 +52,7 @@ class WatchStream:
                 self.finished.set()
 
     async def _run(self) -> None:
-        await self.node.app.asgi_app(self.scope, self._receive, self._send)
+        await app_of(self.node).asgi_app(self.scope, self._receive, self._send)
         self.finished.set()
 
     async def wait_for(self, needle: bytes, timeout: float = 5.0) -> None:

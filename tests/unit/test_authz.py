@@ -201,6 +201,8 @@ async def test_failed_logins_over_the_rate_limit_are_not_audited(start_node):
         rate_limit_requests=20,
         rate_limit_window=60,
     )
+    stand_still = lambda: 1_000.0  # noqa: E731 (no window boundary while the test runs)
+    node.auth.limiter.now = node.auth.failures_per_client.now = stand_still
     client = client_of(node)
     attacker = {"client": ("10.9.9.9", 1)}
     for i in range(60):
@@ -213,6 +215,9 @@ async def test_failed_logins_over_the_rate_limit_are_not_audited(start_node):
 
 async def test_failed_logins_have_their_own_budget_even_without_rate_limiting(anode, caplog):
     caplog.set_level(logging.DEBUG)
+    # The budgets' clock stands still: a window boundary crossed while the test runs would
+    # let one more attempt through (the sliding window's previous-window weight dips).
+    anode.auth.failures_per_client.now = anode.auth.failures_per_node.now = lambda: 1_000.0
     client = client_of(anode)
     attacker = {"client": ("10.9.9.9", 1)}
     statuses = []

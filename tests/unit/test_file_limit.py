@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import resource
-from pathlib import Path
 
 import pytest
 
 from kvs.cli.serve import _raise_file_limit
-from kvs.node import Node
-from tests.support.config import make_config
+from kvs.server import connection_cap
 
 
 def test_the_soft_open_file_limit_is_raised_to_the_hard_limit() -> None:
@@ -29,8 +27,6 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_limit() -> None:
     [(20_000, 1024, 1024), (1024, 1024, 480), (100, 1024, 18), (40, 1024, 16), (1024, 10, 10)],
 )
 def test_the_connection_cap_leaves_room_for_every_other_descriptor(
-    tmp_path: Path, file_limit: int, configured: int, cap: int
+    file_limit: int, configured: int, cap: int
 ) -> None:
-    node = Node(make_config(tmp_path, http_max_connections=configured))
-    node.file_limit = file_limit
-    assert node._connection_cap() == cap
+    assert connection_cap(configured, file_limit) == cap

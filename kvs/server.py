@@ -1,0 +1,109 @@
+"""The HTTP side of a node: the API app over the node's view, the front and the listener.
+
+    kvs.cli.serve ── Node(config, api=ApiServer())
+                      └── Node.run(): ... await nursery.start(api.run, node) ...
+                              └── ApiServer.run: create_app(node) → HttpFront → serve_http
+
+This is where the layers meet (model → store → net/sync → node → server/api → cli): the node
+composes its parts and owns the nursery without knowing that an API exists; it runs
+whatever `HttpService` it was given. The API sees the node only through `NodeView`
+(kvs/api/view.py). Tests and the simulator pass `listen=False` and drive `app` in process.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from typing import TYPE_CHECKING
+
+import trio
+from quart_trio import QuartTrio
+
+from kvs.api import create_app
+from kvs.api.batch import batch_body_limit
+from kvs.api.front import HttpFront
+from kvs.api.listener import FrontConfig, HttpLimits, HttpStats, serve_http
+from kvs.node import STOP_GRACE
+
+if TYPE_CHECKING:
+    from kvs.api.view import NodeView
+    from kvs.config import Config
+
+log = logging.getLogger("kvs.http")
+
+
+class ApiServer:
+    """One node's HTTP API: built when the node starts, served until it stops."""
+
+    def __init__(self) -> None:
+        self.stats = HttpStats()
+        self.app: QuartTrio | None = None
+        self.front: HttpFront | None = None
+
+    async def run(
+        self,
+        node: NodeView,
+        *,
+        listen: bool = True,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Build the app; with `listen`, serve it on the configured port until the node
+        stops (requests in flight finish first), reporting the bound URLs; without, wait."""
+        self.app = create_app(node, self.stats)
+        if not listen:
+            task_status.started([])
+            await trio.sleep_forever()
+        c = node.config
+        self.front = HttpFront(
+            self.app, body_budget=c.http_body_budget, max_body=batch_body_limit(c), stats=self.stats
+        )
+        await serve_http(
+            self.front,
+            _listener_config(c),
+            _limits(c),
+            self.stats,
+            shutdown_trigger=node.stopping.wait,
+            task_status=task_status,
+        )
+
+    async def wait_idle(self) -> None:
+        """Return once no request is being answered (a graceful stop waits for this)."""
+        if self.front is not None:
+            await self.front.wait_idle()
+
+
+def _listener_config(c: Config) -> FrontConfig:
+    hc = FrontConfig()
+    hc.stall_timeout = c.http_stall_timeout
+    hc.bind = [f"{c.bind_address}:{c.port}"]
+    hc.accesslog = None
+    hc.errorlog = log
+    if c.tls_cert_file:
+        hc.certfile = str(c.file_path(c.tls_cert_file))
+        hc.keyfile = str(c.file_path(c.tls_key_file))
+    return hc
+
+
+def _limits(c: Config) -> HttpLimits:
+    return HttpLimits(
+        header_timeout=c.http_header_timeout,
+        body_timeout=c.http_body_timeout,
+        max_connections=connection_cap(
+            c.http_max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        ),
+        graceful_timeout=STOP_GRACE,
+    )
+
+
+def connection_cap(configured: int, file_limit: int) -> int:
+    """http_max_connections, lowered to what the open-file limit leaves room for: half of
+    it, the rest for LMDB, gossip, sync peers, backups and the log."""
+    room = max(16, (file_limit - 64) // 2)
+    if room < configured:
+        log.warning(
+            "http_max_connections lowered from %d to %d: the open-file limit is %d",
+            configured,
+            room,
+            file_limit,
+        )
+    return min(configured, room)
