@@ -25,6 +25,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from kvs.logs import LogLimiter
+from kvs.net.codec import REASONS, WireError, derive_key
+from kvs.net.datagrams import DatagramCodec, decode_push_pull, encode_push_pull
+from kvs.net.frames import FrameStream
 from kvs.net.messages import Address, MemberInfo, PushPull, State
 from kvs.net.swim import (
     IncarnationChanged,
@@ -39,15 +42,6 @@ from kvs.net.transport import (
     DatagramEndpoint,
     Transport,
     expected_error,
-)
-from kvs.net.wire import (
-    REASONS,
-    DatagramCodec,
-    FrameStream,
-    WireError,
-    decode_push_pull,
-    derive_key,
-    encode_push_pull,
 )
 
 log = logging.getLogger(__name__)

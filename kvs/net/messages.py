@@ -1,7 +1,7 @@
 """The membership protocol's vocabulary: what nodes say to each other, as plain values.
 
 The SWIM core (`kvs.net.swim`) consumes and produces these; the wire codec
-(`kvs.net.wire`) turns them into authenticated msgpack and back, validating every field.
+(`kvs.net.datagrams`) turns them into authenticated msgpack and back, validating every field.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ import zstandard
 
 from kvs.clock import HybridLogicalClock
 from kvs.model import SYNC_BUCKETS, RecordCodec, sync_bucket
+from kvs.net.frames import FrameStream
 from kvs.net.transport import PEER_IO_ERRORS, expected_error
-from kvs.net.wire import FrameStream
 from kvs.store import SCHEMA_VERSION, Store, index_entries
 from kvs.sync import protocol as p
 from kvs.sync.merkle import DEFAULT_DEPTH, FANOUT, MerkleTree, record_hash

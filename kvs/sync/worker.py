@@ -37,10 +37,11 @@ import trio
 
 from kvs.logs import LogLimiter
 from kvs.model import Record, RecordCodec, hlc_ms
+from kvs.net.codec import WireError, derive_key
+from kvs.net.frames import MAX_FRAME_BYTES, FrameStream
 from kvs.net.messages import Address, State
 from kvs.net.swim import MemberChanged
 from kvs.net.transport import PEER_IO_ERRORS, Transport, expected_error
-from kvs.net.wire import MAX_FRAME_BYTES, FrameStream, WireError, derive_key
 from kvs.store import Change, Merge, Store, StoreError, Summary, Written
 from kvs.sync import protocol as p
 from kvs.sync import snapshot

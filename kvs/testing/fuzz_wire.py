@@ -55,6 +55,9 @@ import msgpack
 import trio
 
 from kvs.model import Record, RecordCodec, Version, hlc_pack
+from kvs.net.codec import TAG_BYTES, WireError, derive_key
+from kvs.net.datagrams import MAX_DATAGRAM_BYTES, DatagramCodec, encode_push_pull
+from kvs.net.frames import MAX_FRAME_BYTES, FrameStream
 from kvs.net.messages import (
     MAX_INCARNATION,
     MAX_UINT,
@@ -71,16 +74,6 @@ from kvs.net.messages import (
     PushPull,
     State,
     Suspect,
-)
-from kvs.net.wire import (
-    MAX_DATAGRAM_BYTES,
-    MAX_FRAME_BYTES,
-    TAG_BYTES,
-    DatagramCodec,
-    FrameStream,
-    WireError,
-    derive_key,
-    encode_push_pull,
 )
 from kvs.sync.snapshot import snapshot_format
 from kvs.testing.ports import free_port
@@ -199,7 +192,7 @@ def rss_kib(pid: int) -> int:
 
 
 def seal(key: bytes | None, payload: bytes) -> bytes:
-    """A datagram around any payload, by the layout documented in kvs.net.wire (not the codec)."""
+    """A datagram around any payload, by the layout documented in kvs.net.datagrams (not the codec)."""
     if key is None:
         return b"KV\x01" + payload
     header = b"KV\x81"

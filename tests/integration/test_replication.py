@@ -28,7 +28,8 @@ import msgpack
 import pytest
 import trio
 
-from kvs.net.wire import FrameStream, WireError, derive_key
+from kvs.net.codec import WireError, derive_key
+from kvs.net.frames import FrameStream
 from tests.integration.procs import assert_clean_stderr, config_value, init_config, running
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ CONFLICT = ROOT / "scripts" / "conflict.py"
 CONVERGE_TIMEOUT = 30.0  # measured well under 2 s; generous for a loaded 2-core machine
 POLL = 0.05
 NAMES = ("node1", "node2", "node3")
-HANDSHAKE_TIMEOUT = 10.0  # kvs.sync.worker.REQUEST_TIMEOUT / kvs.net.wire.FRAME_TIMEOUT
+HANDSHAKE_TIMEOUT = 10.0  # kvs.sync.worker.REQUEST_TIMEOUT / kvs.net.frames.FRAME_TIMEOUT
 
 
 def load_launcher() -> ModuleType:

@@ -11,7 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from kvs.net.wire import FrameStream, derive_key
+from kvs.net.codec import derive_key
+from kvs.net.frames import FrameStream
 from kvs.store import Put, Store, index_entries
 from kvs.sync import snapshot
 from kvs.sync.worker import BOOTSTRAP_STATE

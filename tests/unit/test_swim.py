@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 import msgpack
 import pytest
 
+from kvs.net.codec import WireError
+from kvs.net.datagrams import MAX_DATAGRAM_BYTES, DatagramCodec, encode_push_pull
 from kvs.net.messages import (
     MAX_INCARNATION,
     MAX_SEQ,
@@ -49,7 +51,6 @@ from kvs.net.swim import (
     SwimConfig,
     incarnation_at_start,
 )
-from kvs.net.wire import MAX_DATAGRAM_BYTES, DatagramCodec, WireError, encode_push_pull
 
 CODEC = DatagramCodec(None)
 DEFAULT = SwimConfig()

@@ -21,7 +21,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvs.net.wire import MAX_FRAME_BYTES, FrameStream, WireError, derive_key
+from kvs.net.codec import WireError, derive_key
+from kvs.net.frames import MAX_FRAME_BYTES, FrameStream
 from kvs.store import Delete, Put, Summary
 from kvs.sync import protocol as p
 from kvs.sync.merkle import MerkleTree
