@@ -39,8 +39,7 @@ from kvs.logs import LogLimiter
 from kvs.model import Record, RecordCodec, hlc_ms
 from kvs.net.codec import WireError, derive_key
 from kvs.net.frames import MAX_FRAME_BYTES, FrameStream
-from kvs.net.messages import Address, State
-from kvs.net.swim import MemberChanged
+from kvs.net.messages import Address, MemberChanged, State
 from kvs.net.transport import PEER_IO_ERRORS, Transport, expected_error
 from kvs.store import Change, Merge, Store, StoreError, Summary, Written
 from kvs.sync import protocol as p

@@ -36,10 +36,10 @@ import trio
 
 from kvs.config import Config
 from kvs.net.membership import suspicion_bound
-from kvs.net.messages import State
+from kvs.net.messages import MemberChanged, State
 from kvs.net.sim import SimNetwork
 from kvs.net.simharness import run_simulation
-from kvs.net.swim import MemberChanged, SwimConfig
+from kvs.net.swim import SwimConfig
 from kvs.simulation import SimCluster
 
 POLL_STEP = 0.05  # simulated seconds between checks of a condition (the timing resolution)

@@ -14,8 +14,7 @@ import trio
 import trio.testing
 
 from kvs.net.codec import WireError
-from kvs.net.messages import MemberInfo, State
-from kvs.net.swim import MemberChanged
+from kvs.net.messages import MemberChanged, MemberInfo, State
 from kvs.store import Put
 from kvs.sync import protocol as p
 from kvs.sync import worker as worker_module
