@@ -38,7 +38,7 @@ from kvs.net.seeds import http_seed_resolver
 from kvs.net.swim import SwimConfig, incarnation_at_start
 from kvs.net.transport import RealTransport, Transport
 from kvs.store import MAINTENANCE_BATCH, Store
-from kvs.sync.worker import SyncSettings, SyncWorker, bootstrap_needed
+from kvs.sync import SyncService, SyncSettings, bootstrap_needed
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Node:
         self.transport: Transport = transport or RealTransport()
         self._resolve_seed = resolve_seed
         self.membership: Membership | None = None
-        self.sync: SyncWorker | None = None
+        self.sync: SyncService | None = None
         self.clock = HybridLogicalClock(wall_ms)
         self._store_in_thread = store_in_thread
         self.store: Store | Any = None
@@ -322,7 +322,7 @@ class Node:
             persist_peers=persist_peers,
         )
 
-    def _make_sync(self) -> SyncWorker:
+    def _make_sync(self) -> SyncService:
         """Replication for this node. A node that starts empty with seeds to join must first
         copy the cluster's data (and one restarted before it finished must go on): until
         then it is "syncing" and refuses writes."""
@@ -337,7 +337,7 @@ class Node:
                 if node_id != self.node_id and m.state is State.ALIVE
             ]
 
-        worker = SyncWorker(
+        service = SyncService(
             node_id=self.node_id,
             store=self.store,
             transport=self.transport,
@@ -357,8 +357,8 @@ class Node:
             live_peers=live_peers,
             syncing=bootstrap_needed(self.store, bool(c.seed_nodes)),
         )
-        worker.rebuild_tree()
-        return worker
+        service.rebuild_tree()
+        return service
 
     async def _serve_http(
         self, app: Any, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED

@@ -38,7 +38,7 @@ CONFLICT = ROOT / "scripts" / "conflict.py"
 CONVERGE_TIMEOUT = 30.0  # measured well under 2 s; generous for a loaded 2-core machine
 POLL = 0.05
 NAMES = ("node1", "node2", "node3")
-HANDSHAKE_TIMEOUT = 10.0  # kvs.sync.worker.REQUEST_TIMEOUT / kvs.net.frames.FRAME_TIMEOUT
+HANDSHAKE_TIMEOUT = 10.0  # kvs.sync.limits.REQUEST_TIMEOUT / kvs.net.frames.FRAME_TIMEOUT
 
 
 def load_launcher() -> ModuleType:

@@ -1,4 +1,4 @@
-"""Helpers for the sync tests: real LMDB stores, SyncWorkers, and an in-memory transport."""
+"""Helpers for the sync tests: real LMDB stores, SyncServices, and an in-memory transport."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from kvs.clock import HybridLogicalClock
 from kvs.model import Record, RecordCodec, Version, hlc_pack
 from kvs.net.transport import Address, StreamHandler
 from kvs.store import Merge, Store
-from kvs.sync.worker import SyncSettings, SyncWorker
+from kvs.sync import SyncService, SyncSettings
 from tests.conftest import ManualWallClock
 
 T0 = 1_700_000_000_000
@@ -25,7 +25,7 @@ CODEC = RecordCodec()
 
 
 class MemoryTransport:
-    """Stream connections between SyncWorkers in one process (trio memory streams). Like the
+    """Stream connections between SyncServices in one process (trio memory streams). Like the
     real and simulated transports, a handler's I/O errors end its connection, nothing more."""
 
     def __init__(self) -> None:
@@ -111,9 +111,9 @@ def raw_fields(rec: Record) -> list[Any]:
 
 
 class Replica:
-    """A store with its writer running and a SyncWorker on a MemoryTransport."""
+    """A store with its writer running and a SyncService on a MemoryTransport."""
 
-    def __init__(self, store: Store, worker: SyncWorker, wall: ManualWallClock) -> None:
+    def __init__(self, store: Store, worker: SyncService, wall: ManualWallClock) -> None:
         self.store = store
         self.worker = worker
         self.wall = wall
@@ -150,7 +150,7 @@ async def open_replica(
     )
     store.ensure_identity(name, wall())
     rng = random.Random(name)
-    worker = SyncWorker(
+    worker = SyncService(
         node_id=name,
         store=store,
         transport=transport or MemoryTransport(),
