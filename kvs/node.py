@@ -33,7 +33,7 @@ from kvs.net.seeds import http_seed_resolver
 from kvs.net.swim import SwimConfig, incarnation_at_start
 from kvs.net.transport import RealTransport, Transport
 from kvs.store import MAINTENANCE_BATCH, Store
-from kvs.sync.worker import SyncSettings, SyncWorker, bootstrap_needed
+from kvs.sync import SyncService, SyncSettings, bootstrap_needed
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Node:
         self.transport: Transport = transport or RealTransport()
         self._resolve_seed = resolve_seed
         self.membership: Membership | None = None
-        self.sync: SyncWorker | None = None
+        self.sync: SyncService | None = None
         self.clock = HybridLogicalClock(wall_ms)
         self._store_in_thread = store_in_thread
         self.store: Store | Any = None
@@ -360,7 +360,7 @@ class Node:
             persist_peers=persist_peers,
         )
 
-    def _make_sync(self) -> SyncWorker:
+    def _make_sync(self) -> SyncService:
         """Replication for this node. A node that starts empty with seeds to join must first
         copy the cluster's data (and one restarted before it finished must go on): until
         then it is "syncing" and refuses writes."""
@@ -375,7 +375,7 @@ class Node:
                 if node_id != self.node_id and m.state is State.ALIVE
             ]
 
-        worker = SyncWorker(
+        service = SyncService(
             node_id=self.node_id,
             store=self.store,
             transport=self.transport,
@@ -395,8 +395,8 @@ class Node:
             live_peers=live_peers,
             syncing=bootstrap_needed(self.store, bool(c.seed_nodes)),
         )
-        worker.rebuild_tree()
-        return worker
+        service.rebuild_tree()
+        return service
 
     async def sweep(self) -> int:
         """Expire what is due and collect old tombstones, all of it, a bounded transaction
@@ -438,7 +438,7 @@ def _known_peers(stored: Any) -> list[tuple[str, int]]:
 class _Cluster:
     """The cluster's state as the API reads it (kvs/api/view.py ClusterView)."""
 
-    def __init__(self, membership: Membership, sync: SyncWorker) -> None:
+    def __init__(self, membership: Membership, sync: SyncService) -> None:
         self._membership = membership
         self._sync = sync
 

@@ -25,29 +25,25 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from kvs.logs import LogLimiter
-from kvs.net.messages import Address, MemberInfo, PushPull, State
-from kvs.net.swim import (
+from kvs.net.codec import REASONS, WireError, derive_key
+from kvs.net.datagrams import DatagramCodec, decode_push_pull, encode_push_pull
+from kvs.net.frames import FrameStream
+from kvs.net.messages import (
+    Address,
     IncarnationChanged,
     MemberChanged,
+    MemberInfo,
+    PushPull,
     SendDatagram,
     StartPushPull,
-    Swim,
-    SwimConfig,
+    State,
 )
+from kvs.net.swim import Swim, SwimConfig
 from kvs.net.transport import (
     PEER_IO_ERRORS,
     DatagramEndpoint,
     Transport,
     expected_error,
-)
-from kvs.net.wire import (
-    REASONS,
-    DatagramCodec,
-    FrameStream,
-    WireError,
-    decode_push_pull,
-    derive_key,
-    encode_push_pull,
 )
 
 log = logging.getLogger(__name__)

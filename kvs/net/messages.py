@@ -1,7 +1,10 @@
-"""The membership protocol's vocabulary: what nodes say to each other, as plain values.
+"""The membership protocol's vocabulary, as plain values: what nodes say to each other, and
+what the SWIM core asks of the layer that drives it.
 
 The SWIM core (`kvs.net.swim`) consumes and produces these; the wire codec
-(`kvs.net.wire`) turns them into authenticated msgpack and back, validating every field.
+(`kvs.net.datagrams`) turns messages into authenticated msgpack and back, validating every
+field; the driver (`kvs.net.membership`) performs the core's actions, and passes its
+`MemberChanged` news on to whoever listens (replication among them).
 """
 
 from __future__ import annotations
@@ -132,3 +135,37 @@ class PushPull:
     source: str
     members: tuple[MemberState, ...]
     join: bool = False
+
+
+# --- what the SWIM core asks of its driver (kvs.net.membership, or a simulator) ------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendDatagram:
+    to: Address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StartPushPull:
+    """Exchange member tables with this member over TCP (the driver does the I/O)."""
+
+    node_id: str
+    to: Address
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChanged:
+    member: MemberInfo
+    state: State
+    previous: State | None  # None: a member we had not known
+
+
+@dataclass(frozen=True, slots=True)
+class IncarnationChanged:
+    """Our own incarnation rose (a refutation): persist it so a restart never goes below."""
+
+    incarnation: int
+
+
+Action = SendDatagram | StartPushPull | MemberChanged | IncarnationChanged

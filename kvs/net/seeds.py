@@ -13,8 +13,8 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 
+from kvs.net.codec import derive_key
 from kvs.net.messages import Address
-from kvs.net.wire import derive_key
 
 AUTH_HEADER = "X-KVS-Cluster-Auth"
 MAX_SKEW_MS = 5 * 60 * 1000

@@ -20,6 +20,11 @@ The protocol (SWIM, with memberlist's and Lifeguard's refinements):
   retransmitted about `retransmit_mult * log10(N+1)` times, least-sent first;
 - a periodic TCP push-pull of whole member tables repairs what UDP lost and heals
   partitions; joining is a push-pull with a seed.
+
+This module decides; its parts keep state, each as pure as the core: the member table and
+probe order (`members.py`), probes (`probes.py`), suspicion timers (`suspicion.py`) and the
+dissemination queue (`broadcasts.py`). Its inputs and outputs are plain values
+(`messages.py`).
 """
 
 from __future__ import annotations
@@ -27,18 +32,23 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
+from kvs.net.broadcasts import Broadcasts
+from kvs.net.members import Member, MemberTable
 from kvs.net.messages import (
     MAX_INCARNATION,
     MAX_MEMBERS,
     MAX_SEQ,
     Ack,
+    Action,
     Address,
     Alive,
     Dead,
     Gossip,
+    IncarnationChanged,
     Leave,
+    MemberChanged,
     MemberInfo,
     MemberState,
     Message,
@@ -46,9 +56,13 @@ from kvs.net.messages import (
     Ping,
     PingReq,
     PushPull,
+    SendDatagram,
+    StartPushPull,
     State,
     Suspect,
 )
+from kvs.net.probes import IndirectProbe, Probe, nack_after
+from kvs.net.suspicion import Suspicion, Suspicions
 
 # pack(first, more) -> (datagram, how many of `more` fit): the wire codec's packer.
 Packer = Callable[[Sequence[Message], Sequence[Message]], tuple[bytes, int]]
@@ -96,114 +110,6 @@ def incarnation_at_start(stored: object) -> tuple[int, bool]:
     return stored + 1, False
 
 
-@dataclass
-class Member:
-    info: MemberInfo
-    state: State
-    last_change: float  # core time of the last state change
-
-    @property
-    def node_id(self) -> str:
-        return self.info.node_id
-
-    @property
-    def incarnation(self) -> int:
-        return self.info.incarnation
-
-
-# --- outputs ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SendDatagram:
-    to: Address
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class StartPushPull:
-    """Exchange member tables with this member over TCP (the driver does the I/O)."""
-
-    node_id: str
-    to: Address
-
-
-@dataclass(frozen=True, slots=True)
-class MemberChanged:
-    member: MemberInfo
-    state: State
-    previous: State | None  # None: a member we had not known
-
-
-@dataclass(frozen=True, slots=True)
-class IncarnationChanged:
-    """Our own incarnation rose (a refutation): persist it so a restart never goes below."""
-
-    incarnation: int
-
-
-Action = SendDatagram | StartPushPull | MemberChanged | IncarnationChanged
-
-
-# --- internal state --------------------------------------------------------------------------
-
-
-@dataclass
-class _Probe:
-    target: str
-    seq: int
-    indirect_at: float
-    end_at: float
-    acked: bool = False
-    indirect_sent: bool = False
-    expected_nacks: int = 0
-    nacks: int = 0
-
-
-@dataclass
-class _IndirectProbe:
-    """A ping we send for someone else's ping-req: forward the ack, or nack at the deadline."""
-
-    requester: Address
-    requester_seq: int
-    target: str
-    deadline: float
-
-
-@dataclass
-class _Suspicion:
-    incarnation: int
-    accuser: str  # who raised it: its own suspicion is not an independent confirmation
-    start: float
-    min_timeout: float
-    max_timeout: float
-    expected: int  # confirmations that bring the timeout down to the minimum
-    confirmations: set[str] = field(default_factory=set)  # other accusers since
-    final_at: float | None = None  # set when the last call went out (see tick)
-    last_call_seq: int | None = None  # the seq its pings carry; an ack to it proves life
-
-    def deadline(self) -> float:
-        c = len(self.confirmations)
-        if self.expected < 1:
-            timeout = self.min_timeout
-        else:
-            frac = math.log(c + 1) / math.log(self.expected + 1)
-            timeout = max(
-                self.min_timeout, self.max_timeout - (self.max_timeout - self.min_timeout) * frac
-            )
-        if self.final_at is not None:
-            return self.final_at
-        return self.start + timeout
-
-
-@dataclass
-class _Broadcast:
-    about: str
-    message: Gossip
-    order: int  # newer broadcasts first among equally-sent ones
-    transmits: int = 0
-
-
 class Swim:
     """One node's view of the cluster. Call `tick(now)` at `next_deadline()` and after every
     input; drain `take_actions()` after each call."""
@@ -217,19 +123,15 @@ class Swim:
         self.rng = rng
         self._pack = packer
         self.me = me.node_id
-        self.members: dict[str, Member] = {me.node_id: Member(me, State.ALIVE, 0.0)}
+        self._table = MemberTable(me, rng)
+        self.members: dict[str, Member] = self._table.members  # the table's own dict
         self.awareness = 0
         self._actions: list[Action] = []
         self._seq = 0
-        self._probe_order: list[str] = []
-        self._probe_index = 0
-        self._probe: _Probe | None = None
-        self._indirect: dict[int, _IndirectProbe] = {}
-        self._suspicions: dict[str, _Suspicion] = {}
-        self._live: int | None = None  # live_count() cache; None after any membership change
-        self._last_calls: dict[int, str] = {}  # last-call ping seq -> suspect
-        self._broadcasts: dict[str, _Broadcast] = {}
-        self._broadcast_order = 0
+        self._probe: Probe | None = None
+        self._indirect: dict[int, IndirectProbe] = {}
+        self._suspicions = Suspicions()
+        self._broadcasts = Broadcasts()
         self._started = False
         self._next_probe_at = 0.0
         self._next_gossip_at = 0.0
@@ -255,15 +157,8 @@ class Swim:
         return self.members[self.me].info
 
     def live_count(self) -> int:
-        """Members (ourselves included) neither dead nor left: the N of the formulas.
-
-        Cached until a member is added, removed or changes state: every datagram sent asks
-        (for the retransmit limit), and counting costs O(N) (a fifth of a 200-node simulation)."""
-        if self._live is None:
-            self._live = sum(
-                1 for m in self.members.values() if m.state in (State.ALIVE, State.SUSPECT)
-            )
-        return self._live
+        """Members (ourselves included) neither dead nor left: the N of the formulas."""
+        return self._table.live_count()
 
     def take_actions(self) -> list[Action]:
         actions, self._actions = self._actions, []
@@ -280,24 +175,18 @@ class Swim:
             self._next_push_pull_at,
             self._next_reap_at,
         ]
-        probe = self._probe
-        if probe is not None:
-            # An acked probe never sends its ping-reqs: its indirect_at is no deadline.
-            waiting_direct = not probe.acked and not probe.indirect_sent
-            deadlines.append(probe.indirect_at if waiting_direct else probe.end_at)
+        if self._probe is not None:
+            deadlines.append(self._probe.deadline())
         deadlines.extend(p.deadline for p in self._indirect.values())
-        deadlines.extend(s.deadline() for s in self._suspicions.values())
+        deadlines.extend(self._suspicions.deadlines())
         return min(deadlines)
 
     def local_state(self, *, join: bool = False) -> PushPull:
         return PushPull(
             source=self.me,
-            members=tuple(MemberState(m.info, m.state) for m in self._sorted_members()),
+            members=tuple(MemberState(m.info, m.state) for m in self._table.sorted()),
             join=join,
         )
-
-    def _sorted_members(self) -> list[Member]:
-        return [self.members[k] for k in sorted(self.members)]
 
     # --- scaling -------------------------------------------------------------------------------
 
@@ -309,18 +198,6 @@ class Swim:
 
     def _retransmit_limit(self) -> int:
         return self.config.retransmit_mult * max(1, math.ceil(math.log10(self.live_count() + 1)))
-
-    def _nack_after(self) -> float:
-        """How long a ping-req helper waits for the target before it nacks.
-
-        The requester counts nacks only until its probe ends, (probe_interval - probe_timeout)
-        x its own scale after it sent the ping-req; a helper that waited probe_timeout x its
-        scale would nack just too late, and every failed probe would then cost the requester
-        `indirect_checks` awareness (Lifeguard paper, footnote 5). So: 80% of the shorter
-        window, unscaled, leaving the rest for two network hops.
-        """
-        c = self.config
-        return 0.8 * min(c.probe_timeout, c.probe_interval - c.probe_timeout)
 
     def _push_pull_interval(self) -> float:
         # Larger clusters push-pull less often per node, so the cluster-wide rate stays flat.
@@ -349,7 +226,7 @@ class Swim:
         c = self.config
         probe = self._probe
         if probe is not None:
-            if not probe.acked and not probe.indirect_sent and now >= probe.indirect_at:
+            if probe.helpers_due(now):
                 self._send_indirect(probe, now)
             if now >= probe.end_at:
                 self._finish_probe(probe, now)
@@ -357,7 +234,7 @@ class Swim:
             if now >= pending.deadline:
                 del self._indirect[seq]
                 self._send(pending.requester, [Nack(pending.requester_seq, self.me)])
-        for node_id, suspicion in list(self._suspicions.items()):
+        for node_id, suspicion in list(self._suspicions.by_member.items()):
             if now < suspicion.deadline():
                 continue
             if suspicion.final_at is None:
@@ -384,46 +261,18 @@ class Swim:
         self._seq = self._seq + 1 if self._seq < MAX_SEQ else 1
         return self._seq
 
-    def _probe_candidates(self) -> list[str]:
-        return [
-            k
-            for k, m in sorted(self.members.items())
-            if k != self.me and m.state in (State.ALIVE, State.SUSPECT)
-        ]
-
-    def _pick_probe_target(self) -> str | None:
-        for _ in range(2):
-            while self._probe_index < len(self._probe_order):
-                node_id = self._probe_order[self._probe_index]
-                self._probe_index += 1
-                member = self.members.get(node_id)
-                if (
-                    member is not None
-                    and node_id != self.me
-                    and member.state in (State.ALIVE, State.SUSPECT)
-                ):
-                    return node_id
-            self._probe_order = self._probe_candidates()
-            self.rng.shuffle(self._probe_order)
-            self._probe_index = 0
-            if not self._probe_order:
-                return None
-        return None
-
     def _start_probe(self, now: float) -> None:
         if self._probe is not None:
             self._finish_probe(self._probe, now)
-        target_id = self._pick_probe_target()
+        target_id = self._table.next_probe_target()
         if target_id is None:
             return
         target = self.members[target_id]
         seq = self._next_seq()
         scale = self._scale()
-        self._probe = _Probe(
-            target=target_id,
-            seq=seq,
-            indirect_at=now + self.config.probe_timeout * scale,
-            end_at=now + self.config.probe_interval * scale,
+        c = self.config
+        self._probe = Probe.start(
+            target_id, seq, now, c.probe_timeout * scale, c.probe_interval * scale
         )
         self.stats["probes"] += 1
         first: list[Message] = [Ping(seq, self.me, target_id)]
@@ -433,14 +282,14 @@ class Swim:
             first.insert(0, Suspect(target_id, target.incarnation, self.me))
         self._send(target.info.gossip, first)
 
-    def _send_indirect(self, probe: _Probe, now: float) -> None:
+    def _send_indirect(self, probe: Probe, now: float) -> None:
         probe.indirect_sent = True
         target = self.members.get(probe.target)
         if target is None:
             return
         helpers = [
             k
-            for k in self._probe_candidates()
+            for k in self._table.reachable()
             if k != probe.target and self.members[k].state is State.ALIVE
         ]
         self.rng.shuffle(helpers)
@@ -452,16 +301,13 @@ class Swim:
                 [PingReq(probe.seq, self.me, probe.target, target.info.gossip)],
             )
 
-    def _finish_probe(self, probe: _Probe, now: float) -> None:
+    def _finish_probe(self, probe: Probe, now: float) -> None:
         self._probe = None
         if probe.acked:
             return
         self.stats["probe_failures"] += 1
         # Lifeguard: if the helpers we asked did not even nack, the problem is likely ours.
-        if probe.expected_nacks > 0:
-            self._adjust_awareness(max(0, probe.expected_nacks - probe.nacks))
-        else:
-            self._adjust_awareness(1)
+        self._adjust_awareness(probe.missing_nacks())
         member = self.members.get(probe.target)
         # Failing to reach a suspect is our independent confirmation (Lifeguard).
         if member is not None and member.state in (State.ALIVE, State.SUSPECT):
@@ -500,8 +346,11 @@ class Swim:
         self._send(source, [Ack(ping.seq, self.me)])
 
     def _on_ack(self, ack: Ack, now: float) -> None:
-        if ack.seq in self._last_calls:
-            self._on_last_call_ack(ack.seq, now)
+        if self._suspicions.is_last_call(ack.seq):
+            # Alive, but its refutation has not reached us: suspect it afresh (with the
+            # confirmations so far) rather than declare a live node dead.
+            if self._suspicions.answered(ack.seq, now):
+                self.stats["last_call_answered"] += 1
             return
         probe = self._probe
         if probe is not None and probe.seq == ack.seq:
@@ -515,7 +364,9 @@ class Swim:
 
     def _on_ping_req(self, req: PingReq, source: Address, now: float) -> None:
         seq = self._next_seq()
-        self._indirect[seq] = _IndirectProbe(source, req.seq, req.target, now + self._nack_after())
+        self._indirect[seq] = IndirectProbe(
+            source, req.seq, req.target, now + nack_after(self.config)
+        )
         self._send(req.target_address, [Ping(seq, self.me, req.target)])
 
     def _on_alive(self, info: MemberInfo, now: float) -> None:
@@ -530,9 +381,7 @@ class Swim:
             if len(self.members) >= self.config.max_members:
                 self.stats["members_refused"] += 1
                 return
-            self.members[info.node_id] = Member(info, State.ALIVE, now)
-            self._live = None
-            self._insert_probe_target(info.node_id)
+            self._table.add(info, now)
             self._queue(info.node_id, Alive(info))
             self._actions.append(MemberChanged(info, State.ALIVE, None))
             return
@@ -542,9 +391,9 @@ class Swim:
         member.info = info
         if previous is not State.ALIVE:
             member.state = State.ALIVE
-            self._live = None
+            self._table.changed()
             member.last_change = now
-        self._end_suspicion(info.node_id)
+        self._suspicions.end(info.node_id)
         self._queue(info.node_id, Alive(info))
         self._actions.append(MemberChanged(info, State.ALIVE, previous))
 
@@ -562,38 +411,19 @@ class Swim:
         if member.state in (State.DEAD, State.LEFT):
             return
         if member.state is State.SUSPECT and incarnation == member.incarnation:
-            suspicion = self._suspicions.get(node_id)
-            if (
-                suspicion is not None
-                and source != suspicion.accuser
-                and source not in suspicion.confirmations
-            ):
-                suspicion.confirmations.add(source)
+            if self._suspicions.confirm(node_id, source):
                 self._queue(node_id, Suspect(node_id, incarnation, source))
             return
         previous = member.state
         member.state = State.SUSPECT
-        self._live = None
+        self._table.changed()
         member.info = replace(member.info, incarnation=incarnation)
         member.last_change = now
-        n = self.live_count()
-        c = self.config
-        min_timeout = c.suspicion_mult * max(1.0, math.log10(max(1, n))) * c.probe_interval
-        expected = c.suspicion_mult - 2 if n - 2 >= c.suspicion_mult - 2 else 0
-        suspicion = _Suspicion(
-            incarnation,
-            source,
-            now,
-            min_timeout,
-            min_timeout * c.suspicion_max_timeout_mult,
-            expected,
-        )
-        self._end_suspicion(node_id)
-        self._suspicions[node_id] = suspicion
+        self._suspicions.open(node_id, incarnation, source, now, self.live_count(), self.config)
         self._queue(node_id, Suspect(node_id, incarnation, source))
         self._actions.append(MemberChanged(member.info, State.SUSPECT, previous))
 
-    def _last_call(self, node_id: str, suspicion: _Suspicion, now: float) -> None:
+    def _last_call(self, node_id: str, suspicion: Suspicion, now: float) -> None:
         """Before declaring a death, ask the suspect itself once more, directly and through
         `indirect_checks` others, as a probe does. The direct ping carries the suspicion, so
         an alive suspect refutes on its ack; any ack, even one relayed without the refutation,
@@ -602,9 +432,8 @@ class Swim:
         this is what lets the suspicion timeout be short (measured: no false death at 10%
         loss). An answer takes a round trip, so one probe timeout is long enough to wait."""
         seq = self._next_seq()
-        suspicion.final_at = now + self.config.probe_timeout * self._scale()
-        suspicion.last_call_seq = seq
-        self._last_calls[seq] = node_id
+        final_at = now + self.config.probe_timeout * self._scale()
+        self._suspicions.calling(node_id, suspicion, seq, final_at)
         member = self.members[node_id]
         self._send(
             member.info.gossip,
@@ -612,7 +441,7 @@ class Swim:
         )
         helpers = [
             k
-            for k in self._probe_candidates()
+            for k in self._table.reachable()
             if k != node_id and self.members[k].state is State.ALIVE
         ]
         self.rng.shuffle(helpers)
@@ -621,23 +450,6 @@ class Swim:
                 self.members[helper].info.gossip,
                 [PingReq(seq, self.me, node_id, member.info.gossip)],
             )
-
-    def _end_suspicion(self, node_id: str) -> None:
-        suspicion = self._suspicions.pop(node_id, None)
-        if suspicion is not None and suspicion.last_call_seq is not None:
-            self._last_calls.pop(suspicion.last_call_seq, None)
-
-    def _on_last_call_ack(self, seq: int, now: float) -> None:
-        node_id = self._last_calls.pop(seq)
-        suspicion = self._suspicions.get(node_id)
-        if suspicion is None or suspicion.last_call_seq != seq:
-            return
-        # Alive, but its refutation has not reached us: suspect it afresh (with the
-        # confirmations so far) rather than declare a live node dead.
-        self.stats["last_call_answered"] += 1
-        suspicion.start = now
-        suspicion.final_at = None
-        suspicion.last_call_seq = None
 
     def _declare_dead(self, node_id: str, incarnation: int, now: float) -> None:
         self._on_dead(Dead(node_id, incarnation, self.me), now)
@@ -673,10 +485,10 @@ class Swim:
     def _set_down(self, member: Member, state: State, incarnation: int, now: float) -> None:
         previous = member.state
         member.state = state
-        self._live = None
+        self._table.changed()
         member.info = replace(member.info, incarnation=incarnation)
         member.last_change = now
-        self._end_suspicion(member.node_id)
+        self._suspicions.end(member.node_id)
         self._actions.append(MemberChanged(member.info, state, previous))
 
     def _refute(self, incarnation: int, now: float) -> None:
@@ -702,16 +514,10 @@ class Swim:
         if self.me not in self._broadcasts:
             self._queue(self.me, Alive(self.me_info))
 
-    def _insert_probe_target(self, node_id: str) -> None:
-        # A new member goes to a random place in the probe order (memberlist does the same),
-        # so a burst of joins does not delay probing of the existing members.
-        position = self.rng.randint(self._probe_index, len(self._probe_order))
-        self._probe_order.insert(position, node_id)
-
     # --- push-pull -----------------------------------------------------------------------------
 
     def _start_push_pull(self) -> None:
-        candidates = [k for k in self._probe_candidates() if self.members[k].state is State.ALIVE]
+        candidates = [k for k in self._table.reachable() if self.members[k].state is State.ALIVE]
         if not candidates:
             return
         node_id = self.rng.choice(candidates)
@@ -747,32 +553,24 @@ class Swim:
         """Announce a graceful leave to several members; the driver sends, then stops."""
         me = self.members[self.me]
         leave = Leave(self.me, me.incarnation)
-        targets = [k for k in self._probe_candidates() if self.members[k].state is State.ALIVE]
+        targets = [k for k in self._table.reachable() if self.members[k].state is State.ALIVE]
         self.rng.shuffle(targets)
         for node_id in targets[: max(1, self.config.gossip_nodes * 2)]:
             self._send(self.members[node_id].info.gossip, [leave])
         me.state = State.LEFT
-        self._live = None
+        self._table.changed()
         me.last_change = now
         self.left = True
 
     # --- dissemination -------------------------------------------------------------------------
 
     def _queue(self, about: str, message: Gossip) -> None:
-        self._broadcast_order += 1
-        self._broadcasts[about] = _Broadcast(about, message, self._broadcast_order)
-
-    def _pending_broadcasts(self) -> list[_Broadcast]:
-        return sorted(self._broadcasts.values(), key=lambda b: (b.transmits, -b.order))
+        self._broadcasts.queue(about, message)
 
     def _send(self, to: Address, first: list[Message]) -> None:
-        pending = self._pending_broadcasts()
+        pending = self._broadcasts.pending()
         data, used = self._pack(first, [b.message for b in pending])
-        limit = self._retransmit_limit()
-        for broadcast in pending[:used]:
-            broadcast.transmits += 1
-            if broadcast.transmits >= limit:
-                del self._broadcasts[broadcast.about]
+        self._broadcasts.sent(pending[:used], self._retransmit_limit())
         self._actions.append(SendDatagram(to, data))
 
     def _gossip(self, now: float) -> None:
@@ -794,13 +592,5 @@ class Swim:
             self._send(self.members[node_id].info.gossip, [])
 
     def _reap(self, now: float) -> None:
-        for node_id, member in list(self.members.items()):
-            if node_id == self.me:
-                continue
-            if (
-                member.state in (State.DEAD, State.LEFT)
-                and now - member.last_change >= self.config.dead_retention
-            ):
-                del self.members[node_id]
-                self._live = None
-                self._broadcasts.pop(node_id, None)
+        for node_id in self._table.reap(now, self.config.dead_retention):
+            self._broadcasts.forget(node_id)

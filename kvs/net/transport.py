@@ -15,7 +15,7 @@ from typing import Any, Final, Protocol
 import trio
 
 from kvs.logs import LogLimiter
-from kvs.net.wire import WireError
+from kvs.net.codec import WireError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ next group commit, so the next batch need not wait for the receiver's fsync.
 "take" answers with every record of the first `count` leaves, whole leaves only: what a node
 that holds nothing of a leaf needs (a bootstrap), without listing it first. `count` is 0 when
 the first leaf alone does not fit one frame; the client then lists that leaf instead.
-A node that is "stale" (see SyncWorker) refuses "leaves", "take" and "fetch".
+A node that is "stale" (see kvs/sync/health.py) refuses "leaves", "take" and "fetch".
 
 A summary is `[key, hlc, origin_joined, origin, uuid, deleted, expires_at]`. A reply must fit
 one frame, so "leaves" and "fetch" answer for the first `count` (>= 1) leaves or keys asked
@@ -28,7 +28,7 @@ Bounds: every integer is within 0..MAX_INT (HLCs, timestamps, counts; the store 
 unsigned 64-bit integers, and the HLC adds to them), every key passes `validate_key`, and the
 other strings of a record or summary (origin, uuid, owner, group) are at most MAX_ID_LEN
 characters: what a peer lists, we may ask for again in one frame. Records whose HLC is too
-far in the future are refused by the worker, which knows the time (see SyncSettings).
+far in the future are refused by `Intake`, which knows the time (see SyncSettings).
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ import zstandard
 
 from kvs.clock import HybridLogicalClock
 from kvs.model import RecordCodec
+from kvs.net.frames import FrameStream
 from kvs.net.transport import PEER_IO_ERRORS, expected_error
-from kvs.net.wire import FrameStream
 from kvs.store import Store
 from kvs.store.layout import (
     DATA_FILE,

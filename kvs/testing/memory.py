@@ -1,6 +1,6 @@
 """An in-memory `Transport` for stream protocols: connections inside one process, no sockets.
 
-Sync tests use it to connect SyncWorkers (real stores, real protocol) through Trio memory
+Sync tests use it to connect SyncServices (real stores, real protocol) through Trio memory
 streams. Like the real and simulated transports, a handler's I/O errors end its connection,
 nothing more. It carries no datagrams: use `kvs.testing.network` for membership.
 """
@@ -19,7 +19,7 @@ __all__ = ["MemoryTransport", "serve_one"]
 
 
 class MemoryTransport:
-    """Stream connections between SyncWorkers in one process (trio memory streams). Like the
+    """Stream connections between SyncServices in one process (trio memory streams). Like the
     real and simulated transports, a handler's I/O errors end its connection, nothing more."""
 
     def __init__(self) -> None:

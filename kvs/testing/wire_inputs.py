@@ -21,6 +21,8 @@ from typing import Any
 import msgpack
 
 from kvs.model import Record, RecordCodec, Version, hlc_pack
+from kvs.net.codec import TAG_BYTES, derive_key
+from kvs.net.datagrams import MAX_DATAGRAM_BYTES, DatagramCodec
 from kvs.net.messages import (
     MAX_INCARNATION,
     MAX_UINT,
@@ -34,12 +36,6 @@ from kvs.net.messages import (
     Ping,
     PingReq,
     Suspect,
-)
-from kvs.net.wire import (
-    MAX_DATAGRAM_BYTES,
-    TAG_BYTES,
-    DatagramCodec,
-    derive_key,
 )
 
 _INTS = [
@@ -112,7 +108,7 @@ class FakePeers:
 
 
 def seal(key: bytes | None, payload: bytes) -> bytes:
-    """A datagram around any payload, by the layout documented in kvs.net.wire (not the codec)."""
+    """A datagram around any payload, by the layout documented in kvs.net.datagrams (not the codec)."""
     if key is None:
         return b"KV\x01" + payload
     header = b"KV\x81"

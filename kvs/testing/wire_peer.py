@@ -16,19 +16,15 @@ from typing import Any
 import trio
 
 from kvs.model import RecordCodec, hlc_pack
+from kvs.net.codec import WireError, derive_key
+from kvs.net.datagrams import DatagramCodec, encode_push_pull
+from kvs.net.frames import FrameStream
 from kvs.net.messages import (
     Ack,
     MemberState,
     Ping,
     PushPull,
     State,
-)
-from kvs.net.wire import (
-    DatagramCodec,
-    FrameStream,
-    WireError,
-    derive_key,
-    encode_push_pull,
 )
 from kvs.testing.wire_inputs import (
     FAKE_NODES,

@@ -21,18 +21,13 @@ import msgpack
 import trio
 
 from kvs.model import RecordCodec
+from kvs.net.codec import TAG_BYTES, WireError, derive_key
+from kvs.net.datagrams import encode_push_pull
+from kvs.net.frames import MAX_FRAME_BYTES, FrameStream
 from kvs.net.messages import (
     MemberState,
     PushPull,
     State,
-)
-from kvs.net.wire import (
-    MAX_FRAME_BYTES,
-    TAG_BYTES,
-    FrameStream,
-    WireError,
-    derive_key,
-    encode_push_pull,
 )
 from kvs.sync.snapshot import snapshot_format
 from kvs.testing.wire_inputs import (

@@ -36,8 +36,8 @@ import trio
 
 from kvs.config import Config
 from kvs.net.membership import suspicion_bound
-from kvs.net.messages import State
-from kvs.net.swim import MemberChanged, SwimConfig
+from kvs.net.messages import MemberChanged, State
+from kvs.net.swim import SwimConfig
 from kvs.testing.cluster import SimCluster
 from kvs.testing.harness import run_simulation
 from kvs.testing.network import SimNetwork

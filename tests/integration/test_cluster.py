@@ -27,9 +27,11 @@ import msgpack
 import pytest
 import trio
 
+from kvs.net.codec import WireError, derive_key
+from kvs.net.datagrams import DatagramCodec
+from kvs.net.frames import FrameStream
 from kvs.net.messages import Alive, Dead, MemberInfo, Ping
 from kvs.net.seeds import AUTH_HEADER, auth_header_value
-from kvs.net.wire import DatagramCodec, FrameStream, WireError, derive_key
 from kvs.testing import launcher
 from tests.support.cluster import wait_for
 from tests.support.procs import assert_clean_stderr, config_value, init_config, running
@@ -205,7 +207,7 @@ def test_sigterm_is_reported_left_not_dead(cluster: LiveCluster) -> None:
 
 
 def seal(key: bytes, payload: bytes) -> bytes:
-    """A datagram with a valid header and HMAC around any payload (layout: kvs.net.wire)."""
+    """A datagram with a valid header and HMAC around any payload (layout: kvs.net.datagrams)."""
     header = b"KV" + bytes([1 | 0x80])
     tag = hmac.new(key, header + payload, hashlib.sha256).digest()[:16]
     return header + tag + payload

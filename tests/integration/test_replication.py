@@ -26,13 +26,14 @@ import msgpack
 import pytest
 import trio
 
-from kvs.net.wire import FrameStream, WireError, derive_key
+from kvs.net.codec import WireError, derive_key
+from kvs.net.frames import FrameStream
 from tests.support.cluster import CONVERGE_TIMEOUT, LiveCluster, client, wait_for
 from tests.support.procs import assert_clean_stderr, init_config, running
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFLICT = ROOT / "scripts" / "conflict.py"
-HANDSHAKE_TIMEOUT = 10.0  # kvs.sync.worker.REQUEST_TIMEOUT / kvs.net.wire.FRAME_TIMEOUT
+HANDSHAKE_TIMEOUT = 10.0  # kvs.sync.limits.REQUEST_TIMEOUT / kvs.net.frames.FRAME_TIMEOUT
 
 
 def get_json(url: str) -> Any:

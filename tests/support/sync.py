@@ -1,4 +1,4 @@
-"""Helpers for the sync tests: real LMDB stores and SyncWorkers on a `MemoryTransport`, records
+"""Helpers for the sync tests: real LMDB stores and SyncServices on a `MemoryTransport`, records
 made by hand, and a client session with a replica's sync server."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import trio
 
 from kvs.clock import HybridLogicalClock
 from kvs.model import Record, RecordCodec, Version, hlc_pack
-from kvs.net.wire import FrameStream, derive_key
+from kvs.net.codec import derive_key
+from kvs.net.frames import FrameStream
 from kvs.store import Merge, Store
+from kvs.sync import SyncService, SyncSettings
 from kvs.sync import protocol as p
-from kvs.sync.worker import SyncSettings, SyncWorker
 from kvs.testing.memory import MemoryTransport
 from tests.support.config import ManualWallClock
 
@@ -68,9 +69,9 @@ def raw_fields(rec: Record) -> list[Any]:
 
 
 class Replica:
-    """A store with its writer running and a SyncWorker on a MemoryTransport."""
+    """A store with its writer running and a SyncService on a MemoryTransport."""
 
-    def __init__(self, store: Store, worker: SyncWorker, wall: ManualWallClock) -> None:
+    def __init__(self, store: Store, worker: SyncService, wall: ManualWallClock) -> None:
         self.store = store
         self.worker = worker
         self.wall = wall
@@ -107,7 +108,7 @@ async def open_replica(
     )
     store.ensure_identity(name, wall())
     rng = random.Random(name)
-    worker = SyncWorker(
+    worker = SyncService(
         node_id=name,
         store=store,
         transport=transport or MemoryTransport(),

@@ -18,11 +18,12 @@ import msgpack
 import pytest
 import trio
 
+from kvs.net.codec import TAG_BYTES, derive_key
+from kvs.net.datagrams import DatagramCodec
 from kvs.net.membership import MAX_PUSH_PULL_CONNECTIONS, Membership
 from kvs.net.messages import MAX_INCARNATION, Ack, Alive, MemberInfo, Ping, Suspect
 from kvs.net.swim import SwimConfig
 from kvs.net.transport import RealTransport, expected_error
-from kvs.net.wire import TAG_BYTES, DatagramCodec, derive_key
 from kvs.node import Node
 from kvs.testing.ports import free_ports
 from tests.support.config import make_config
@@ -34,7 +35,7 @@ DEADLINE = 30  # seconds of real time for any test here
 
 
 def seal(payload: bytes) -> bytes:
-    """A datagram around any payload, with a valid tag (the layout of kvs.net.wire)."""
+    """A datagram around any payload, with a valid tag (the layout of kvs.net.datagrams)."""
     assert KEY is not None
     header = b"KV" + bytes([1 | 0x80])
     return header + hmac.new(KEY, header + payload, hashlib.sha256).digest()[:TAG_BYTES] + payload

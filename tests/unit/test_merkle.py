@@ -7,7 +7,6 @@ import functools
 import operator
 import random
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -18,8 +17,8 @@ from hypothesis import strategies as st
 from kvs.model import Record, Version
 from kvs.store.layout import SYNC_BUCKETS, sync_bucket
 from kvs.sync import protocol as p
+from kvs.sync.exchange import differing_leaves
 from kvs.sync.merkle import DEFAULT_DEPTH, FANOUT, MerkleTree, hash_of, record_hash
-from kvs.sync.worker import SyncWorker
 from kvs.testing.memory import MemoryTransport
 from tests.support.sync import T0, open_replica, record
 
@@ -228,7 +227,7 @@ def wire(obj: Any) -> Any:
 
 
 def tree_server(tree: MerkleTree, requests: list[Any]) -> Any:
-    """A `call` answering "children" from `tree`, the way SyncWorker._answer does."""
+    """A `call` answering "children" from `tree`, the way SyncServer.answer does."""
 
     async def call(request: dict[str, Any]) -> Any:
         request = wire(request)
@@ -285,8 +284,7 @@ async def test_top_down_comparison_finds_exactly_the_leaves_holding_differing_ke
     mine, theirs = replica_pair(200, differing)
     a, b = rebuilt(mine, depth), rebuilt(theirs, depth)
     requests: list[Any] = []
-    local = SimpleNamespace(tree=a)
-    leaves = await SyncWorker._differing_leaves(local, tree_server(b, requests))  # type: ignore[arg-type]
+    leaves = await differing_leaves(a, tree_server(b, requests))
     assert leaves == sorted({a.leaf_of(k) for k in differing})
     # One request per level at most, and none below a subtree whose hashes agree.
     assert len(requests) <= depth
@@ -308,15 +306,15 @@ async def test_diff_between_two_stores_yields_exactly_the_differing_keys(tmp_pat
         assert a.worker.tree.levels == rebuilt(mine, DEFAULT_DEPTH).levels
 
         async def call(request: dict[str, Any]) -> Any:
-            return wire(await b.worker._answer(wire(request)))
+            return wire(await b.worker.server.answer(wire(request)))
 
-        leaves = await a.worker._differing_leaves(call)
+        leaves = await differing_leaves(a.worker.tree, call)
         assert leaves == sorted({a.worker.tree.leaf_of(k) for k in differing})
         # The summaries of just those leaves differ in exactly the differing keys.
         reply = await call({"op": "leaves", "leaves": leaves})
         remote = {s.key: s for s in p.decode_summaries(reply, 10**6)}
         assert p.decode_count(reply, len(leaves)) == len(leaves)
-        local = {s.key: s for s in a.worker._summaries(leaves)}
+        local = {s.key: s for s in a.worker.local.summaries(leaves)}
         found = {k for k in local.keys() | remote.keys() if local.get(k) != remote.get(k)}
         assert found == set(differing)
         assert len(local) + len(remote) < 2 * len(differing) + 200  # not the 3000 keys

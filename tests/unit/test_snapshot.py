@@ -11,10 +11,11 @@ import pytest
 import trio
 import trio.testing
 
-from kvs.net.wire import FrameStream, derive_key
+from kvs.net.codec import derive_key
+from kvs.net.frames import FrameStream
 from kvs.store import Put, Store, index_entries
 from kvs.sync import snapshot
-from kvs.sync.worker import BOOTSTRAP_STATE
+from kvs.sync.health import BOOTSTRAP_STATE
 from kvs.testing.memory import MemoryTransport
 from tests.support.sync import SECRET, T0, Replica, open_replica, record
 
@@ -89,14 +90,14 @@ async def test_small_data_sets_and_peers_of_another_format_are_taken_by_records(
         await fill(c, 300)
         d.worker.syncing = True
         # c runs on another kind of machine: its data file would be of no use to d.
-        c.worker.data_format = {**c.worker.data_format, "byteorder": "middle"}
+        c.worker.local.data_format = {**c.worker.local.data_format, "byteorder": "middle"}
         frames = await _session(transport, ("c", 1))
         await frames.send({"op": "snapshot", "format": snapshot.snapshot_format()})
         assert await frames.receive() == {"refused": "format"}
         # A node that is bootstrapping itself has no copy to give.
         d.worker.syncing = True
         asked = await _session(transport, ("d", 1))
-        await asked.send({"op": "snapshot", "format": d.worker.data_format})
+        await asked.send({"op": "snapshot", "format": d.worker.local.data_format})
         assert await asked.receive() == {"refused": "syncing"}
         result = await d.worker.exchange(("c", 1))
         assert result.fetched == 300 and d.worker.counters["snapshots_refused"] == 1

@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 import msgpack
 import pytest
 
+from kvs.net.codec import WireError
+from kvs.net.datagrams import MAX_DATAGRAM_BYTES, DatagramCodec, encode_push_pull
 from kvs.net.messages import (
     MAX_INCARNATION,
     MAX_SEQ,
@@ -29,7 +31,9 @@ from kvs.net.messages import (
     Address,
     Alive,
     Dead,
+    IncarnationChanged,
     Leave,
+    MemberChanged,
     MemberInfo,
     MemberState,
     Message,
@@ -37,19 +41,12 @@ from kvs.net.messages import (
     Ping,
     PingReq,
     PushPull,
+    SendDatagram,
+    StartPushPull,
     State,
     Suspect,
 )
-from kvs.net.swim import (
-    IncarnationChanged,
-    MemberChanged,
-    SendDatagram,
-    StartPushPull,
-    Swim,
-    SwimConfig,
-    incarnation_at_start,
-)
-from kvs.net.wire import MAX_DATAGRAM_BYTES, DatagramCodec, WireError, encode_push_pull
+from kvs.net.swim import Swim, SwimConfig, incarnation_at_start
 
 CODEC = DatagramCodec(None)
 DEFAULT = SwimConfig()
@@ -730,7 +727,9 @@ def test_last_call_answered_through_a_helper_restarts_the_suspicion_instead_of_a
     assert n00.stats["last_call_answered"] >= 2  # every last call, answered through a helper
     relayed = [p for p in net.sent(src="n00") if p.has(PingReq)]
     assert any(m.target == "n03" for p in relayed for m in p.of(PingReq))
-    assert not n00._last_calls or len(n00._last_calls) <= 1  # answered calls are forgotten
+    assert (
+        not n00._suspicions.last_calls or len(n00._suspicions.last_calls) <= 1
+    )  # answered calls are forgotten
 
 
 def test_stale_suspicion_about_us_is_answered_with_our_current_alive() -> None:

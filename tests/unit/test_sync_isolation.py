@@ -16,8 +16,8 @@ import zstandard
 
 from kvs.net.transport import expected_error
 from kvs.store import Put
-from kvs.sync import snapshot
-from kvs.sync import worker as worker_module
+from kvs.sync import limits, snapshot
+from kvs.sync.session import PEER_ERRORS
 from kvs.testing.memory import MemoryTransport, serve_one
 from tests.support.sync import T0, encode, open_replica, record, session, still_serving
 
@@ -57,7 +57,7 @@ async def test_a_joiner_that_leaves_or_stalls_mid_snapshot_ends_only_its_connect
     """The send that fails is inside the copy's nursery, which wrapped it in an exception
     group that no handler caught: the peer serving the snapshot exited. (Real time: the copy
     runs in a thread, which a mock clock would jump past.)"""
-    monkeypatch.setattr(worker_module, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(limits, "REQUEST_TIMEOUT", 0.5)
     transport = LockstepTransport()
     with trio.fail_after(DEADLINE):
         async with open_replica(tmp_path, transport=transport, serve=True) as a:
@@ -103,20 +103,20 @@ async def test_a_hostile_peer_fails_our_exchanges_not_our_node(
             open_replica(tmp_path, name="b", transport=transport, serve=True) as b,
         ):
             await a.merge(record("k"), record("k2", uid="2"))
-            answer = a.worker._answer
+            answer = a.worker.server.answer
 
             async def hostile(request: Any, *args: Any) -> Any:
                 if isinstance(request, dict) and request.get("op") == "take":
                     return reply
                 return await answer(request, *args)
 
-            a.worker._answer = hostile  # type: ignore[method-assign]
-            b.worker._live_peers = lambda: [("a", A)]
+            a.worker.server.answer = hostile  # type: ignore[method-assign]
+            b.worker.anti_entropy.live_peers = lambda: [("a", A)]
             await trio.sleep(b.worker.settings.sync_interval * 4)
             assert b.worker.counters["exchange_failures"] >= 2
             assert b.worker.counters["errors"] == 0  # a peer's doing, not a bug here
             assert b.store.count() == 0
-            a.worker._answer = answer  # type: ignore[method-assign]
+            a.worker.server.answer = answer  # type: ignore[method-assign]
             await trio.sleep(b.worker.settings.sync_interval * 2)
             assert b.contents() == a.contents()
 
@@ -151,7 +151,7 @@ async def test_a_pushed_batch_that_fails_to_merge_is_counted_not_fatal(
             async def broken(ops: Any) -> int:
                 raise RuntimeError("a bug in the merge")
 
-            a.worker._merge = broken  # type: ignore[method-assign]
+            a.worker.intake.merge = broken  # type: ignore[method-assign]
             frames = await session(transport)
             await frames.send({"op": "push", "records": [encode(record("x"))], "durable": False})
             assert await frames.receive() == {"applied": 1}
@@ -162,7 +162,7 @@ async def test_a_pushed_batch_that_fails_to_merge_is_counted_not_fatal(
                 await frames.receive()
             await trio.testing.wait_all_tasks_blocked()
             assert a.worker.counters["dropped_error"] == 1
-            del a.worker._merge
+            del a.worker.intake.merge
             await still_serving(transport, a)
 
 
@@ -190,7 +190,7 @@ async def test_a_hostile_snapshot_fails_the_joiners_exchange_not_the_joiner(
 ) -> None:
     """A joiner taking a copy from a peer that sends nonsense: that exchange fails (as a
     peer's doing, not a bug), nothing is installed, and the next exchange takes records."""
-    monkeypatch.setattr(worker_module, "REQUEST_TIMEOUT", 1.0)
+    monkeypatch.setattr(limits, "REQUEST_TIMEOUT", 1.0)
     transport = MemoryTransport()
     with trio.fail_after(DEADLINE):
         async with (
@@ -204,11 +204,11 @@ async def test_a_hostile_snapshot_fails_the_joiners_exchange_not_the_joiner(
                 for frame in frames_sent:
                     await frames.send(frame)
 
-            a.worker._serve_snapshot = hostile  # type: ignore[method-assign]
+            a.worker.server.serve_snapshot = hostile  # type: ignore[method-assign]
             b.worker.syncing = True
             with pytest.raises(Exception) as caught:
                 await b.worker.exchange(A)
-            assert expected_error(caught.value, worker_module._PEER_ERRORS) is not None
+            assert expected_error(caught.value, PEER_ERRORS) is not None
             assert b.worker.counters["snapshot_failures"] == 1
             assert b.store.count() == 0
             assert not (b.store.path / snapshot.STAGING_DIR).exists()

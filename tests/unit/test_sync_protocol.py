@@ -1,5 +1,5 @@
 """The sync protocol's defences: validators reject every malformed shape with ProtocolError
-(and nothing else), `SyncWorker.accept` refuses bad records without writing anything and
+(and nothing else), `SyncService.accept` refuses bad records without writing anything and
 merges good ones by `resolve`, and the server drops hostile connections -- garbage, wrong
 HMAC, a frame claiming 4 GB, truncated frames, slow peers -- counting why, while it keeps
 serving everyone else."""
@@ -21,11 +21,12 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvs.net.wire import MAX_FRAME_BYTES, FrameStream, WireError
+from kvs.net.codec import WireError
+from kvs.net.frames import MAX_FRAME_BYTES, FrameStream
 from kvs.store import Delete, Put, Summary
 from kvs.sync import protocol as p
+from kvs.sync.limits import IDLE_TIMEOUT, REQUEST_TIMEOUT
 from kvs.sync.merkle import MerkleTree
-from kvs.sync.worker import IDLE_TIMEOUT, REQUEST_TIMEOUT
 from kvs.testing.memory import MemoryTransport
 from tests.support.config import ManualWallClock
 from tests.support.sync import (
@@ -427,7 +428,7 @@ def test_the_dispatcher_answers_or_raises_protocol_error_never_anything_else(obj
                 await replica.merge(record("k"))
                 before = replica.contents()
                 try:
-                    reply = await replica.worker._answer(obj)
+                    reply = await replica.worker.server.answer(obj)
                 except p.ProtocolError:
                     return
                 assert isinstance(reply, dict)
@@ -671,10 +672,12 @@ async def test_replies_are_cut_to_fit_a_frame_and_say_how_much_they_cover(
         covered = 0
         rounds = 0
         while covered < len(keys):
-            reply = await replica.worker._answer({"op": "fetch", "keys": keys[covered:]})
+            reply = await replica.worker.server.answer({"op": "fetch", "keys": keys[covered:]})
             assert len(msgpack.packb(reply)) < MAX_FRAME_BYTES
             covered += p.decode_count(reply, len(keys) - covered)
             rounds += 1
         assert rounds > 1
-        summaries = await replica.worker._answer({"op": "leaves", "leaves": list(range(1024))})
+        summaries = await replica.worker.server.answer(
+            {"op": "leaves", "leaves": list(range(1024))}
+        )
         assert p.decode_count(summaries, 1024) == 1024  # small summaries: all in one reply

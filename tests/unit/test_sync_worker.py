@@ -1,4 +1,4 @@
-"""SyncWorker behaviour between real LMDB replicas over in-memory streams (mock time):
+"""SyncService behaviour between real LMDB replicas over in-memory streams (mock time):
 who starts an exchange, streaming and pacing, the push link, connection limits, and the
 persisted bootstrap and staleness state."""
 
@@ -7,27 +7,22 @@ from __future__ import annotations
 import itertools
 import random
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from kvs.net.messages import MemberInfo, State
-from kvs.net.swim import MemberChanged
-from kvs.net.wire import WireError
+from kvs.net.codec import WireError
+from kvs.net.messages import MemberChanged, MemberInfo, State
 from kvs.store import Put
+from kvs.sync import SyncService, bootstrap_needed, limits
 from kvs.sync import protocol as p
-from kvs.sync import worker as worker_module
+from kvs.sync.antientropy import AntiEntropy
+from kvs.sync.health import BOOTSTRAP_STATE, LAST_EXCHANGE
+from kvs.sync.limits import FRAME_BUDGET, IDLE_TIMEOUT
 from kvs.sync.merkle import MerkleTree
-from kvs.sync.worker import (
-    BOOTSTRAP_STATE,
-    FRAME_BUDGET,
-    IDLE_TIMEOUT,
-    LAST_EXCHANGE,
-    SyncWorker,
-    bootstrap_needed,
-)
 from kvs.testing.memory import MemoryTransport
 from tests.support.sync import T0, Replica, encode, open_replica, record, session
 
@@ -35,7 +30,7 @@ A, B = ("a", 1), ("b", 1)
 DAY_MS = 86_400_000
 
 
-def served(worker: SyncWorker) -> dict[str, int]:
+def served(worker: SyncService) -> dict[str, int]:
     return {
         k: v
         for k, v in worker.counters.items()
@@ -45,14 +40,14 @@ def served(worker: SyncWorker) -> dict[str, int]:
 
 def log_requests(replica: Replica, log: list[tuple[str, int]], observed: Replica) -> None:
     """Record each request `replica` serves, with `observed`'s record count at that moment."""
-    answer = replica.worker._answer
+    answer = replica.worker.server.answer
 
     async def logged(request: Any, *args: Any) -> dict[str, Any]:
         if isinstance(request, dict):
             log.append((str(request.get("op")), observed.worker.tree.size))
         return await answer(request, *args)
 
-    replica.worker._answer = logged  # type: ignore[method-assign]
+    replica.worker.server.answer = logged  # type: ignore[method-assign]
 
 
 async def fill(replica: Replica, count: int, prefix: str = "k") -> None:
@@ -89,9 +84,9 @@ def test_on_first_contact_only_the_lower_node_id_or_the_joiner_starts_an_exchang
     async def main() -> None:
         with_a_peer: dict[str, list[str]] = {}
         for me, other, syncing in (("a", "b", False), ("b", "a", False), ("b", "a", True)):
-            worker = SyncWorker.__new__(SyncWorker)  # only the membership bookkeeping runs
-            worker.node_id, worker.syncing, worker._peers = me, syncing, {}
-            worker._nursery, worker._urgent, worker._lost = None, [], set()
+            worker = AntiEntropy.__new__(AntiEntropy)  # only the membership bookkeeping runs
+            worker.node_id, worker.health = me, SimpleNamespace(syncing=syncing)  # type: ignore[assignment]
+            worker._urgent, worker._lost = [], set()
             worker._kick = trio.Event()
             worker.on_member_change(MemberChanged(member(other), State.ALIVE, None))
             with_a_peer[f"{me}{'/syncing' if syncing else ''}"] = list(worker._urgent)
@@ -131,7 +126,7 @@ async def test_fetched_records_are_merged_in_bounded_transactions_and_pages_rele
 ) -> None:
     """LMDB holds every page a transaction changes in memory until it commits, and keeps
     every page read mapped: a bootstrap bounds both (smaller figures here, same code)."""
-    monkeypatch.setattr(worker_module, "MERGE_BATCH", 50)
+    monkeypatch.setattr(limits, "MERGE_BATCH", 50)
     transport = MemoryTransport()
     async with (
         open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
@@ -147,7 +142,7 @@ async def test_fetched_records_are_merged_in_bounded_transactions_and_pages_rele
 
         b.store.release_mapped_pages = counted  # type: ignore[method-assign]
         b.worker.syncing = True
-        b.worker._live_peers = lambda: [("a", A)]
+        b.worker.anti_entropy.live_peers = lambda: [("a", A)]
         before = b.store.stats["transactions"]
         async with trio.open_nursery() as nursery:
             await nursery.start(b.worker.run)
@@ -206,9 +201,9 @@ async def test_requests_are_counted_as_served_only_once_valid(
 ) -> None:
     async with open_replica(tmp_path) as replica:
         with pytest.raises(p.ProtocolError):
-            await replica.worker._answer(request_)
+            await replica.worker.server.answer(request_)
         assert served(replica.worker) == {}
-        await replica.worker._answer({"op": "root"})
+        await replica.worker.server.answer({"op": "root"})
         assert served(replica.worker) == {"served_root": 1}
 
 
@@ -248,7 +243,7 @@ async def test_the_push_link_outlives_the_idle_timeout_and_loses_no_write(
         open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
         open_replica(tmp_path, name="b", transport=transport, serve=True) as b,
     ):
-        a.worker._start_peer("b", B)
+        a.worker.push.start("b", B)
         await a.store.write([Put("first", b"1")])
         with trio.fail_after(1):
             while b.store.get("first") is None:
@@ -300,7 +295,7 @@ async def test_a_push_that_fails_is_sent_again(
         open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
         open_replica(tmp_path, name="b", transport=transport, serve=True) as b,
     ):
-        merges = b.worker._merges
+        merges = b.worker.intake.merges
         refused: list[int] = []
 
         def fails_once(raws: list[bytes]) -> Any:
@@ -309,8 +304,8 @@ async def test_a_push_that_fails_is_sent_again(
                 raise p.ProtocolError("bad_record")  # the server drops the connection
             return merges(raws)
 
-        b.worker._merges = fails_once  # type: ignore[method-assign]
-        a.worker._start_peer("b", B)
+        b.worker.intake.merges = fails_once  # type: ignore[method-assign]
+        a.worker.push.start("b", B)
         await a.store.write([Put("k1", b"1"), Put("k2", b"2")])
         with trio.fail_after(10):
             while b.store.get("k1") is None or b.store.get("k2") is None:
@@ -351,7 +346,7 @@ async def test_a_node_completing_its_bootstrap_persists_it(
     ):
         await fill(a, 50)
         b.worker.syncing = True
-        b.worker._live_peers = lambda: [("a", A)]
+        b.worker.anti_entropy.live_peers = lambda: [("a", A)]
         async with trio.open_nursery() as nursery:
             await nursery.start(b.worker.run)
             with trio.fail_after(30):
@@ -379,8 +374,8 @@ async def test_a_node_out_of_touch_longer_than_tombstone_ttl_goes_stale_and_serv
             assert a.worker.stale
             assert "re-bootstrap" in caplog.text.lower() and "tombstone_ttl" in caplog.text
             # It sends nothing: no exchange it starts, no push, no records it serves.
-            a.worker._live_peers = lambda: [("b", B)]
-            a.worker._start_peer("b", B)
+            a.worker.anti_entropy.live_peers = lambda: [("b", B)]
+            a.worker.push.start("b", B)
             await a.store.write([Put("after", b"1")])
             await trio.sleep(60)
             assert b.worker.tree.size == 0
@@ -407,7 +402,7 @@ async def test_a_running_node_cut_off_longer_than_tombstone_ttl_goes_stale_on_re
         open_replica(tmp_path, name="b", transport=transport, serve=True),
     ):
         peers: list[tuple[str, tuple[str, int]]] = [("b", B)]
-        a.worker._live_peers = lambda: peers
+        a.worker.anti_entropy.live_peers = lambda: peers
         async with trio.open_nursery() as nursery:
             await nursery.start(a.worker.run)
             a.worker.on_member_change(MemberChanged(member("b"), State.ALIVE, None))

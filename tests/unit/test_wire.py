@@ -15,7 +15,19 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kvs.net.codec import REASONS, TAG_BYTES, WireError, derive_key
+from kvs.net.datagrams import (
+    MAX_DATAGRAM_BYTES,
+    MAX_HOST_LEN,
+    MAX_MESSAGES,
+    DatagramCodec,
+    decode_push_pull,
+    encode_push_pull,
+)
+from kvs.net.frames import FrameStream
 from kvs.net.messages import (
+    MAX_INCARNATION,
+    MAX_MEMBERS,
     Ack,
     Alive,
     Dead,
@@ -29,21 +41,6 @@ from kvs.net.messages import (
     PushPull,
     State,
     Suspect,
-)
-from kvs.net.wire import (
-    MAX_DATAGRAM_BYTES,
-    MAX_HOST_LEN,
-    MAX_INCARNATION,
-    MAX_MEMBERS,
-    MAX_MESSAGES,
-    REASONS,
-    TAG_BYTES,
-    DatagramCodec,
-    FrameStream,
-    WireError,
-    decode_push_pull,
-    derive_key,
-    encode_push_pull,
 )
 
 SECRET = "correct horse battery staple"
