@@ -42,10 +42,13 @@ def _iso(when: dt.datetime | None) -> str | None:
 
 @dataclass(frozen=True)
 class BackupSettings:
-    enabled: bool
-    schedule: str
-    directory: Path
-    retention_days: int
+    """From the node's configuration (kvs.config.declaration documents each and holds the
+    defaults); `backup_dir` is `backup_path` resolved against the config file's directory."""
+
+    backup_enabled: bool
+    backup_schedule: str
+    backup_dir: Path
+    backup_retention: int
 
 
 class BackupService:
@@ -88,7 +91,7 @@ class BackupService:
                 self._failed(str(exc))
                 raise
             except (OSError, lmdb.Error) as exc:
-                message = f"backup into {self.settings.directory} failed: {exc}"
+                message = f"backup into {self.settings.backup_dir} failed: {exc}"
                 self._failed(message)
                 raise BackupError(message) from None
             finally:
@@ -109,14 +112,14 @@ class BackupService:
     def _backup_blocking(self) -> tuple[BackupResult, list[Path]]:
         """Worker thread: copy, then retention. Leftover temp files of an interrupted run
         of this node (a killed process) are removed first."""
-        directory = self.settings.directory
+        directory = self.settings.backup_dir
         with contextlib.suppress(OSError):
             for stale in directory.glob(f".kvs-{self.node_id}-*.tmp"):
                 stale.unlink(missing_ok=True)
         with self._env() as env:  # held: the store's environment stays open meanwhile
             result = create_backup(env, directory, self.node_id, self._now_ms)
         removed = apply_retention(
-            directory, self.node_id, self._now_ms(), self.settings.retention_days
+            directory, self.node_id, self._now_ms(), self.settings.backup_retention
         )
         return result, removed
 
@@ -127,7 +130,7 @@ class BackupService:
         clock is read again, so a wall clock that moved only delays a run, never doubles it."""
         while True:
             now = self._now()
-            due = next_run(self.settings.schedule, now)
+            due = next_run(self.settings.backup_schedule, now)
             self.next_run = due
             await self._sleep(max(0.0, (due - now).total_seconds()))
             if self._now() < due:
@@ -136,7 +139,7 @@ class BackupService:
                 await self.run_once()
 
     def status(self) -> dict[str, Any]:
-        kept = list_backups(self.settings.directory, self.node_id)
+        kept = list_backups(self.settings.backup_dir, self.node_id)
         sizes = []
         for path, _ in kept:
             with contextlib.suppress(FileNotFoundError):
@@ -144,10 +147,10 @@ class BackupService:
         last = self.last
         return {
             "node_id": self.node_id,
-            "enabled": self.settings.enabled,
-            "schedule": self.settings.schedule,
-            "path": str(self.settings.directory),
-            "retention_days": self.settings.retention_days,
+            "enabled": self.settings.backup_enabled,
+            "schedule": self.settings.backup_schedule,
+            "path": str(self.settings.backup_dir),
+            "retention_days": self.settings.backup_retention,
             "running": self.running,
             "last_run": _iso(self.last_run),
             "last_result": self.last_result,
@@ -155,7 +158,7 @@ class BackupService:
             "last_file": None if last is None else str(last.path),
             "last_size": None if last is None else last.size,
             "last_duration_s": None if last is None else round(last.seconds, 3),
-            "next_run": _iso(self.next_run) if self.settings.enabled else None,
+            "next_run": _iso(self.next_run) if self.settings.backup_enabled else None,
             "count": len(kept),
             "total_size": sum(sizes),
         }

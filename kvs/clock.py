@@ -14,7 +14,7 @@ from kvs.model import HLC_LOGICAL_MASK, hlc_ms, hlc_pack
 
 MAX_HLC = hlc_pack(1 << 46)
 """The clock never moves past this reading (wall milliseconds 2**46: the year 4199). Peers'
-records this far ahead are refused before the clock sees them (SyncSettings.max_future_ms);
+records this far ahead are refused before the clock sees them (kvs.sync.limits.MAX_FUTURE_MS);
 this keeps `now()`'s arithmetic far from the 63 bits every peer accepts, even for a reading
 persisted before that check existed."""
 

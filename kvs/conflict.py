@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 from kvs.clock import HybridLogicalClock, system_wall_ms
+from kvs.config import Config, project
 from kvs.model import (
     HLC_LOGICAL_MASK,
     InvalidKey,
@@ -46,7 +47,7 @@ from kvs.model import (
     resolve,
     validate_key,
 )
-from kvs.store import Merge, Store, StoreError, Written
+from kvs.store import Merge, Store, StoreError, StoreSettings, Written
 from kvs.store.layout import DATA_FILE, in_use
 
 EXIT_OK = 0
@@ -167,6 +168,7 @@ def open_side(label: str, data_dir: Path) -> Iterator[tuple[Side, Store]]:
         data_dir,
         clock=HybridLogicalClock(system_wall_ms),
         new_uuid=lambda: str(uuid.uuid4()),
+        settings=project(StoreSettings, Config()),  # the shipped defaults: fsync, zstd 3
         in_thread=False,
     )
     try:

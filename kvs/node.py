@@ -25,14 +25,16 @@ from kvs.audit import AUDIT_DIR, AuditLog
 from kvs.auth.service import AuthService, IssuedToken
 from kvs.backup_service import BackupService, BackupSettings
 from kvs.clock import HybridLogicalClock, system_wall_ms
-from kvs.config import Config
+from kvs.config import Config, project
 from kvs.memory import release_free_memory
 from kvs.net.membership import Membership, SeedResolver
 from kvs.net.messages import MemberInfo, State
 from kvs.net.seeds import http_seed_resolver
-from kvs.net.swim import SwimConfig, incarnation_at_start
+from kvs.net.swim import incarnation_at_start
+from kvs.net.swim_settings import SwimSettings
 from kvs.net.transport import RealTransport, Transport
-from kvs.store import MAINTENANCE_BATCH, Store
+from kvs.private_files import write_private
+from kvs.store import MAINTENANCE_BATCH, Store, StoreSettings
 from kvs.sync import SyncService, SyncSettings, bootstrap_needed
 
 log = logging.getLogger(__name__)
@@ -90,12 +92,7 @@ class Node:
         self.backups = BackupService(
             node_id=self.node_id,
             env=lambda: self.store.lease_env(),
-            settings=BackupSettings(
-                enabled=config.backup_enabled,
-                schedule=config.backup_schedule,
-                directory=config.backup_dir,
-                retention_days=config.backup_retention,
-            ),
+            settings=project(BackupSettings, config, backup_dir=config.backup_dir),
         )
         self.auth: AuthService | Any = None
         self.audit: AuditLog | None = None
@@ -148,12 +145,7 @@ class Node:
             self.config.data_path,
             clock=self.clock,
             new_uuid=self.new_uuid,
-            map_size=self.config.lmdb_map_size,
-            durability=self.config.durability,
-            compression_level=self.config.compression_level,
-            history_depth=self.config.revision_history_depth
-            if self.config.revision_history_enabled
-            else 0,
+            settings=project(StoreSettings, self.config),
             in_thread=self._store_in_thread,
         )
         store.ensure_identity(self.node_id, self.clock.wall_ms())
@@ -289,10 +281,7 @@ class Node:
     def _publish_root_token(self, issued: IssuedToken) -> None:
         """Write the root token to <data_dir>/root.token (0600) and hand it to the console."""
         path = self.root_token_path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(issued.token + "\n")
+        write_private(path, issued.token + "\n")
         if self._show_root_token is not None:
             self._show_root_token(issued, str(path))
 
@@ -323,18 +312,7 @@ class Node:
             sync=(host, c.effective_sync_port),
             http=(host, c.port),
         )
-        swim = SwimConfig(
-            probe_interval=c.probe_interval,
-            probe_timeout=c.probe_timeout,
-            indirect_checks=c.indirect_checks,
-            suspicion_mult=c.suspicion_mult,
-            suspicion_max_timeout_mult=c.suspicion_max_timeout_mult,
-            gossip_interval=c.gossip_interval,
-            gossip_nodes=c.gossip_nodes,
-            retransmit_mult=c.retransmit_mult,
-            push_pull_interval=c.push_pull_interval,
-            dead_retention=c.dead_member_retention,
-        )
+        swim = project(SwimSettings, c)
 
         async def persist_incarnation(value: int) -> None:
             await self.store.put_system("incarnation", value)
@@ -381,15 +359,7 @@ class Node:
             transport=self.transport,
             bind=(c.bind_address, c.effective_sync_port),
             cluster_secret=c.cluster_secret,
-            settings=SyncSettings(
-                sync_interval=c.sync_interval,
-                tombstone_ttl_ms=int(c.tombstone_ttl * 1000),
-                max_value_size=c.max_json_size,
-                max_clock_offset_ms=int(c.max_clock_offset * 1000),
-                throttle_delay=c.sync_throttle_delay,
-                max_connections=c.sync_max_connections,
-                snapshot_min_keys=c.sync_snapshot_min_keys,
-            ),
+            settings=project(SyncSettings, c),
             rng=self.rng,
             nonce=self._nonce,
             live_peers=live_peers,
@@ -458,4 +428,4 @@ class _Cluster:
         return self._membership.core.me_info
 
     def refuse_cluster_info(self) -> None:
-        self._membership.counters["cluster_info_refused"] += 1
+        self._membership.refused_cluster_info()

@@ -26,7 +26,6 @@ import trio
 from kvs.model import Record, hlc_ms, hlc_pack
 from kvs.store import Change, Store
 
-DEFAULT_BUFFER = 4096  # events a watcher may fall behind before it is disconnected
 REPLAY_CHUNK = 256  # time-index entries read per short read transaction
 
 
@@ -206,7 +205,7 @@ class Watcher:
 class WatchHub:
     """Every watcher of one node; registered as a store listener by the API."""
 
-    def __init__(self, store: Store, buffer: int = DEFAULT_BUFFER) -> None:
+    def __init__(self, store: Store, buffer: int) -> None:
         self.store = store
         self.buffer = buffer
         self.watchers: set[Watcher] = set()

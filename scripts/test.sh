@@ -8,6 +8,8 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# The layer order and no import circles (pyproject.toml, [tool.importlinter]).
+.venv/bin/lint-imports
 # Bytecode once, up front: the suite starts many real node processes, and where
 # PYTHONDONTWRITEBYTECODE is set each of them would compile every module again.
 .venv/bin/python -m compileall -q kvs scripts

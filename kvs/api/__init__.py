@@ -19,6 +19,7 @@ from kvs.api.cluster import cluster_blueprint
 from kvs.api.errors import ApiError, error_response
 from kvs.api.guard import identify, require_scope
 from kvs.api.history import history_blueprint
+from kvs.api.instruments import make_registry
 from kvs.api.keys import KeyRoutes
 from kvs.api.kv import allowed_methods, kv_blueprint
 from kvs.api.metadata import metadata_blueprint
@@ -27,7 +28,6 @@ from kvs.api.ops import ops_blueprint
 from kvs.api.tokens import tokens_blueprint
 from kvs.api.watch import WatchRoutes
 from kvs.auth.permissions import READ_SCOPE
-from kvs.metrics import make_registry
 from kvs.model import InvalidKey, validate_key
 from kvs.watch import WatchHub
 

@@ -21,6 +21,7 @@ import orjson
 import trio
 
 from kvs.api.listener import HttpStats
+from kvs.config import Config
 from kvs.memory import release_free_memory
 
 ASGIMessage = dict[str, Any]
@@ -75,7 +76,7 @@ class HttpFront:
         self,
         app: ASGIApp,
         *,
-        body_budget: int = 32 * 1024 * 1024,
+        body_budget: int = Config.http_body_budget,
         max_body: int = 32 * 1024 * 1024,
         stats: HttpStats | None = None,
     ) -> None:

@@ -55,6 +55,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr, repr_socket_addr
 
+from kvs.config import Config
 from kvs.logs import LogLimiter
 
 log = logging.getLogger("kvs.http")
@@ -89,7 +90,7 @@ class FrontConfig(HypercornConfig):
     aborts such a connection (its data unacknowledged, or unsent behind a zero window, for
     `stall_timeout` seconds), the write fails, and the node stops."""
 
-    stall_timeout: float = 20.0
+    stall_timeout: float = Config.http_stall_timeout
 
     def create_sockets(self) -> Sockets:
         sockets = super().create_sockets()
@@ -105,14 +106,14 @@ class FrontConfig(HypercornConfig):
 class HttpLimits:
     """How long and how much a client may take; see the module docstring."""
 
-    header_timeout: float = 10.0
+    header_timeout: float = Config.http_header_timeout
     """A request head (line and headers) must be complete this long after the connection
     was accepted, or after its first byte on a kept-alive connection."""
-    body_timeout: float = 60.0
+    body_timeout: float = Config.http_body_timeout
     """A request body must be complete this long after its head."""
     keep_alive_timeout: float = 75.0
     """An idle connection between requests is closed after this long."""
-    max_connections: int = 1024
+    max_connections: int = Config.http_max_connections
     """Open connections at once; more wait in the kernel's backlog."""
     graceful_timeout: float = 10.0
     """On shutdown, requests in flight get this long before their connections are cut."""

@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from quart import Blueprint, Response, request
 
-from kvs.metrics import HttpMetrics
+from kvs.api.instruments import HttpMetrics
 
 Scope = dict[str, Any]
 ROUTE_KEY = "kvs.route"

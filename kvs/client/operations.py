@@ -234,7 +234,7 @@ class calls:  # noqa: N801 - a namespace of request builders, one per API operat
             headers={"Accept": "text/event-stream"},
         )
 
-    # users, groups, tokens (`/api/...`, see the security section of the README)
+    # users, groups, tokens (`/api/...`, see docs/security.md)
 
     @staticmethod
     def create(kind: str, fields: Mapping[str, Any]) -> Call[dict[str, Any]]:

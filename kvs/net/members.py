@@ -9,7 +9,7 @@ probed, and whose turn it is.
 Probing goes round-robin over a shuffled list of the reachable members (alive or suspect),
 reshuffled once per round; a member that joins mid-round goes to a random place in the rest
 of the round (as in memberlist), so a burst of joins does not delay probing of the others.
-Dead and left members stay in the table for `dead_retention` (stale "alive" gossip about
+Dead and left members stay in the table for `dead_member_retention` (stale "alive" gossip about
 them must not bring them back) and are then reaped.
 """
 

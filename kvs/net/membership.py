@@ -17,7 +17,6 @@ incarnation (a restart could then come back below a rumour of its own death).
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,7 +37,8 @@ from kvs.net.messages import (
     StartPushPull,
     State,
 )
-from kvs.net.swim import Swim, SwimConfig
+from kvs.net.swim import Swim
+from kvs.net.swim_settings import SwimSettings
 from kvs.net.transport import (
     PEER_IO_ERRORS,
     DatagramEndpoint,
@@ -71,7 +71,7 @@ class Membership:
         self,
         *,
         me: MemberInfo,
-        config: SwimConfig,
+        config: SwimSettings,
         transport: Transport,
         bind: Address,
         cluster_secret: str,
@@ -416,6 +416,10 @@ class Membership:
     def _endpoint_address(self) -> Address | None:
         return self._endpoint.address if self._endpoint is not None else None
 
+    def refused_cluster_info(self) -> None:
+        """Count a request for our gossip address that did not prove the cluster secret."""
+        self.counters["cluster_info_refused"] += 1
+
     # --- views ---------------------------------------------------------------------------------
 
     def alive_count(self) -> int:
@@ -522,9 +526,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
     return str(exc) or type(exc).__name__
-
-
-def suspicion_bound(config: SwimConfig, n: int) -> float:
-    """The longest a failure can take to be declared (for tests and documentation)."""
-    min_timeout = config.suspicion_mult * max(1.0, math.log10(max(1, n))) * config.probe_interval
-    return min_timeout * config.suspicion_max_timeout_mult

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from kvs.net.messages import Address
 
 if TYPE_CHECKING:
-    from kvs.net.swim import SwimConfig
+    from kvs.net.swim_settings import SwimSettings
 
 
 @dataclass
@@ -66,7 +66,7 @@ class IndirectProbe:
     deadline: float
 
 
-def nack_after(c: SwimConfig) -> float:
+def nack_after(c: SwimSettings) -> float:
     """How long a ping-req helper waits for the target before it nacks.
 
     The requester counts nacks only until its probe ends, (probe_interval - probe_timeout)

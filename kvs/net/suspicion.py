@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kvs.net.swim import SwimConfig
+    from kvs.net.swim_settings import SwimSettings
 
 
 @dataclass
@@ -61,18 +61,18 @@ class Suspicions:
         return (s.deadline() for s in self.by_member.values())
 
     def open(
-        self, node_id: str, incarnation: int, accuser: str, now: float, n: int, c: SwimConfig
+        self, node_id: str, incarnation: int, accuser: str, now: float, n: int, c: SwimSettings
     ) -> None:
         """Suspect `node_id` afresh (ending any earlier suspicion of it); `n` is the number of
         live members, the N of the formulas."""
-        min_timeout = c.suspicion_mult * max(1.0, math.log10(max(1, n))) * c.probe_interval
+        min_timeout, max_timeout = c.suspicion_timeouts(n)
         expected = c.suspicion_mult - 2 if n - 2 >= c.suspicion_mult - 2 else 0
         suspicion = Suspicion(
             incarnation,
             accuser,
             now,
             min_timeout,
-            min_timeout * c.suspicion_max_timeout_mult,
+            max_timeout,
             expected,
         )
         self.end(node_id)

@@ -32,13 +32,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from kvs.net.broadcasts import Broadcasts
 from kvs.net.members import Member, MemberTable
 from kvs.net.messages import (
     MAX_INCARNATION,
-    MAX_MEMBERS,
     MAX_SEQ,
     Ack,
     Action,
@@ -63,33 +62,10 @@ from kvs.net.messages import (
 )
 from kvs.net.probes import IndirectProbe, Probe, nack_after
 from kvs.net.suspicion import Suspicion, Suspicions
+from kvs.net.swim_settings import SwimSettings
 
 # pack(first, more) -> (datagram, how many of `more` fit): the wire codec's packer.
 Packer = Callable[[Sequence[Message], Sequence[Message]], tuple[bytes, int]]
-
-
-@dataclass(frozen=True)
-class SwimConfig:
-    probe_interval: float = 1.0
-    probe_timeout: float = 0.5
-    indirect_checks: int = 3
-    suspicion_mult: int = 4
-    suspicion_max_timeout_mult: int = 6
-    gossip_interval: float = 0.2
-    gossip_nodes: int = 3
-    retransmit_mult: int = 4
-    push_pull_interval: float = 30.0
-    awareness_max: int = 8
-    dead_retention: float = 600.0  # keep dead/left members this long to refute stale gossip
-    gossip_to_the_dead: float = 30.0  # keep gossiping to recently dead nodes (they may refute)
-    max_members: int = MAX_MEMBERS
-    """Members known at once (ourselves, the dead and the left included); news of more is
-    refused and counted until some are reaped. Never above MAX_MEMBERS, the most one
-    push-pull table carries: a table that cannot be sent would fail every exchange."""
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.max_members <= MAX_MEMBERS:
-            raise ValueError(f"max_members must be in 1..{MAX_MEMBERS}")
 
 
 def incarnation_at_start(stored: object) -> tuple[int, bool]:
@@ -115,7 +91,7 @@ class Swim:
     input; drain `take_actions()` after each call."""
 
     def __init__(
-        self, me: MemberInfo, config: SwimConfig, rng: random.Random, packer: Packer
+        self, me: MemberInfo, config: SwimSettings, rng: random.Random, packer: Packer
     ) -> None:
         if not 0 <= me.incarnation <= MAX_INCARNATION:
             raise ValueError(f"incarnation must be in 0..{MAX_INCARNATION} (incarnation_at_start)")
@@ -218,7 +194,7 @@ class Swim:
         self._next_probe_at = now + self.rng.random() * c.probe_interval
         self._next_gossip_at = now + self.rng.random() * c.gossip_interval
         self._next_push_pull_at = now + c.push_pull_interval * (0.5 + self.rng.random())
-        self._next_reap_at = now + c.dead_retention / 4
+        self._next_reap_at = now + c.dead_member_retention / 4
 
     def tick(self, now: float) -> None:
         if not self._started or self.left:
@@ -252,7 +228,7 @@ class Swim:
             self._next_push_pull_at = now + self._push_pull_interval()
         if now >= self._next_reap_at:
             self._reap(now)
-            self._next_reap_at = now + c.dead_retention / 4
+            self._next_reap_at = now + c.dead_member_retention / 4
 
     # --- probing -------------------------------------------------------------------------------
 
@@ -592,5 +568,5 @@ class Swim:
             self._send(self.members[node_id].info.gossip, [])
 
     def _reap(self, now: float) -> None:
-        for node_id in self._table.reap(now, self.config.dead_retention):
+        for node_id in self._table.reap(now, self.config.dead_member_retention):
             self._broadcasts.forget(node_id)

@@ -10,6 +10,7 @@ The package's face: import from `kvs.store`, not from its modules, which may mov
     Change, CommitListener      what a commit tells `Store.listeners`
     Summary                     a record's version without its value (what sync compares)
     StoreError                  the store cannot be opened or used
+    StoreSettings, READER       what a node chose for it; what a read-only tool opens it with
 
 Inside: layout.py (the bytes on disk: the only module that knows them), environment.py
 (opening; the state the parts share), reads.py, writer.py (group commit), transaction.py
@@ -41,6 +42,7 @@ from kvs.store.ops import (
     Unchanged,
     Written,
 )
+from kvs.store.settings import READER, StoreSettings
 from kvs.store.store import Store
 from kvs.store.writer import BATCH_SIZE_BUCKETS, INLINE_TRANSACTION_OPS, MAX_OPS_PER_TRANSACTION
 
@@ -49,6 +51,7 @@ __all__ = [
     "INLINE_TRANSACTION_OPS",
     "MAINTENANCE_BATCH",
     "MAX_OPS_PER_TRANSACTION",
+    "READER",
     "SCHEMA_VERSION",
     "Change",
     "CommitListener",
@@ -63,6 +66,7 @@ __all__ = [
     "ReplacedListener",
     "Store",
     "StoreError",
+    "StoreSettings",
     "Summary",
     "Unchanged",
     "Written",

@@ -19,6 +19,7 @@ from kvs.clock import HybridLogicalClock
 from kvs.model import RecordCodec
 from kvs.store.jobs import WriterJob
 from kvs.store.maintenance import Maintenance
+from kvs.store.settings import StoreSettings
 from kvs.store.writer import BATCH_SIZE_BUCKETS, Writer
 
 
@@ -39,22 +40,20 @@ class Store(Writer, Maintenance):
         *,
         clock: HybridLogicalClock,
         new_uuid: Callable[[], str],
-        map_size: int = 1 << 30,
-        durability: str = "fsync",
-        compression_level: int = 3,
-        history_depth: int = 3,
+        settings: StoreSettings,
         in_thread: bool = True,
         max_pending: int = 65_536,
     ) -> None:
         self.path = Path(path)
-        self._map_size = map_size
+        self.settings = settings
+        self._map_size = settings.lmdb_map_size
         self.clock = clock
         self._new_uuid = new_uuid
-        self.history_depth = history_depth
+        self.history_depth = settings.history_depth
         self._in_thread = in_thread
-        self._sync = durability == "fsync"
-        self._read_codec = RecordCodec(compression_level)
-        self._write_codec = RecordCodec(compression_level)
+        self._sync = settings.durability == "fsync"
+        self._read_codec = RecordCodec(settings.compression_level)
+        self._write_codec = RecordCodec(settings.compression_level)
         self._open_env()
         self._send, self._receive = trio.open_memory_channel[WriterJob](max_pending)
         self.listeners = []

@@ -157,8 +157,8 @@ class Exchanger:
                         await call({"op": "push", "records": raw})
                         result.pushed += len(raw)
                 case Pause():
-                    if self._settings.throttle_delay:
-                        await trio.sleep(self._settings.throttle_delay)
+                    if self._settings.sync_throttle_delay:
+                        await trio.sleep(self._settings.sync_throttle_delay)
 
     async def _apply_fetched(
         self, receive: trio.MemoryReceiveChannel[list[bytes]], result: ExchangeResult
@@ -177,7 +177,7 @@ class Exchanger:
             peer,
             syncing=self._health.syncing,
             failed_before=self._snapshot_failed,
-            min_keys=self._settings.snapshot_min_keys,
+            min_keys=self._settings.sync_snapshot_min_keys,
             our_keys=self._local.tree.size,
         )
 
@@ -193,17 +193,17 @@ class Exchanger:
                 frames,
                 staging,
                 timeout=limits.REQUEST_TIMEOUT,
-                pause=self._settings.throttle_delay,
+                pause=self._settings.sync_throttle_delay,
                 data_format=self._local.data_format,
             )
             if header is None:
                 self._counters["snapshots_refused"] += 1
                 return False
             received = trio.current_time()
-            tree, highest = await snapshot.verify(staging, header, self._settings.max_value_size)
+            tree, highest = await snapshot.verify(staging, header, self._settings.max_json_size)
             checked = trio.current_time()
             lead = hlc_ms(highest) - store.clock.wall_ms()
-            if lead > self._settings.max_future_ms:
+            if lead > limits.MAX_FUTURE_MS:
                 self._counters["refused_future"] += 1
                 raise snapshot.SnapshotError(f"it holds a record written {lead} ms in our future")
 

@@ -94,7 +94,7 @@ class Health:
                 "tombstone_ttl (%.1f hours): deletes it missed may be forgotten by the other "
                 "nodes, so its data could bring deleted keys back. It stops replicating and "
                 "refuses writes (mode 'stale'). Re-bootstrap it: stop it, move its data_dir "
-                "away, and start it again with seed_nodes (README: Replication)",
+                "away, and start it again with seed_nodes (docs/architecture.md: Replication)",
                 hours,
                 self._settings.tombstone_ttl_ms / 3_600_000,
             )

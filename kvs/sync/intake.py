@@ -16,6 +16,7 @@ from collections import Counter
 from kvs.logs import LogLimiter
 from kvs.model import Record, RecordCodec, hlc_ms
 from kvs.store import Merge, Store, Written
+from kvs.sync import limits
 from kvs.sync import protocol as p
 from kvs.sync.limits import SyncSettings
 
@@ -61,7 +62,7 @@ class Intake:
                 self._counters["skipped_old_tombstone"] += 1
                 continue
             lead = written_ms - now
-            if lead > self._settings.max_future_ms:
+            if lead > limits.MAX_FUTURE_MS:
                 self._counters["refused_future"] += 1
                 self._errors.log(
                     logging.WARNING,
@@ -70,7 +71,7 @@ class Intake:
                     "check that node's clock",
                     record.version.origin[:64],
                     lead,
-                    self._settings.max_future_ms,
+                    limits.MAX_FUTURE_MS,
                 )
                 continue
             if lead > self._settings.max_clock_offset_ms:
@@ -86,4 +87,4 @@ class Intake:
         return ops
 
     def check(self, raw: bytes) -> Record:
-        return p.check_record(self.codec, raw, self._settings.max_value_size)
+        return p.check_record(self.codec, raw, self._settings.max_json_size)

@@ -14,24 +14,36 @@ from kvs.net.frames import MAX_FRAME_BYTES
 from kvs.sync import protocol as p
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyncSettings:
-    sync_interval: float = 5.0
-    tombstone_ttl_ms: int = 7 * 86400 * 1000
-    max_value_size: int = 1 << 20
-    max_clock_offset_ms: int = 60_000
-    throttle_delay: float = 0.0  # pause between batches of an exchange (bootstrap pacing)
-    max_connections: int = 64  # inbound sync connections served at once; more are refused
-    max_future_ms: int = 86_400_000
-    """A record from a peer whose HLC is further ahead of our wall clock than this is refused
-    (counted in `refused_future`), not stored: taken, it would drag our clock (and every
-    write after) that far ahead, up to the HLC's ceiling. Peers' clocks a little ahead are
-    normal (max_clock_offset_ms logs them); a day ahead is broken. The refused record comes
-    again with anti-entropy, and is taken once our clock is within reach of it."""
-    # A joiner copies a peer's whole data file (kvs/sync/snapshot.py) when the peer holds at
-    # least this many keys; fewer, or 0, and it takes the records one by one.
-    snapshot_min_keys: int = 10_000
+    """What a node chose (its configuration, `kvs.config.declaration`, documents each one and
+    writes its default); the fixed bounds are the constants below."""
 
+    sync_interval: float
+    tombstone_ttl: float
+    max_json_size: int  # the largest value a peer may send
+    max_clock_offset: float
+    sync_throttle_delay: float  # pause between batches of an exchange (bootstrap pacing)
+    sync_max_connections: int  # inbound sync connections served at once; more are refused
+    sync_snapshot_min_keys: int
+    """A joiner copies a peer's whole data file (kvs/sync/snapshot.py) when the peer holds at
+    least this many keys; fewer, or 0, and it takes the records one by one."""
+
+    @property
+    def tombstone_ttl_ms(self) -> int:
+        return int(self.tombstone_ttl * 1000)
+
+    @property
+    def max_clock_offset_ms(self) -> int:
+        return int(self.max_clock_offset * 1000)
+
+
+MAX_FUTURE_MS = 86_400_000
+"""A record from a peer whose HLC is further ahead of our wall clock than this is refused
+(counted in `refused_future`), not stored: taken, it would drag our clock (and every write
+after) that far ahead, up to the HLC's ceiling. Peers' clocks a little ahead are normal
+(max_clock_offset logs them); a day ahead is broken. The refused record comes again with
+anti-entropy, and is taken once our clock is within reach of it."""
 
 REQUEST_TIMEOUT = 10.0  # a peer must answer each request (and send each frame) within this
 IDLE_TIMEOUT = 120.0  # a server closes a connection on which no request began for this long

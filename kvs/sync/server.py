@@ -59,7 +59,7 @@ class SyncServer:
 
     async def serve(self, stream: trio.abc.Stream, peer: Address) -> None:
         """The transport's handler for one inbound connection."""
-        if self.inbound >= self._settings.max_connections:
+        if self.inbound >= self._settings.sync_max_connections:
             # Closed at once (by the transport, when we return): a flood of connections
             # cannot tie up memory and tasks, and honest peers retry at their next round.
             self._counters["refused_connections"] += 1

@@ -51,7 +51,7 @@ from kvs.clock import HybridLogicalClock
 from kvs.model import RecordCodec
 from kvs.net.frames import FrameStream
 from kvs.net.transport import PEER_IO_ERRORS, expected_error
-from kvs.store import Store
+from kvs.store import READER, Store
 from kvs.store.layout import (
     DATA_FILE,
     SCHEMA_VERSION,
@@ -343,7 +343,7 @@ def check_part(staging: Path, max_value_size: int, part: int, parts: int) -> dic
         staging,
         clock=HybridLogicalClock(lambda: 0),
         new_uuid=lambda: "",
-        durability="os",
+        settings=READER,
         in_thread=False,
     )
     try:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kvs.config import Config, default_config_text
+from kvs.config import Config, default_config_text, render
 from kvs.config import load as load_config
 from kvs.testing.ports import free_ports
 from kvs.testing.procs import (
@@ -27,7 +27,6 @@ from kvs.testing.procs import (
     http_get,
     set_key,
     write_private,
-    yaml_scalar,
 )
 
 
@@ -95,7 +94,7 @@ class NodeCluster:
             if unknown:
                 raise ClusterError(f"this node does not support config key(s) {unknown}")
             for key, value in values.items():
-                text = set_key(text, key, yaml_scalar(value))
+                text = set_key(text, key, render(value))
             path = self.directory / f"{name}.yaml"
             write_private(path, text)
             load_config(path)  # a config the node would refuse is our bug: fail here

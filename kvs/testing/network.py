@@ -21,18 +21,25 @@ import heapq
 import itertools
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Container, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 import trio
 
 from kvs.net.transport import Address
-from kvs.testing.sockets import LOOPBACK_HOSTS, Connection, SimTransport, serve_one
+from kvs.testing.sockets import (
+    LOOPBACK_HOSTS,
+    Connection,
+    HostCounters,
+    HostState,
+    SimTransport,
+    serve_one,
+)
 
 if TYPE_CHECKING:
-    from kvs.testing.sockets import Listener, SimDatagramEndpoint, SimStream
+    from kvs.testing.sockets import SimStream
 
 __all__ = [
     "HostCounters",
@@ -40,9 +47,6 @@ __all__ = [
     "SimNetwork",
     "TraceEvent",
 ]
-
-FIRST_EPHEMERAL_PORT = 49152
-LAST_PORT = 65535
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,24 +68,6 @@ class LinkFaults:
 _FAULT_FIELDS = tuple(f.name for f in fields(LinkFaults))
 
 
-@dataclass(slots=True)
-class HostCounters:
-    """Traffic seen by one host. Datagrams: sent + duplicated == delivered + dropped + in flight,
-    where `dropped` is charged to the sender and `delivered` to the receiver."""
-
-    datagrams_sent: int = 0
-    bytes_sent: int = 0
-    datagrams_duplicated: int = 0  # extra copies the network made of this host's datagrams
-    datagrams_dropped: int = 0  # this host's datagrams (copies) that never reached a queue
-    datagrams_delivered: int = 0  # datagrams put into this host's receive queues
-    bytes_delivered: int = 0
-    receive_overflows: int = 0  # datagrams for this host dropped because a queue was full
-    streams_opened: int = 0  # successful connect_stream calls from this host
-    stream_connect_failures: int = 0
-    stream_bytes_sent: int = 0
-    stream_bytes_delivered: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class TraceEvent:
     """One datagram's fate (or one connect's), for debugging and replay comparison."""
@@ -92,31 +78,6 @@ class TraceEvent:
     dst: Address
     size: int
     outcome: str  # "delivered", "connected", or the drop / failure reason
-
-
-@dataclass(eq=False, slots=True)
-class HostState:
-    """One host of the network: its counters, whether it is up (and which boot), what it
-    has bound, and the cancel scopes a crash cancels."""
-
-    name: str
-    counters: HostCounters = field(default_factory=HostCounters)
-    up: bool = True
-    boot: int = 0
-    next_port: int = FIRST_EPHEMERAL_PORT
-    datagrams: dict[int, SimDatagramEndpoint] = field(default_factory=dict)
-    listeners: dict[int, Listener] = field(default_factory=dict)
-    scopes: list[trio.CancelScope] = field(default_factory=list)
-
-    def allocate_port(self, in_use: Container[int]) -> int:
-        """Deterministic ephemeral ports: count upwards, wrap, skip what is taken."""
-        span = LAST_PORT - FIRST_EPHEMERAL_PORT + 1
-        for _ in range(span):
-            port = self.next_port
-            self.next_port = FIRST_EPHEMERAL_PORT + (port + 1 - FIRST_EPHEMERAL_PORT) % span
-            if port not in in_use:
-                return port
-        raise OSError(errno.EADDRINUSE, f"no free port on {self.name}")
 
 
 class SimNetwork:

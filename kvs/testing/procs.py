@@ -11,7 +11,6 @@ node as a client would. Free ports are in `kvs.testing.ports`.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import socket
@@ -22,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kvs.daemon import tail
+from kvs.private_files import write_private
 
 __all__ = [
     "HOST",
@@ -36,7 +36,6 @@ __all__ = [
     "stop_process",
     "tail",
     "write_private",
-    "yaml_scalar",
 ]
 
 HOST = "127.0.0.1"
@@ -55,32 +54,11 @@ class ProcessError(Exception):
 
 def set_key(text: str, key: str, value: str) -> str:
     """Replace the value of a top-level `key:` line of a config, keeping its comment; append
-    the line when the key is not there. `value` is written as it is (see `yaml_scalar`)."""
+    the line when the key is not there. `value` is written as it is (see `kvs.config.render`)."""
     pattern = re.compile(rf"^{re.escape(key)}:[^\n#]*", re.MULTILINE)
     if not pattern.search(text):
         return text + f"{key}: {value}\n"
     return pattern.sub(lambda _m: f"{key}: {value} ", text, count=1)
-
-
-def yaml_scalar(value: object) -> str:
-    """A Python value as a YAML flow value: booleans, numbers, lists, else a quoted string."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(yaml_scalar(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (configs hold the cluster secret): created 0600
-    under a temporary name, then renamed over `path`, so no reader ever sees half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    tmp.replace(path)
 
 
 # --- processes ----------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import errno
 import math
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
@@ -27,12 +28,9 @@ from kvs.net.transport import (
     expected_error,
 )
 
-if TYPE_CHECKING:
-    from collections.abc import Container
-
-    from kvs.testing.network import HostState, SimNetwork
-
 __all__ = [
+    "HostCounters",
+    "HostState",
     "Connection",
     "Listener",
     "SimDatagramEndpoint",
@@ -44,6 +42,77 @@ __all__ = [
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 DEFAULT_RECEIVE_SIZE = 65536
+
+
+FIRST_EPHEMERAL_PORT = 49152
+LAST_PORT = 65535
+
+
+class Wire(Protocol):
+    """What the endpoints here ask of the network that carries them (kvs.testing.network
+    `SimNetwork`), typed structurally: this module does not import the network's."""
+
+    queue_size: int
+    _connections: dict[int, Connection]
+
+    def _host(self, name: str) -> HostState: ...
+
+    def _schedule(self, at: float, action: Callable[[], None]) -> None: ...
+
+    def _drop(
+        self, sender: HostState, src: Address, dst: Address, size: int, reason: str
+    ) -> None: ...
+
+    def _send_datagram(self, sender: HostState, port: int, data: bytes, to: Address) -> None: ...
+
+    async def _connect(self, client: HostState, boot: int, to: Address) -> SimStream: ...
+
+    def _send_stream(self, end: SimStream, data: bytes) -> None: ...
+
+    def _stream_arrival(self, end: SimStream) -> float: ...
+
+
+@dataclass(slots=True)
+class HostCounters:
+    """Traffic seen by one host. Datagrams: sent + duplicated == delivered + dropped + in flight,
+    where `dropped` is charged to the sender and `delivered` to the receiver."""
+
+    datagrams_sent: int = 0
+    bytes_sent: int = 0
+    datagrams_duplicated: int = 0  # extra copies the network made of this host's datagrams
+    datagrams_dropped: int = 0  # this host's datagrams (copies) that never reached a queue
+    datagrams_delivered: int = 0  # datagrams put into this host's receive queues
+    bytes_delivered: int = 0
+    receive_overflows: int = 0  # datagrams for this host dropped because a queue was full
+    streams_opened: int = 0  # successful connect_stream calls from this host
+    stream_connect_failures: int = 0
+    stream_bytes_sent: int = 0
+    stream_bytes_delivered: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class HostState:
+    """One host of the network: its counters, whether it is up (and which boot), what it
+    has bound, and the cancel scopes a crash cancels."""
+
+    name: str
+    counters: HostCounters = field(default_factory=HostCounters)
+    up: bool = True
+    boot: int = 0
+    next_port: int = FIRST_EPHEMERAL_PORT
+    datagrams: dict[int, SimDatagramEndpoint] = field(default_factory=dict)
+    listeners: dict[int, Listener] = field(default_factory=dict)
+    scopes: list[trio.CancelScope] = field(default_factory=list)
+
+    def allocate_port(self, in_use: Container[int]) -> int:
+        """Deterministic ephemeral ports: count upwards, wrap, skip what is taken."""
+        span = LAST_PORT - FIRST_EPHEMERAL_PORT + 1
+        for _ in range(span):
+            port = self.next_port
+            self.next_port = FIRST_EPHEMERAL_PORT + (port + 1 - FIRST_EPHEMERAL_PORT) % span
+            if port not in in_use:
+                return port
+        raise OSError(errno.EADDRINUSE, f"no free port on {self.name}")
 
 
 @dataclass(eq=False, slots=True)
@@ -58,7 +127,7 @@ class Listener:
 class Connection:
     """One simulated TCP connection: its two ends; severed for good by a partition or crash."""
 
-    net: SimNetwork
+    net: Wire
     id: int
     a_address: Address
     b_address: Address
@@ -191,7 +260,7 @@ class SimDatagramEndpoint:
     raises `trio.ClosedResourceError` unless the task was already cancelled by `host_scope`.
     """
 
-    def __init__(self, net: SimNetwork, host: HostState, port: int) -> None:
+    def __init__(self, net: Wire, host: HostState, port: int) -> None:
         self._net = net
         self._host = host
         self._address: Address = (host.name, port)
@@ -240,7 +309,7 @@ class SimTransport:
     """The `Transport` of one boot of one simulated host. Binding to the host's own name, a
     wildcard or loopback is allowed; loopback destinations mean the host itself."""
 
-    def __init__(self, net: SimNetwork, host: HostState, boot: int) -> None:
+    def __init__(self, net: Wire, host: HostState, boot: int) -> None:
         self._net = net
         self._host = host
         self._boot = boot

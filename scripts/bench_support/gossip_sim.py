@@ -34,10 +34,9 @@ from typing import Any
 
 import trio
 
-from kvs.config import Config
-from kvs.net.membership import suspicion_bound
+from kvs.config import Config, project
 from kvs.net.messages import MemberChanged, State
-from kvs.net.swim import SwimConfig
+from kvs.net.swim_settings import SwimSettings
 from kvs.testing.cluster import SimCluster
 from kvs.testing.harness import run_simulation
 from kvs.testing.network import SimNetwork
@@ -70,14 +69,7 @@ def shipped_membership_config() -> dict[str, float]:
 
 def suspicion_timeouts(n: int) -> tuple[float, float]:
     """(min, max) suspicion timeout at cluster size n under the shipped config, in seconds."""
-    c = shipped_membership_config()
-    swim = SwimConfig(
-        probe_interval=c["probe_interval"],
-        suspicion_mult=int(c["suspicion_mult"]),
-        suspicion_max_timeout_mult=int(c["suspicion_max_timeout_mult"]),
-    )
-    top = suspicion_bound(swim, n)
-    return top / swim.suspicion_max_timeout_mult, top
+    return project(SwimSettings, Config()).suspicion_timeouts(n)
 
 
 @dataclass(frozen=True)

@@ -450,7 +450,8 @@ def build_data_sets(
     import trio
 
     from kvs.clock import HybridLogicalClock, system_wall_ms
-    from kvs.store import Put, Store
+    from kvs.config import Config, project
+    from kvs.store import Put, Store, StoreSettings
     from kvs.sync import protocol
 
     def open_store(path: Path) -> Store:
@@ -458,8 +459,8 @@ def build_data_sets(
             path,
             clock=HybridLogicalClock(system_wall_ms),
             new_uuid=lambda: str(uuid.uuid4()),
-            map_size=16 << 30,
-            durability="os",  # a bulk build: synced once at the end
+            # a bulk build: synced once at the end
+            settings=project(StoreSettings, Config(), lmdb_map_size=16 << 30, durability="os"),
             in_thread=False,
         )
 

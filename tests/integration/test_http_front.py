@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 
 from kvs.api.front import HttpFront
 from kvs.api.listener import HTTP2_REFUSAL, FrontConfig, HttpLimits, HttpStats, serve_http
+from kvs.config import Config
 
 ASGIApp = Any
 
@@ -63,7 +64,7 @@ async def start_server(nursery: trio.Nursery) -> AsyncIterator[Any]:
     async def start(
         app: ASGIApp,
         *,
-        stall_timeout: float = 20.0,
+        stall_timeout: float = Config.http_stall_timeout,
         stats: HttpStats | None = None,
         **limits: Any,
     ) -> tuple[int, trio.Event, trio.Event]:

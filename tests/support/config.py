@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kvs.config import Config
+from kvs.config import Config, project
+from kvs.store import StoreSettings
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
@@ -20,6 +21,12 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
     }
     values.update(overrides)
     return Config(**values)
+
+
+def store_settings(**overrides: Any) -> StoreSettings:
+    """The shipped store settings, with `overrides`, and without fsync (tests do not need it;
+    the process tests cover the real thing)."""
+    return project(StoreSettings, Config(), **{"durability": "os", **overrides})
 
 
 class ManualWallClock:

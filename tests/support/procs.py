@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from kvs.config import render
 from kvs.testing.ports import free_ports
 from kvs.testing.procs import (
     KVS_COMMAND,
@@ -25,7 +26,6 @@ from kvs.testing.procs import (
     ProcessError,
     kill_process,
     set_key,
-    yaml_scalar,
 )
 
 READY_TIMEOUT = 30.0  # generous: a loaded 2-core CI machine can be slow to import the stack
@@ -58,7 +58,7 @@ def set_keys(path: Path, **values: object) -> None:
     Keys not in the file are appended. Values are written as YAML scalars."""
     text = path.read_text(encoding="utf-8")
     for key, value in values.items():
-        text = set_key(text, key, yaml_scalar(value))
+        text = set_key(text, key, render(value))
     path.write_text(text, encoding="utf-8")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import trio
 
 from kvs.clock import HybridLogicalClock
+from kvs.config import Config, project
 from kvs.model import Record, RecordCodec, Version, hlc_pack
 from kvs.net.codec import derive_key
 from kvs.net.frames import FrameStream
@@ -20,7 +21,7 @@ from kvs.store import Merge, Store
 from kvs.sync import SyncService, SyncSettings
 from kvs.sync import protocol as p
 from kvs.testing.memory import MemoryTransport
-from tests.support.config import ManualWallClock
+from tests.support.config import ManualWallClock, store_settings
 
 T0 = 1_700_000_000_000
 SECRET = "sync-test-secret"
@@ -102,9 +103,8 @@ async def open_replica(
         path / name,
         clock=HybridLogicalClock(wall),
         new_uuid=lambda: f"{name}-{next(uuids):08d}",
-        durability="os",
+        settings=store_settings(lmdb_map_size=64 << 20),
         in_thread=False,
-        map_size=64 << 20,
     )
     store.ensure_identity(name, wall())
     rng = random.Random(name)
@@ -114,7 +114,7 @@ async def open_replica(
         transport=transport or MemoryTransport(),
         bind=(name, 1),
         cluster_secret=secret,
-        settings=SyncSettings(**settings),
+        settings=project(SyncSettings, Config(), **settings),
         rng=rng,
         nonce=lambda: rng.randbytes(16),
         live_peers=lambda: [],

@@ -264,7 +264,7 @@ async def test_schedule_takes_a_backup_at_each_midnight_and_applies_retention(tm
     service = BackupService(
         node_id="n1",
         env=lambda: contextlib.nullcontext(env),
-        settings=BackupSettings(True, "0 0 * * *", directory, retention_days=2),
+        settings=BackupSettings(True, "0 0 * * *", directory, backup_retention=2),
         now=wall,
         sleep=wall.sleep,
     )

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from kvs.backup_service import BackupSettings
 from kvs.config import (
     Config,
     ConfigError,
+    declared,
     default_config_text,
     from_mapping,
     load,
     parse_size,
+    project,
+    settings_table,
     write_default,
 )
+from kvs.net.swim_settings import SwimSettings
+from kvs.store import StoreSettings
+from kvs.sync import SyncSettings
 
 BASE = {"node_id": "node-1"}
 
@@ -608,3 +617,63 @@ def test_data_path_resolves_relative_to_the_config_file(
     # without a file it is relative to the working directory
     monkeypatch.chdir(elsewhere)
     assert config_with(data_dir="d").data_path == (elsewhere / "d").resolve()
+
+
+# --- the declaration: one source for the validator, the file, the docs and the parts -----------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+def test_the_table_in_the_docs_is_the_declarations() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    begin, end = "<!-- settings:begin -->\n", "<!-- settings:end -->"
+    assert begin in text and end in text
+    shown = text.split(begin, 1)[1].split(end, 1)[0]
+    assert shown == settings_table(), (
+        "docs/configuration.md is out of date: run .venv/bin/python scripts/config_docs.py"
+    )
+
+
+def test_every_setting_has_a_row_a_line_in_the_file_and_a_valid_default() -> None:
+    table, text = settings_table(), default_config_text()
+    for f, declared_as in declared():
+        assert f"| `{f.name}` |" in table
+        assert f"\n{f.name}: " in text or f"\n# {f.name}: " in text, f.name
+        assert declared_as.doc and declared_as.rule.accepts
+        default = getattr(Config(), f.name)
+        if f.name not in ("node_id", "advertise_address"):  # required / derived when empty
+            assert declared_as.rule(default) == default, f.name
+
+
+@pytest.mark.parametrize("part", [SwimSettings, SyncSettings, StoreSettings, BackupSettings])
+def test_each_part_takes_its_settings_from_the_declaration_with_no_defaults_of_its_own(
+    part: type,
+) -> None:
+    names = {f.name for f, _ in declared()}
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(part):
+        assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, (
+            f"{part.__name__}.{f.name} has a default of its own"
+        )
+        if f.name == "backup_dir":  # derived: backup_path resolved against the config file
+            continue
+        assert f.name in names, f"{part.__name__}.{f.name} is not a declared setting"
+        assert typing.get_type_hints(part)[f.name] == hints[f.name], f.name
+    config = from_mapping({**BASE, "probe_interval": "2s", "sync_interval": "7s"})
+    derived = {"backup_dir": config.backup_dir} if part is BackupSettings else {}
+    built = project(part, config, **derived)
+    for f in dataclasses.fields(part):
+        if f.name != "backup_dir":
+            assert getattr(built, f.name) == getattr(config, f.name)
+
+
+def test_the_generated_file_writes_durations_and_sizes_as_people_do() -> None:
+    text = default_config_text()
+    for line in ("probe_interval: 500ms", "tombstone_ttl: 7d", "lmdb_map_size: 1GiB"):
+        assert f"\n{line}\n" in text
+    assert '\nbackup_schedule: "0 0 * * *"\n' in text
+    # a node id or secret YAML would read as something else is quoted
+    assert (
+        yaml.safe_load(default_config_text(node_id="123", cluster_secret="true"))["node_id"]
+        == "123"
+    )

@@ -13,7 +13,8 @@ import trio
 from kvs.clock import HybridLogicalClock
 from kvs.conflict import ConflictError, explain, write_conflicts
 from kvs.model import Record, Version, resolve
-from kvs.store import Put, Store
+from kvs.store import READER, Put, Store
+from tests.support.config import store_settings
 
 
 def v(hlc: int, joined: int, origin: str, uid: str) -> Version:
@@ -47,7 +48,13 @@ def make_store(path: Path, node_id: str, joined: int, keys: dict[str, int]) -> N
     async def main() -> None:
         wall = [joined]
         clock = HybridLogicalClock(lambda: wall[0])
-        store = Store(path, clock=clock, new_uuid=lambda: str(uuid.uuid4()), in_thread=False)
+        store = Store(
+            path,
+            clock=clock,
+            new_uuid=lambda: str(uuid.uuid4()),
+            settings=store_settings(),
+            in_thread=False,
+        )
         store.ensure_identity(node_id, joined)
         async with trio.open_nursery() as nursery:
             await nursery.start(store.writer)
@@ -61,7 +68,9 @@ def make_store(path: Path, node_id: str, joined: int, keys: dict[str, int]) -> N
 
 
 def read(path: Path, key: str) -> Record | None:
-    store = Store(path, clock=HybridLogicalClock(), new_uuid=lambda: "x", in_thread=False)
+    store = Store(
+        path, clock=HybridLogicalClock(), new_uuid=lambda: "x", settings=READER, in_thread=False
+    )
     try:
         return store.get(key)
     finally:
@@ -93,7 +102,12 @@ def test_write_conflicts_refuses_dirs_it_cannot_use(tmp_path: Path) -> None:
     with pytest.raises(ConflictError, match="no data.mdb"):
         write_conflicts(tmp_path / "a", tmp_path / "empty", ["k"])
     # A store that was never a node's (no identity) is refused, and left without one.
-    Store(tmp_path / "bare", clock=HybridLogicalClock(), new_uuid=lambda: "x").close()
+    Store(
+        tmp_path / "bare",
+        clock=HybridLogicalClock(),
+        new_uuid=lambda: "x",
+        settings=store_settings(),
+    ).close()
     with pytest.raises(ConflictError, match="no node identity"):
         write_conflicts(tmp_path / "a", tmp_path / "bare", ["k"])
     assert read(tmp_path / "a", "k") is None  # nothing written on either side

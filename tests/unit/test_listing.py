@@ -18,7 +18,7 @@ from kvs.clock import HybridLogicalClock
 from kvs.listing import Child, TreeNode, list_children, list_tree, nest
 from kvs.model import Record
 from kvs.store import Delete, Put, Store
-from tests.support.config import ManualWallClock
+from tests.support.config import ManualWallClock, store_settings
 
 T0 = 1_700_000_000_000
 NOW = T0 + 1000  # listings are taken at this time: "expired" keys are gone, "ttl" keys are not
@@ -38,7 +38,7 @@ def build_store(path: Path, key_states: dict[str, str], *, in_thread: bool = Fal
         path,
         clock=HybridLogicalClock(ManualWallClock(T0)),
         new_uuid=lambda: f"uuid-{next(counter)}",
-        durability="os",
+        settings=store_settings(),
         in_thread=in_thread,
     )
     store.ensure_identity("node-a", T0)

@@ -18,11 +18,12 @@ import msgpack
 import pytest
 import trio
 
+from kvs.config import Config, project
 from kvs.net.codec import TAG_BYTES, derive_key
 from kvs.net.datagrams import DatagramCodec
 from kvs.net.membership import MAX_PUSH_PULL_CONNECTIONS, Membership
 from kvs.net.messages import MAX_INCARNATION, Ack, Alive, MemberInfo, Ping, Suspect
-from kvs.net.swim import SwimConfig
+from kvs.net.swim_settings import SwimSettings
 from kvs.net.transport import RealTransport, expected_error
 from kvs.node import Node
 from kvs.testing.ports import free_ports
@@ -100,7 +101,7 @@ async def start_membership(
     rng = random.Random(name)
     membership = Membership(
         me=me(name, port),
-        config=SwimConfig(),
+        config=project(SwimSettings, Config()),
         transport=RealTransport(),
         bind=("127.0.0.1", port),
         cluster_secret=SECRET,

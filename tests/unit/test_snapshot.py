@@ -36,7 +36,7 @@ async def test_a_joiner_takes_a_snapshot_keeps_its_identity_and_what_it_had(
     transport = MemoryTransport()
     async with (
         open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
-        open_replica(tmp_path, name="b", transport=transport, snapshot_min_keys=100) as b,
+        open_replica(tmp_path, name="b", transport=transport, sync_snapshot_min_keys=100) as b,
     ):
         await fill(a, 500)
         await a.store.write([Put("k/00001", b'"newer"', None)])  # history and a tombstone too
@@ -76,7 +76,7 @@ async def test_small_data_sets_and_peers_of_another_format_are_taken_by_records(
     transport = MemoryTransport()
     async with (
         open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
-        open_replica(tmp_path, name="b", transport=transport, snapshot_min_keys=1000) as b,
+        open_replica(tmp_path, name="b", transport=transport, sync_snapshot_min_keys=1000) as b,
     ):
         await fill(a, 300)
         b.worker.syncing = True
@@ -85,7 +85,9 @@ async def test_small_data_sets_and_peers_of_another_format_are_taken_by_records(
 
     async with (
         open_replica(tmp_path, name="c", transport=transport, serve=True) as c,
-        open_replica(tmp_path, name="d", transport=transport, serve=True, snapshot_min_keys=1) as d,
+        open_replica(
+            tmp_path, name="d", transport=transport, serve=True, sync_snapshot_min_keys=1
+        ) as d,
     ):
         await fill(c, 300)
         d.worker.syncing = True
@@ -118,7 +120,7 @@ async def test_a_copy_that_does_not_match_the_peers_root_is_discarded_for_record
     transport = MemoryTransport()
     async with (
         open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
-        open_replica(tmp_path, name="b", transport=transport, snapshot_min_keys=1) as b,
+        open_replica(tmp_path, name="b", transport=transport, sync_snapshot_min_keys=1) as b,
     ):
         await fill(a, 200)
         tree = a.worker.tree
@@ -137,7 +139,7 @@ async def test_a_copy_holding_an_invalid_record_is_refused(tmp_path: Path) -> No
     transport = MemoryTransport()
     async with (
         open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
-        open_replica(tmp_path, name="b", transport=transport, snapshot_min_keys=1) as b,
+        open_replica(tmp_path, name="b", transport=transport, sync_snapshot_min_keys=1) as b,
     ):
         await fill(a, 50)
         # Written behind the store's back: a key the API would refuse ("a//b"), and its

@@ -31,7 +31,7 @@ from kvs.store import (
     Written,
 )
 from kvs.sync import protocol
-from tests.support.config import ManualWallClock
+from tests.support.config import ManualWallClock, store_settings
 
 T0 = 1_700_000_000_000
 
@@ -62,9 +62,8 @@ class Stores:
             self.tmp_path / name,
             clock=clock or HybridLogicalClock(self.wall),
             new_uuid=self.new_uuid,
-            durability="os",
+            settings=store_settings(**kwargs),
             in_thread=in_thread,
-            **kwargs,
         )
         store.ensure_identity(node_id, store.clock.wall_ms())
         scope = trio.CancelScope()
@@ -343,7 +342,7 @@ async def test_a_failed_op_is_reported_and_the_writer_keeps_serving(store: Store
 
 
 async def test_history_keeps_depth_previous_versions_newest_first(stores: Stores) -> None:
-    store = await stores.open(history_depth=3)
+    store = await stores.open(revision_history_depth=3)
     records = [await put(store, "a", b"%d" % i) for i in range(6)]
     assert store.history("a") == [records[4], records[3], records[2]]
     assert store.history("a", limit=1) == [records[4]]
@@ -352,7 +351,7 @@ async def test_history_keeps_depth_previous_versions_newest_first(stores: Stores
 
 
 async def test_history_includes_tombstones(stores: Stores) -> None:
-    store = await stores.open(history_depth=3)
+    store = await stores.open(revision_history_depth=3)
     first = await put(store, "a", b"1")
     tomb = await delete(store, "a")
     again = await put(store, "a", b"2")
@@ -364,7 +363,7 @@ async def test_history_includes_tombstones(stores: Stores) -> None:
 
 
 async def test_history_does_not_mix_keys_that_share_a_prefix(stores: Stores) -> None:
-    store = await stores.open(history_depth=5)
+    store = await stores.open(revision_history_depth=5)
     keys = ["a", "a!", "a/b", "a/b/c", "ab", "a\u00e9", "b", "0"]
     written: dict[str, list[Record]] = {k: [] for k in keys}
     for round_ in range(3):
@@ -385,17 +384,17 @@ async def test_history_limit_zero_is_empty(store: Store) -> None:
 async def test_a_smaller_history_depth_after_restart_trims_on_the_next_write(
     stores: Stores,
 ) -> None:
-    store = await stores.open(history_depth=5)
+    store = await stores.open(revision_history_depth=5)
     records = [await put(store, "a", b"%d" % i) for i in range(6)]
     await put(store, "b")
     await put(store, "b", b"2")
     assert len(store.history("a")) == 5
     await stores.close(store)
-    store = await stores.open(history_depth=2)
+    store = await stores.open(revision_history_depth=2)
     latest = await put(store, "a", b"new")
     assert store.history("a") == [records[5], records[4]]
     await stores.close(store)
-    store = await stores.open(history_depth=0)
+    store = await stores.open(revision_history_depth=0)
     await put(store, "a", b"newer")
     assert store.history("a") == []
     assert store.history("b") != []  # untouched keys keep theirs until written
@@ -403,7 +402,7 @@ async def test_a_smaller_history_depth_after_restart_trims_on_the_next_write(
 
 
 async def test_history_depth_zero_keeps_none(stores: Stores) -> None:
-    store = await stores.open(history_depth=0)
+    store = await stores.open(revision_history_depth=0)
     for i in range(4):
         await put(store, "a", b"%d" % i)
     await delete(store, "a")
@@ -744,28 +743,30 @@ async def test_data_survives_reopen(stores: Stores) -> None:
 
 def test_wrong_schema_version_is_refused(tmp_path: Path, wall: ManualWallClock) -> None:
     path = tmp_path / "db"
-    Store(path, clock=HybridLogicalClock(wall), new_uuid=str, durability="os").close()
+    Store(path, clock=HybridLogicalClock(wall), new_uuid=str, settings=store_settings()).close()
     env = lmdb.open(str(path), max_dbs=8)
     system = env.open_db(b"system")
     with env.begin(write=True, db=system) as txn:
         txn.put(b"schema", msgpack.packb(99))
     env.close()
     with pytest.raises(StoreError, match="schema version 99"):
-        Store(path, clock=HybridLogicalClock(wall), new_uuid=str, durability="os")
+        Store(path, clock=HybridLogicalClock(wall), new_uuid=str, settings=store_settings())
 
 
 def test_an_unusable_path_is_a_store_error(tmp_path: Path, wall: ManualWallClock) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="cannot open"):
-        Store(blocker / "db", clock=HybridLogicalClock(wall), new_uuid=str)
+        Store(
+            blocker / "db", clock=HybridLogicalClock(wall), new_uuid=str, settings=store_settings()
+        )
 
 
 # --- map growth ---------------------------------------------------------------------------------
 
 
 async def test_a_full_map_grows_and_no_write_fails(stores: Stores) -> None:
-    store = await stores.open(map_size=1 << 20)
+    store = await stores.open(lmdb_map_size=1 << 20)
     rng = random.Random(3)
     values = {f"blob/{i}": rng.randbytes(100_000) for i in range(40)}  # ~4 MB, incompressible
     results: dict[str, Outcome] = {}

@@ -195,7 +195,7 @@ async def test_a_hostile_snapshot_fails_the_joiners_exchange_not_the_joiner(
     with trio.fail_after(DEADLINE):
         async with (
             open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
-            open_replica(tmp_path, name="b", transport=transport, snapshot_min_keys=1) as b,
+            open_replica(tmp_path, name="b", transport=transport, sync_snapshot_min_keys=1) as b,
         ):
             await a.merge(record("k"), record("k2", uid="2"))
 

@@ -282,7 +282,7 @@ BAD_RECORDS = {
 
 @pytest.mark.parametrize("raw", BAD_RECORDS.values(), ids=list(BAD_RECORDS))
 async def test_accept_refuses_a_bad_record_and_writes_nothing(tmp_path: Path, raw: bytes) -> None:
-    async with open_replica(tmp_path, max_value_size=MAX_VALUE) as replica:
+    async with open_replica(tmp_path, max_json_size=MAX_VALUE) as replica:
         good = encode(record("good"))
         with pytest.raises(p.ProtocolError) as caught:
             await replica.worker.accept([good, raw, good])  # the good ones are not taken either
@@ -291,7 +291,7 @@ async def test_accept_refuses_a_bad_record_and_writes_nothing(tmp_path: Path, ra
 
 
 async def test_accept_takes_values_up_to_the_size_limit(tmp_path: Path) -> None:
-    async with open_replica(tmp_path, max_value_size=MAX_VALUE) as replica:
+    async with open_replica(tmp_path, max_json_size=MAX_VALUE) as replica:
         at_limit = b'"' + b"x" * (MAX_VALUE - 2) + b'"'
         big = record("big", at_limit)
         packed = with_fields(key="packed", value=compressed_value(MAX_VALUE), compressed=True)
@@ -376,7 +376,7 @@ async def test_accept_takes_an_expired_record_as_its_tombstone(tmp_path: Path) -
 
 async def test_accept_skips_tombstones_older_than_tombstone_ttl(tmp_path: Path) -> None:
     wall = ManualWallClock(T0 + 100_000)
-    async with open_replica(tmp_path, wall=wall, tombstone_ttl_ms=50_000) as replica:
+    async with open_replica(tmp_path, wall=wall, tombstone_ttl=50.0) as replica:
         old = record("old", None, ms=T0 + 49_000)
         young = record("young", None, ms=T0 + 51_000)
         old_expiry = record("old-ttl", b"1", ms=T0 + 10_000, expires_at=T0 + 20_000)
@@ -388,7 +388,7 @@ async def test_accept_skips_tombstones_older_than_tombstone_ttl(tmp_path: Path) 
 async def test_accept_counts_a_peer_far_in_the_future_but_still_takes_its_records(
     tmp_path: Path,
 ) -> None:
-    async with open_replica(tmp_path, max_clock_offset_ms=60_000) as replica:
+    async with open_replica(tmp_path, max_clock_offset=60.0) as replica:
         future = record("k", b'"future"', ms=T0 + 3_600_000)
         assert await replica.worker.accept([encode(future)]) == 1
         assert replica.worker.counters["clock_offset_exceeded"] == 1
@@ -662,7 +662,7 @@ async def test_replies_are_cut_to_fit_a_frame_and_say_how_much_they_cover(
     tmp_path: Path,
 ) -> None:
     """Values up to the size limit: a fetch of many must not build a frame over the limit."""
-    async with open_replica(tmp_path, max_value_size=2 << 20) as replica:
+    async with open_replica(tmp_path, max_json_size=2 << 20) as replica:
         # 40 values of 1 MiB (hex: about 512 kB each once compressed), ~20 MB in all.
         values = [
             b'"' + random.Random(i).randbytes(1 << 19).hex().encode() + b'"' for i in range(40)

@@ -106,7 +106,7 @@ async def test_a_bootstrap_is_streamed_in_paced_batches_taking_empty_leaves_whol
     transport = MemoryTransport()
     async with (
         open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
-        open_replica(tmp_path, name="b", transport=transport, throttle_delay=2.0) as b,
+        open_replica(tmp_path, name="b", transport=transport, sync_throttle_delay=2.0) as b,
     ):
         await fill(a, 3000)  # ~3,000 differing leaves: 3 batches of 1,024
         requests: list[tuple[str, int]] = []
@@ -166,9 +166,9 @@ async def test_a_leaf_too_big_for_one_frame_is_listed_and_fetched_instead(
     transport = MemoryTransport()
     async with (
         open_replica(
-            tmp_path, name="a", transport=transport, serve=True, max_value_size=2 << 20
+            tmp_path, name="a", transport=transport, serve=True, max_json_size=2 << 20
         ) as a,
-        open_replica(tmp_path, name="b", transport=transport, max_value_size=2 << 20) as b,
+        open_replica(tmp_path, name="b", transport=transport, max_json_size=2 << 20) as b,
     ):
         tree = MerkleTree()
         candidates = (f"big/{i}" for i in itertools.count())
@@ -212,7 +212,7 @@ async def test_inbound_connections_beyond_the_limit_are_refused_and_counted(
 ) -> None:
     transport = MemoryTransport()
     async with open_replica(
-        tmp_path, name="a", transport=transport, serve=True, max_connections=2
+        tmp_path, name="a", transport=transport, serve=True, sync_max_connections=2
     ) as a:
         await a.merge(record("k"))
         first, second = await session(transport), await session(transport)
@@ -364,7 +364,7 @@ async def test_a_node_out_of_touch_longer_than_tombstone_ttl_goes_stale_and_serv
 ) -> None:
     transport = MemoryTransport()
     async with (
-        open_replica(tmp_path, name="a", transport=transport, tombstone_ttl_ms=DAY_MS) as a,
+        open_replica(tmp_path, name="a", transport=transport, tombstone_ttl=DAY_MS / 1000) as a,
         open_replica(tmp_path, name="b", transport=transport, serve=True) as b,
     ):
         await fill(a, 20)
@@ -398,7 +398,7 @@ async def test_a_running_node_cut_off_longer_than_tombstone_ttl_goes_stale_on_re
 ) -> None:
     transport = MemoryTransport()
     async with (
-        open_replica(tmp_path, name="a", transport=transport, tombstone_ttl_ms=DAY_MS) as a,
+        open_replica(tmp_path, name="a", transport=transport, tombstone_ttl=DAY_MS / 1000) as a,
         open_replica(tmp_path, name="b", transport=transport, serve=True),
     ):
         peers: list[tuple[str, tuple[str, int]]] = [("b", B)]
@@ -424,7 +424,7 @@ async def test_a_running_node_cut_off_longer_than_tombstone_ttl_goes_stale_on_re
 async def test_a_node_alone_in_its_cluster_does_not_go_stale(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with open_replica(tmp_path, name="a", tombstone_ttl_ms=DAY_MS) as a:
+    async with open_replica(tmp_path, name="a", tombstone_ttl=DAY_MS / 1000) as a:
         async with trio.open_nursery() as nursery:
             await nursery.start(a.worker.run)
             for _ in range(3):

@@ -35,7 +35,7 @@ async def put(node: Node, *keys: str) -> None:
 
 
 async def test_hub_delivers_changes_under_the_prefix_only(node: Node) -> None:
-    hub = WatchHub(node.store)
+    hub = WatchHub(node.store, buffer=node.config.watch_buffer)
     watcher = hub.subscribe("home/room")
     everything = hub.subscribe("")
     await put(node, "home/room", "home/room/socks", "home/roomy", "office/desk")
@@ -51,7 +51,7 @@ async def test_hub_delivers_changes_under_the_prefix_only(node: Node) -> None:
 async def test_replay_then_live_without_gap_or_duplicate(node: Node) -> None:
     """A resumed watcher gets each change once: replayed ones from the time index, later
     ones live -- including changes committed while the replay is under way."""
-    hub = WatchHub(node.store)
+    hub = WatchHub(node.store, buffer=node.config.watch_buffer)
     await put(node, *(f"k/{i:03}" for i in range(600)))  # more than two replay chunks
     last = node.store.get("k/009")
     assert last is not None
@@ -75,7 +75,7 @@ async def test_replay_then_live_without_gap_or_duplicate(node: Node) -> None:
 async def test_a_version_read_during_a_commit_is_not_sent_twice(node: Node) -> None:
     """The replay may read a batch that is committed but not yet announced (the writer is
     between its commit and its listeners): its announcement must not repeat it."""
-    hub = WatchHub(node.store)
+    hub = WatchHub(node.store, buffer=node.config.watch_buffer)
     await put(node, "a/1")
     watcher = hub.subscribe("a")
     node.store.publishing = True  # as the writer leaves it while a batch is in flight
