@@ -15,7 +15,7 @@ from kvs.api import guard
 from kvs.api.bodies import iter_batch_ops
 from kvs.api.errors import ApiError, raw_json_response
 from kvs.api.requests import parse_ttl, read_body
-from kvs.auth.permissions import DELETE, DELETE_SCOPE, WRITE, WRITE_SCOPE, Principal
+from kvs.auth.permissions import DELETE_SCOPE, WRITE_SCOPE, Principal
 from kvs.model import InvalidKey, canonical_json, validate_key
 from kvs.store import Delete, Put, Written
 
@@ -76,17 +76,11 @@ async def batch(node: NodeView) -> Response:
 def _authorize(node: NodeView, index: int, op: Put | Delete, principal: Principal) -> Put | Delete:
     """Scope and permission bits for one batch op; a new key gets the caller as owner."""
     try:
-        current = node.store.get_live(op.key)
         if isinstance(op, Delete):
-            guard.require_scope(node, principal, DELETE_SCOPE)
-            if current is not None:
-                guard.require_bit(node, principal, current, DELETE)
+            guard.require_may_delete(node, principal, op.key)
             return op
         guard.require_scope(node, principal, WRITE_SCOPE)
-        if current is not None:
-            guard.require_bit(node, principal, current, WRITE)
-        else:
-            guard.require_create(node, principal, op.key)
+        guard.require_may_put(node, principal, op.key)
     except ApiError as exc:
         raise ApiError(exc.status, f"op {index}: {exc.message}", exc.headers, index=index) from None
     owner, group = guard.new_key_owner(node, principal)

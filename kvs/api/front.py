@@ -16,11 +16,10 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import h11
 import orjson
 import trio
 
-from kvs.api.listener import HttpStats
+from kvs.api.listener import CLIENT_GONE, HttpStats
 from kvs.config import Config
 from kvs.memory import release_free_memory
 
@@ -33,14 +32,6 @@ ASGIApp = Callable[[dict[str, Any], ASGIReceive, ASGISend], Awaitable[None]]
 FINAL_SEND_GRACE = 5.0
 # A request that held at least this much body memory hands what it freed back to the system.
 TRIM_AFTER = 1024 * 1024
-# What Hypercorn's send raises when the client broke or left the connection meanwhile.
-CLIENT_GONE = (
-    h11.ProtocolError,
-    OSError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio.BusyResourceError,
-)  # bound on the shielded last send of a response (see HttpFront)
 
 
 class HttpFront:

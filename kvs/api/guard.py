@@ -11,7 +11,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvs.api.errors import ApiError
-from kvs.auth.permissions import BIT_NAMES, CREATE, Principal, may_read
+from kvs.auth.permissions import (
+    BIT_NAMES,
+    CREATE,
+    DELETE,
+    DELETE_SCOPE,
+    WRITE,
+    Principal,
+    may_read,
+)
 from kvs.auth.service import AuthError
 from kvs.model import Record
 
@@ -117,6 +125,27 @@ def require_create(node: NodeView, principal: Principal, key: str) -> None:
         parent = nearest_ancestor(node, key)
         if parent is not None:
             require_bit(node, principal, parent, CREATE)
+
+
+def require_may_put(node: NodeView, principal: Principal, key: str) -> None:
+    """The rule for writing a key (the `write` scope checked before): Write on the key when
+    it exists, else Create on its nearest existing ancestor."""
+    if node.auth.enabled:
+        current = node.store.get_live(key)
+        if current is not None:
+            require_bit(node, principal, current, WRITE)
+        else:
+            require_create(node, principal, key)
+
+
+def require_may_delete(node: NodeView, principal: Principal, key: str) -> None:
+    """The rule for deleting a key: the `delete` scope (which anonymous callers never hold),
+    and Delete on the key when it exists."""
+    if node.auth.enabled:
+        require_scope(node, principal, DELETE_SCOPE)
+        current = node.store.get_live(key)
+        if current is not None:
+            require_bit(node, principal, current, DELETE)
 
 
 def new_key_owner(node: NodeView, principal: Principal) -> tuple[str, str]:

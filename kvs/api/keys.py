@@ -23,17 +23,14 @@ from kvs.api.guard import (
     new_key_owner,
     read_live,
     readable_by,
-    require_bit,
-    require_create,
+    require_may_delete,
+    require_may_put,
     require_scope,
     require_writable,
 )
 from kvs.api.requests import TTL_HEADER, check_key, etag_value, parse_ttl
 from kvs.auth.permissions import (
-    DELETE,
-    DELETE_SCOPE,
     READ_SCOPE,
-    WRITE,
     WRITE_SCOPE,
     Principal,
 )
@@ -127,12 +124,7 @@ class KeyRoutes:
         body = await _read_body(scope, receive, node.config.max_json_size)
         parse_json_document(body)
         expires_at = node.clock.wall_ms() + int(ttl * 1000) if ttl else None
-        if node.auth.enabled:
-            current = node.store.get_live(key)
-            if current is not None:
-                require_bit(node, principal, current, WRITE)
-            else:
-                require_create(node, principal, key)
+        require_may_put(node, principal, key)
         owner, group = new_key_owner(node, principal)
         (outcome,) = await node.store.write([Put(key, body, expires_at, if_match, owner, group)])
         if isinstance(outcome, Conflict):
@@ -161,12 +153,7 @@ class KeyRoutes:
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         node = self.node
         require_writable(node)
-        if node.auth.enabled:
-            # Anonymous callers never hold `delete`: deleting always needs a token (Go KVS).
-            require_scope(node, principal, DELETE_SCOPE)
-            current = node.store.get_live(key)
-            if current is not None:
-                require_bit(node, principal, current, DELETE)
+        require_may_delete(node, principal, key)  # always a token's, as in the Go KVS
         (outcome,) = await node.store.write([Delete(key)])
         if isinstance(outcome, NotFound):
             raise ApiError(404, "key not found", key=key)

@@ -64,15 +64,16 @@ MAX_RECV = 64 * 1024
 LINGER = 2.0  # a closing connection reads (and drops) what the client still sends this long
 # Accepting fails this way when the process or the machine is out of a resource; it passes.
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-# The connection's peer broke it: not a bug here, not worth a log line.
-_PEER_ERRORS = (
+CLIENT_GONE = (
+    h11.ProtocolError,
     OSError,
     trio.BrokenResourceError,
     trio.ClosedResourceError,
     trio.BusyResourceError,
-    trio.TooSlowError,
-    h11.ProtocolError,
 )
+"""What a send or receive raises when the client broke or left the connection meanwhile: not
+a bug here, not worth a log line."""
+_PEER_ERRORS = (*CLIENT_GONE, trio.TooSlowError)  # ... or it was too slow
 # HTTP/2 frames (RFC 9113 §6.5, §6.8): an empty SETTINGS (the server's preface), then GOAWAY
 # with last-stream-id 0 and error code HTTP_1_1_REQUIRED (0xd).
 HTTP2_REFUSAL = bytes.fromhex("000000040000000000") + bytes.fromhex(

@@ -283,13 +283,17 @@ class Summary:
     expires_at: int | None
 
 
+def summary_fields(of: Record | Summary) -> list[Any]:
+    """A version summary as a list: [key, hlc, origin_joined, origin, uuid, deleted,
+    expires_at]. The bucket index stores it (msgpack) and the sync protocol sends it."""
+    v = of.version
+    return [of.key, v.hlc, v.origin_joined, v.origin, v.uuid, of.deleted, of.expires_at]
+
+
 def pack_summary(record: Record, pack: Callable[[Any], bytes] = msgpack.packb) -> bytes:
-    """The bucket index's value for `record`: msgpack [key, hlc, origin_joined, origin, uuid,
-    deleted, expires_at]. `pack` may be a reused Packer's (the bytes are the same)."""
-    v = record.version
-    return pack(
-        [record.key, v.hlc, v.origin_joined, v.origin, v.uuid, record.deleted, record.expires_at]
-    )
+    """The bucket index's value for `record`. `pack` may be a reused Packer's (the bytes are
+    the same)."""
+    return pack(summary_fields(record))
 
 
 def unpack_summary(raw: bytes) -> Summary:

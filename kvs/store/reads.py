@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from kvs.model import SYSTEM_PREFIX, Record
 from kvs.store.environment import Environment
 from kvs.store.layout import (
+    BUCKETS,
+    RECORDS,
     Summary,
     bucket_of,
     bucket_record_key,
@@ -189,16 +191,16 @@ class Reads(Environment):
 
     def iter_summaries(self, chunk: int = 4096) -> Iterator[Summary]:
         """All summaries, a short read transaction per chunk (for rebuilding the Merkle tree)."""
-        for _, raw in self.iter_raw_items("buckets", chunk):
+        for _, raw in self.iter_raw_items(BUCKETS, chunk):
             yield unpack_summary(raw)
 
     def iter_raw_items(
-        self, db_name: str = "records", chunk: int = 4096
+        self, db_name: bytes = RECORDS, chunk: int = 4096
     ) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) of one database as stored: records by storage key, or
-        (`"buckets"`) summaries by bucket key; a short read transaction per chunk (for
+        (`layout.BUCKETS`) summaries by bucket key; a short read transaction per chunk (for
         checking a snapshot from a peer, rebuilding the Merkle tree)."""
-        db = {"records": self._records, "buckets": self._buckets}[db_name]
+        db = {RECORDS: self._records, BUCKETS: self._buckets}[db_name]
         position = b""
         while True:
             batch: list[tuple[bytes, bytes]] = []

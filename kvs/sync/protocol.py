@@ -40,6 +40,7 @@ import orjson
 
 from kvs.model import MAX_KEY_BYTES, InvalidKey, Record, RecordCodec, Version, validate_key
 from kvs.store import Summary
+from kvs.store.layout import summary_fields
 
 MAX_NODES_PER_REQUEST = 4096
 MAX_LEAVES_PER_REQUEST = 1024
@@ -143,9 +144,7 @@ def decode_count(reply: Any, requested: int, *, at_least: int = 1) -> int:
     return _int(count, min(at_least, requested), requested)
 
 
-def encode_summary(s: Summary) -> list[Any]:
-    v = s.version
-    return [s.key, v.hlc, v.origin_joined, v.origin, v.uuid, s.deleted, s.expires_at]
+encode_summary = summary_fields  # on the wire as in the bucket index (kvs/store/layout.py)
 
 
 def decode_summaries(reply: Any, limit: int) -> list[Summary]:

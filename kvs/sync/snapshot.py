@@ -53,6 +53,7 @@ from kvs.net.frames import FrameStream
 from kvs.net.transport import PEER_IO_ERRORS, expected_error
 from kvs.store import READER, Store
 from kvs.store.layout import (
+    BUCKETS,
     DATA_FILE,
     SCHEMA_VERSION,
     index_entries,
@@ -382,7 +383,7 @@ def _check_contents(store: Store, max_value_size: int, part: int, parts: int) ->
         counts[leaf] += 1
         highest = max(highest, v.hlc)
         expected = (expected + hash((bucket_key, summary))) & _MASK
-    for index, (bucket_key, summary) in enumerate(store.iter_raw_items("buckets")):
+    for index, (bucket_key, summary) in enumerate(store.iter_raw_items(BUCKETS)):
         if index % _CHECK_CHUNK == 0:
             store.release_mapped_pages()
         if index % parts == part:
