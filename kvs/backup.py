@@ -37,6 +37,8 @@ from typing import BinaryIO
 import lmdb
 import zstandard
 
+from kvs.audit import AUDIT_DIR
+from kvs.private_files import open_private, secure_dir
 from kvs.store.layout import (
     DATA_FILE,
     IDENTITY,
@@ -55,6 +57,9 @@ CHUNK = 1 << 20
 SUFFIX = ".kvsbak"
 COMPRESSION_LEVEL = 3
 BACKUP_NICE = 10  # the backup threads' CPU priority, below the node's own threads
+ROOT_TOKEN_FILE = "root.token"  # <data_dir>/root.token (kvs/node.py writes it)
+# Not in a backup, and the node's own: a restore keeps the target's (see `restore`).
+KEPT_ON_RESTORE = (AUDIT_DIR, ROOT_TOKEN_FILE)
 
 # kvs-<node id>-<UTC time to the millisecond>.kvsbak: sortable by name, parseable back.
 _STAMP_FORMAT = "%Y%m%dT%H%M%S"
@@ -192,7 +197,7 @@ def _create(
 ) -> BackupResult:
     started = time.monotonic()
     created = now_ms()
-    directory.mkdir(parents=True, exist_ok=True)
+    secure_dir(directory, "backup directory")  # 0700, and its files 0600 (mkstemp's mode)
     final = directory / backup_name(node_id, created)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory)
     tmp = Path(tmp_name)
@@ -306,7 +311,8 @@ def _extract(
     sha = hashlib.sha256()
     written = 0
     try:
-        with open(path, "rb") as src, open(target, "wb") as out:
+        fd = open_private(target, os.O_WRONLY | os.O_TRUNC)
+        with open(path, "rb") as src, os.fdopen(fd, "wb") as out:
             reader = zstandard.ZstdDecompressor().stream_reader(
                 _Limited(src, manifest.payload_size), read_across_frames=True
             )
@@ -378,7 +384,11 @@ def restore(
 
     Everything is checked first and the data is unpacked and verified beside the target;
     only then does it replace the target's contents, so on any error the target is as it
-    was. A non-empty target is refused unless `force`; a target in use by a node always."""
+    was. A non-empty target is refused unless `force`; a target in use by a node always.
+
+    What a backup does not hold and the node's history needs stays in place: the target's
+    audit log and root token file (`KEPT_ON_RESTORE`) are moved into the restored directory,
+    with their modes (the directory itself is 0700, the data file 0600)."""
     manifest = read_manifest(backup)
     data_dir = data_dir.absolute()
     if data_dir.exists() and not data_dir.is_dir():
@@ -394,10 +404,33 @@ def restore(
     try:
         _extract(backup, manifest, staging / DATA_FILE, progress)
         _check_store(staging)
-        _replace_dir(staging, data_dir)
+        kept = _carry_over(data_dir, staging)
+        try:
+            _replace_dir(staging, data_dir)
+        except BaseException:
+            _carry_over(staging, data_dir, kept)  # the old directory is back: so are they
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def kept_on_restore(data_dir: Path) -> list[str]:
+    """Which of `KEPT_ON_RESTORE` a restore into `data_dir` keeps (those that exist)."""
+    return [name for name in KEPT_ON_RESTORE if os.path.lexists(data_dir / name)]
+
+
+def _carry_over(source: Path, target: Path, names: list[str] | None = None) -> list[str]:
+    """Move `names` (default: those of KEPT_ON_RESTORE in `source`) from `source` into
+    `target` by renaming (same file system: the staging directory is beside the target)."""
+    moved = kept_on_restore(source) if names is None else names
+    for name in moved:
+        if os.path.lexists(target / name):  # not in a backup; never expected: keep ours
+            shutil.rmtree(target / name, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(target / name)
+        os.rename(source / name, target / name)
+    return moved
 
 
 def _replace_dir(staging: Path, data_dir: Path) -> None:

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvs.private_files import open_private, private_dir, write_private
+
 HOME_ENV = "KVS_HOME"
 POLL = 0.05
 LOG_TAIL_LINES = 20
@@ -74,10 +76,8 @@ def _read_pid_file(path: Path) -> tuple[int | None, str | None]:
 
 
 def _write_pid_file(instance: Instance, pid: int) -> None:
-    instance.pid_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = instance.pid_file.with_suffix(".tmp")
-    tmp.write_text(f"{pid}\n{instance.config}\n", encoding="utf-8")
-    os.replace(tmp, instance.pid_file)
+    private_dir(instance.pid_file.parent)
+    write_private(instance.pid_file, f"{pid}\n{instance.config}\n")
 
 
 def _alive(pid: int) -> bool:
@@ -152,10 +152,11 @@ class StartFailed(Exception):
 
 def spawn(instance: Instance) -> int:
     """Start `kvs serve CONFIG` detached, logging to the instance's log; returns its PID."""
-    instance.log_file.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(instance.log_file.parent)
     with contextlib.suppress(OSError):
         os.chmod(instance.log_file.parent.parent, 0o700)
-    with open(instance.log_file, "ab") as log:
+    # The log names keys, clients and errors: the owner's only (0600), like the data.
+    with os.fdopen(open_private(instance.log_file, os.O_WRONLY | os.O_APPEND), "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kvs", "serve", str(instance.config)],
             cwd=instance.config.parent,

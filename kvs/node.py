@@ -21,8 +21,9 @@ from typing import Any, Protocol
 
 import trio
 
-from kvs.audit import AUDIT_DIR, AuditLog
+from kvs.audit import AUDIT_DIR, AUDIT_KEYED, AuditLog, audit_key, open_audit
 from kvs.auth.service import AuthService, IssuedToken
+from kvs.backup import ROOT_TOKEN_FILE
 from kvs.backup_service import BackupService, BackupSettings
 from kvs.clock import HybridLogicalClock, system_wall_ms
 from kvs.config import Config, project
@@ -33,8 +34,8 @@ from kvs.net.seeds import http_seed_resolver
 from kvs.net.swim import incarnation_at_start
 from kvs.net.swim_settings import SwimSettings
 from kvs.net.transport import RealTransport, Transport
-from kvs.private_files import write_private
-from kvs.store import MAINTENANCE_BATCH, Store, StoreSettings
+from kvs.private_files import secure_dir, write_private
+from kvs.store import MAINTENANCE_BATCH, Store, StoreError, StoreSettings
 from kvs.sync import SyncService, SyncSettings, bootstrap_needed
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Node:
         # How the root token created on a first start reaches its operator (besides the
         # 0600 file): the CLI prints it on a terminal. Never the log.
         self._show_root_token = show_root_token
-        self.root_token_path = self.config.data_path / "root.token"
+        self.root_token_path = self.config.data_path / ROOT_TOKEN_FILE
 
     # --- state the API reads ------------------------------------------------------------------
 
@@ -141,6 +142,10 @@ class Node:
 
     def open_store(self) -> Store:
         """Open LMDB and the node identity (raises StoreError for an unusable data_dir)."""
+        try:  # 0700, its files 0600: data an older version left readable is narrowed
+            secure_dir(self.config.data_path, "data_dir")
+        except OSError as exc:
+            raise StoreError(f"cannot use data_dir {self.config.data_path}: {exc}") from None
         store = Store(
             self.config.data_path,
             clock=self.clock,
@@ -213,12 +218,18 @@ class Node:
             nonce=self._nonce,
         )
         if self.config.tamper_logging_enabled:
-            self.audit = AuditLog(
+            key = audit_key(self.config.cluster_secret)
+            self.audit = open_audit(
                 self.config.data_path / AUDIT_DIR,
                 node_id=self.node_id,
+                key=key,
+                sealed_before=self.store.get_system(AUDIT_KEYED) is True,
+                now_ms=self.clock.wall_ms(),
                 sync=self.config.durability == "fsync",
                 in_thread=self._store_in_thread,
             )
+            if key is not None and self.store.get_system(AUDIT_KEYED) is not True:
+                self.store.set_system_now(AUDIT_KEYED, True)  # see kvs.audit.open_audit
             self.auth.audit_hook = self.audit_event
 
     def _close_parts(self) -> None:
@@ -364,6 +375,7 @@ class Node:
             nonce=self._nonce,
             live_peers=live_peers,
             syncing=bootstrap_needed(self.store, bool(c.seed_nodes)),
+            chain=self.audit,
         )
         service.rebuild_tree()
         return service
@@ -429,3 +441,7 @@ class _Cluster:
 
     def refuse_cluster_info(self) -> None:
         self._membership.refused_cluster_info()
+
+    def audit_witness(self) -> dict[str, Any] | None:
+        witness = self._sync.witness
+        return None if witness is None else witness.report()

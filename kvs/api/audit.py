@@ -1,5 +1,6 @@
 """The tamper-evident log over HTTP: `GET /api/audit?since=&limit=` and
-`GET /api/audit/verify`, both needing `admin:audit:read`."""
+`GET /api/audit/verify` (the keyed chain's check, and the peers' witness report), both
+needing `admin:audit:read`."""
 
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ def audit_blueprint(node: NodeView) -> Blueprint:
 
     @bp.route("/api/audit/verify", methods=["GET"])
     async def audit_verify() -> Response:
-        return json_response(audit_log().verify().to_json())
+        """The chain's check, and what the peers' exchange of chain heads showed (absent
+        with clustering off): `witness.ok` is false if a peer's chain was found cut short
+        or rewritten, or a peer says so of ours (`about_this_node`)."""
+        answer = audit_log().verify().to_json()
+        cluster = node.cluster
+        witness = None if cluster is None else cluster.audit_witness()
+        if witness is not None:
+            answer["witness"] = witness
+        return json_response(answer)
 
     return bp

@@ -41,6 +41,10 @@ class ClusterView(Protocol):
     def refuse_cluster_info(self) -> None:
         """Count a `/cluster/info` asked without proof of the cluster secret."""
 
+    def audit_witness(self) -> dict[str, Any] | None:
+        """What peers reported of their audit chains and of ours (kvs/sync/witness.py),
+        or None with the audit log off."""
+
 
 class NodeView(Protocol):
     """A node, as far as the HTTP API is concerned."""

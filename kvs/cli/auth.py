@@ -1,4 +1,5 @@
-"""Security subcommands: `kvs audit verify --data-dir DIR` and `kvs join URL --token T [CONFIG]`."""
+"""Security subcommands: `kvs audit verify [CONFIG] [--data-dir DIR]` and
+`kvs join URL --token T [CONFIG]`."""
 
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ def register(subparsers: Any) -> None:
     audit = subparsers.add_parser("audit", help="check a node's tamper-evident log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser(
-        "verify", help="verify the whole hash chain; name the first broken entry"
+        "verify",
+        help="verify the whole keyed hash chain (name the first broken entry) and show what "
+        "peers reported of their chains and of this node's",
     )
-    verify.add_argument("--data-dir", required=True, help="the node's data_dir")
+    verify.add_argument(
+        "config", nargs="?", help="the node's config: its cluster_secret keys the chain"
+    )
+    verify.add_argument("--data-dir", help="the node's data_dir (default: the config's)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=cmd_audit_verify)
 
@@ -43,26 +49,73 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from kvs.audit import verify_dir
+    from kvs import config as config_mod
+    from kvs.audit import audit_key, verify_dir
+    from kvs.sync.witness import read_report
 
+    key = None
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if args.config is not None:
+        try:
+            config = config_mod.load(args.config)
+        except config_mod.ConfigError as exc:
+            print(f"kvs: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        key = audit_key(config.cluster_secret)
+        data_dir = data_dir or config.data_path
+    if data_dir is None:
+        print("kvs: audit verify needs the node's CONFIG (or --data-dir)", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        result = verify_dir(Path(args.data_dir))
+        result = verify_dir(data_dir, key)
     except FileNotFoundError as exc:
         print(f"kvs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # lmdb errors: a damaged or foreign directory
         print(f"kvs: cannot read the audit log: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if result.needs_key:
+        print(
+            f"kvs: entry {result.first_bad} on is keyed: pass the node's CONFIG "
+            f"(its cluster_secret keys the chain); {result.entries} unkeyed entries verify",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    witness = read_report(data_dir)
     if args.json:
-        print(json.dumps(result.to_json()))
-    elif result.ok:
-        print(f"audit log OK: {result.entries} entries, last hash {result.last_hash[:16]}...")
+        print(json.dumps({**result.to_json(), "witness": witness}))
+    else:
+        _print_verdict(result, witness)
+    ok = result.ok and (witness is None or witness["ok"])
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _print_verdict(result: Any, witness: dict[str, Any] | None) -> None:
+    """The chain's check, then each peer's (see docs/operations.md)."""
+    if result.ok:
+        keyed = "keyed" if result.keyed else "NOT keyed (no cluster_secret)"
+        sealed = f", the first {result.unkeyed_entries} unkeyed (sealed)" * bool(
+            result.unkeyed_entries
+        )
+        print(
+            f"audit log OK: {result.entries} entries, {keyed}{sealed}, "
+            f"last hash {result.last_hash[:16]}..."
+        )
     else:
         print(
             f"audit log BROKEN at entry {result.first_bad}: {result.reason} "
             f"({result.entries} entries before it verify)"
         )
-    return EXIT_OK if result.ok else EXIT_FAILED
+    if witness is None:
+        print("peers: none has exchanged chain heads with this node yet")
+        return
+    for peer, seen in witness["peers"].items():
+        state = "OK" if not seen["findings"] else f"{seen['findings']} FINDINGS"
+        print(f"peer {peer}: its chain {state}, {seen['entries']} entries when last seen")
+        for note in seen["notes"]:
+            print(f"  - {note}")
+    for peer, said in witness["about_this_node"].items():
+        print(f"peer {peer} REPORTS about this node's chain: {said['last']}")
 
 
 def cmd_join(args: argparse.Namespace) -> int:

@@ -140,9 +140,10 @@ class _Progress:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from kvs.backup import BackupError, restore
+    from kvs.backup import BackupError, kept_on_restore, restore
 
     progress = _Progress()
+    kept = kept_on_restore(Path(args.data_dir).absolute())
     try:
         manifest = restore(
             Path(args.file), Path(args.data_dir), force=args.force, progress=progress
@@ -159,6 +160,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"restored the backup of node {manifest.node_id} taken at "
         f"{taken.isoformat(timespec='seconds')} into {Path(args.data_dir).absolute()}"
     )
+    if kept:  # not in backups: the target's own, kept in place (docs/operations.md)
+        print(f"kept the target's {' and '.join(kept)} (not in backups)")
     return EXIT_OK
 
 

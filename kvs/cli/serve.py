@@ -11,6 +11,7 @@ import contextlib
 import errno
 import gc
 import logging
+import os
 import resource
 import signal
 import sys
@@ -61,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     setup_logging(config.log_level, config.node_id, config.log_format)
+    os.umask(0o077)  # whatever the node creates is its owner's only (kvs/private_files.py)
     try:
         trio.run(_serve, config)
     except KeyboardInterrupt:  # a signal that arrived before the handler was installed

@@ -20,6 +20,7 @@ from pathlib import Path
 import lmdb
 import trio
 
+from kvs.private_files import FILE_MODE
 from kvs.store.jobs import ReplaceJob
 from kvs.store.layout import DATA_FILE, LOCK_FILE, MAX_DBS, SYSTEM
 from kvs.store.ops import StoreError
@@ -144,7 +145,12 @@ class DataFile(Reads):
         # Our own system entries go into the snapshot first, and it reaches the disk before
         # it replaces the data file: a crash leaves either store whole, never the peer's
         # identity in our data_dir.
-        env = lmdb.open(str(staged), max_dbs=MAX_DBS, map_size=self._map_size_for(staged))
+        env = lmdb.open(
+            str(staged),
+            max_dbs=MAX_DBS,
+            map_size=self._map_size_for(staged),
+            mode=FILE_MODE,
+        )
         try:
             db = env.open_db(SYSTEM)
             with env.begin(write=True, db=db) as txn:

@@ -21,6 +21,7 @@ import trio
 
 from kvs.clock import MAX_HLC, HybridLogicalClock
 from kvs.model import RecordCodec
+from kvs.private_files import FILE_MODE, private_dir
 from kvs.store.jobs import WriterJob
 from kvs.store.layout import (
     CLOCK,
@@ -96,7 +97,7 @@ class Environment:
         `replace_data`)."""
         self._map_ranges = None
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path)
             self._env = lmdb.open(
                 str(self.path),
                 map_size=self._map_size_for(self.path),
@@ -104,6 +105,7 @@ class Environment:
                 sync=self._sync,
                 metasync=self._sync,
                 max_readers=256,
+                mode=FILE_MODE,  # data.mdb and lock.mdb: the owner's only, whatever the umask
             )
         except (OSError, lmdb.Error) as exc:
             raise StoreError(f"cannot open the LMDB store in {self.path}: {exc}") from None

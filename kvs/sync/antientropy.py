@@ -117,7 +117,7 @@ class AntiEntropy:
 
     async def _exchange(self, node_id: str, address: Address) -> None:
         try:
-            result = await self._exchanger.run(address)
+            result = await self._exchanger.run(address, node_id)
         except Exception as exc:
             self._counters["exchange_failures"] += 1
             started_failed(exc, "exchange", self._counters, self._errors)

@@ -45,7 +45,8 @@ from kvs.sync.reconcile import (
     skip,
     snapshot_wanted,
 )
-from kvs.sync.session import Dialer
+from kvs.sync.session import PEER_ERRORS, Dialer
+from kvs.sync.witness import Witness
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,15 @@ class Exchanger:
         self._settings = settings
         self._counters = counters
         self._snapshot_failed = False  # then this run bootstraps by records only
+        self.witness: Witness | None = None  # set by SyncService when the audit log is on
 
     def discard_partial_copy(self) -> None:
         """Remove a copy a crash interrupted (a finished one was put in place or removed)."""
         shutil.rmtree(self._local.store.path / snapshot.STAGING_DIR, ignore_errors=True)
 
-    async def run(self, address: Address) -> ExchangeResult:
-        """One full anti-entropy exchange with the peer at `address` (its sync address)."""
+    async def run(self, address: Address, node_id: str | None = None) -> ExchangeResult:
+        """One full anti-entropy exchange with the peer at `address` (its sync address;
+        `node_id`, when known, to exchange audit chain heads with it too)."""
         result = ExchangeResult()
         stream = await self._dialer.connect(address, "exchange_bytes")
         async with stream:
@@ -109,32 +112,42 @@ class Exchanger:
                 await frames.send(request, timeout=limits.REQUEST_TIMEOUT)
                 return await frames.receive(timeout=limits.REQUEST_TIMEOUT)
 
-            peer = read_root(await call({"op": "root"}))
-            result.peer_syncing, result.peer_stale = peer.syncing, peer.stale
-            why = skip(peer, syncing=self._health.syncing)
-            if why is not None:
-                self._counters[_SKIPPED[why]] += 1
-                result.skipped = True
-                return result
-            if self._snapshot_wanted(peer) and await self._bootstrap_from_snapshot(frames):
-                peer = read_root(await call({"op": "root"}))
-            if peer.root == self._local.tree.root:
-                self._counters["exchanges_equal"] += 1
-                return result
-            leaves = await differing_leaves(self._local.tree, call)
-            result.differing_leaves = len(leaves)
-            send, receive = trio.open_memory_channel[list[bytes]](1)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._apply_fetched, receive, result)
-                async with send:
-                    await self._reconcile(
-                        Reconciliation(self._local.tree, leaves), call, send, result
-                    )
+            full = await self._session(frames, call, result)
+            if self.witness is not None:
+                try:  # after the records: a peer that does not know the request ends only this
+                    await self.witness.exchange(call, node_id)
+                except PEER_ERRORS:
+                    self._counters["audit_heads_failed"] += 1
+        if not full:
+            return result
         result.bytes_in, result.bytes_out = stream.bytes_in, stream.bytes_out
         self._counters["exchanges"] += 1
         self._counters["records_fetched"] += result.fetched
         self._counters["records_pushed"] += result.pushed
         return result
+
+    async def _session(self, frames: FrameStream, call: Call, result: ExchangeResult) -> bool:
+        """The records' part of an exchange; False if it ended early (skipped, or equal)."""
+        peer = read_root(await call({"op": "root"}))
+        result.peer_syncing, result.peer_stale = peer.syncing, peer.stale
+        why = skip(peer, syncing=self._health.syncing)
+        if why is not None:
+            self._counters[_SKIPPED[why]] += 1
+            result.skipped = True
+            return False
+        if self._snapshot_wanted(peer) and await self._bootstrap_from_snapshot(frames):
+            peer = read_root(await call({"op": "root"}))
+        if peer.root == self._local.tree.root:
+            self._counters["exchanges_equal"] += 1
+            return False
+        leaves = await differing_leaves(self._local.tree, call)
+        result.differing_leaves = len(leaves)
+        send, receive = trio.open_memory_channel[list[bytes]](1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._apply_fetched, receive, result)
+            async with send:
+                await self._reconcile(Reconciliation(self._local.tree, leaves), call, send, result)
+        return True
 
     async def _reconcile(
         self,

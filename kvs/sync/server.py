@@ -29,6 +29,7 @@ from kvs.sync.intake import Intake
 from kvs.sync.limits import SyncSettings
 from kvs.sync.local import LocalReplica
 from kvs.sync.session import PEER_ERRORS, CountingStream
+from kvs.sync.witness import Witness
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class SyncServer:
         self._settings = settings
         self._counters = counters
         self.inbound = 0  # connections being served
+        self.witness: Witness | None = None  # set by SyncService when the audit log is on
         self._errors = LogLimiter(log)
 
     async def serve(self, stream: trio.abc.Stream, peer: Address) -> None:
@@ -230,6 +232,11 @@ class SyncServer:
             self._refuse_if_stale()
             records, count = self.local.store.get_raw_within(keys, limits.FRAME_BUDGET)
             reply = {"records": records, "count": count}
+        elif op == "audit":  # chain heads (kvs/sync/witness.py)
+            if self.witness is None:
+                reply = {"refused": "audit log off"}
+            else:
+                reply = await self.witness.answer(request)
         elif op == "push":
             ops = self.intake.merges(p.parse_records(request.get("records")))
             if request.get("durable") is False and defer is not None:

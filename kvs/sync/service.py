@@ -39,6 +39,7 @@ from kvs.sync.merkle import MerkleTree
 from kvs.sync.push import PushLinks
 from kvs.sync.server import SyncServer
 from kvs.sync.session import Dialer
+from kvs.sync.witness import ChainSource, Witness
 
 
 class SyncService:
@@ -55,6 +56,7 @@ class SyncService:
         nonce: Callable[[], bytes],
         live_peers: LivePeers,
         syncing: bool = False,
+        chain: ChainSource | None = None,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -98,6 +100,13 @@ class SyncService:
             settings=settings,
             counters=counters,
         )
+        # Audit chain heads, exchanged on every anti-entropy session (witness.py).
+        self.witness = (
+            None
+            if chain is None
+            else Witness(node_id=node_id, chain=chain, store=store, counters=counters)
+        )
+        self.server.witness = self.exchanger.witness = self.witness
 
     # --- what the node and the API read ------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from kvs.clock import HybridLogicalClock
 from kvs.model import RecordCodec
 from kvs.net.frames import FrameStream
 from kvs.net.transport import PEER_IO_ERRORS, expected_error
+from kvs.private_files import open_private, private_dir
 from kvs.store import READER, Store
 from kvs.store.layout import (
     BUCKETS,
@@ -196,10 +197,10 @@ async def receive(
         raise p.ProtocolError("shape")
     header = Header(int.from_bytes(root, "big"), size)
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    private_dir(staging)  # the peer's data, then ours: the owner's only
     room = shutil.disk_usage(staging).free - DISK_RESERVE
     sha = hashlib.sha256()
-    with open(staging / DATA_FILE, "wb") as out:
+    with os.fdopen(open_private(staging / DATA_FILE, os.O_WRONLY | os.O_TRUNC), "wb") as out:
         sink = _Bounded(out, sha, room)
         writer = zstandard.ZstdDecompressor().stream_writer(sink, write_return_read=True)
         while True:

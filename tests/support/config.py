@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,12 @@ class ManualWallClock:
 
     def advance(self, seconds: float) -> None:
         self.now_ms += int(seconds * 1000)
+
+
+def write_config(path: Path, **values: Any) -> Path:
+    """A minimal YAML config at `path` (mode 0600) with `values` (strings, numbers, bools),
+    for CLI commands that read a node's config (e.g. `kvs audit verify CONFIG`)."""
+    lines = [f"{key}: {json.dumps(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path
