@@ -109,8 +109,9 @@ def compare(
             found.append(f"another hash at entry {c} than it reported before (rewritten)")
         if c in answers:
             answer = answers[c]
-            if answer is None and c <= count:  # past its count: "cut short" above says it
-                found.append(f"it has no entry {c}, which it reported before (cut short)")
+            if answer is None:
+                if c <= count:  # past its count, "cut short" above says it already
+                    found.append(f"it has no entry {c}, which it reported before (cut short)")
             elif answer != h:
                 found.append(f"another hash at entry {c} than it reported before (rewritten)")
     return list(dict.fromkeys(found))
