@@ -4,7 +4,8 @@
     ├── server        (server.py)       answers peers on sync_port
     ├── anti-entropy  (antientropy.py)  when and with whom to exchange; each exchange
     │                 (exchange.py)     performs what the pure reconciler decides (reconcile.py)
-    └── push links    (push.py)         one per live peer: every local write, batched
+    ├── push links    (push.py)         one per live peer: every local write, batched
+    └── witness       (witness.py)      audit chain heads, on each anti-entropy session
 
 Around them: our tree and store reads by leaf (local.py), records taken from peers
 (intake.py), syncing and stale modes (health.py), sessions (session.py), numbers (limits.py).
