@@ -158,7 +158,7 @@ def parse_heads(message: Any, *, reply: bool) -> Heads:
     if not isinstance(message, dict):
         raise ProtocolError("shape")
     node = message.get("node")
-    if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_ID:
+    if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_ID or not node.isprintable():
         raise ProtocolError("shape")
     count = _count(message.get("count"))
     head = _hash(message.get("head"))
@@ -175,7 +175,12 @@ def parse_heads(message: Any, *, reply: bool) -> Heads:
     noticed = _list(message.get("noticed"), 2)
     if len(noticed) != 2 or not isinstance(noticed[1], str):
         raise ProtocolError("shape")
-    return Heads(node, count, head, at, answers, _count(noticed[0]), noticed[1][:MAX_NOTE])
+    return Heads(node, count, head, at, answers, _count(noticed[0]), _printable(noticed[1]))
+
+
+def _printable(text: str) -> str:
+    """A peer's note as it may reach our log: bounded, one line, no control characters."""
+    return "".join(c if c.isprintable() else "?" for c in text[:MAX_NOTE])
 
 
 # --- the witness ------------------------------------------------------------------------------

@@ -391,3 +391,42 @@ def test_backup_path_is_relative_to_the_config_file(tmp_path):
     config = Config(node_id="n", backup_path="./bk", source=str(tmp_path / "conf" / "c.yaml"))
     assert config.backup_dir == (tmp_path / "conf" / "bk").resolve()
     assert os.path.isabs(config.backup_dir)
+
+
+async def test_restore_keeps_the_targets_audit_log_and_root_token(
+    start_node, tmp_path, monkeypatch
+):
+    node = await start_node(backup_path=str(tmp_path / "backups"))
+    await fill(node)
+    result = await node.backups.run_once()
+    target = tmp_path / "target"
+    (target / "audit").mkdir(parents=True, mode=0o700)
+    (target / "audit" / "data.mdb").write_bytes(b"the audit log")
+    (target / "root.token").write_text("root-token\n")
+    (target / "root.token").chmod(0o600)
+    (target / "data.mdb").write_bytes(b"old data")
+    (target / "other").write_text("replaced")
+    restore(result.path, target, force=True)
+    assert sorted(p.name for p in target.iterdir()) == ["audit", "data.mdb", "root.token"]
+    assert (target / "audit" / "data.mdb").read_bytes() == b"the audit log"
+    assert (target / "root.token").read_text() == "root-token\n"
+    assert (target / "root.token").stat().st_mode & 0o777 == 0o600
+    assert (target / "data.mdb").stat().st_mode & 0o777 == 0o600
+    assert target.stat().st_mode & 0o777 == 0o700
+    # A restore that fails leaves them where they were, with the old directory.
+    bad = tmp_path / "bad.kvsbak"
+    bad.write_bytes(result.path.read_bytes()[:-10])
+    with pytest.raises(BackupError):
+        restore(bad, target, force=True)
+    assert (target / "root.token").read_text() == "root-token\n"
+    # One that fails while swapping the directories puts them back too.
+
+    def swap_fails(staging, data_dir):
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr("kvs.backup._replace_dir", swap_fails)
+    with pytest.raises(OSError):
+        restore(result.path, target, force=True)
+    assert sorted(p.name for p in target.iterdir()) == ["audit", "data.mdb", "root.token"]
+    assert (target / "audit" / "data.mdb").read_bytes() == b"the audit log"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".target")] == []

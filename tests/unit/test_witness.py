@@ -99,8 +99,12 @@ def test_malformed_answers_are_refused():
     for at in ([[1]], [[1, b"x"]], [1], [[1, H[1], 3]]):
         with pytest.raises(ProtocolError):
             parse_heads(_request(at=at), reply=True)
-    # a long note is cut, not refused
+    # a long note is cut, not refused; one that would forge log lines is made one line
     assert len(parse_heads(_request(noticed=[1, "y" * 5000]), reply=False).last) == 300
+    forged = parse_heads(_request(noticed=[1, "ok\nCRITICAL fake\x1b[31m"]), reply=False)
+    assert forged.last == "ok?CRITICAL fake?[31m"
+    with pytest.raises(ProtocolError):
+        parse_heads(_request(node="n2\nforged"), reply=False)
 
 
 class _Chain:
