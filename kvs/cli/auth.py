@@ -27,15 +27,26 @@ def register(subparsers: Any) -> None:
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=cmd_audit_verify)
 
+    # add_parser makes its parser with the subparsers' parser class; join's takes its
+    # options and arguments in any order (IntermixedParser).
+    plain, subparsers._parser_class = subparsers._parser_class, IntermixedParser
+    try:
+        join = _add_join(subparsers)
+    finally:
+        subparsers._parser_class = plain
+    join.set_defaults(func=cmd_join)
+    register_admin(subparsers)
+
+
+def _add_join(subparsers: Any) -> argparse.ArgumentParser:
     join = subparsers.add_parser(
         "join",
         help="write a config that joins an existing cluster (asks it for the cluster secret)",
-        description="Ask a running node for the cluster secret (with a token holding"
-        " admin:cluster:bootstrap) and write a config that joins its cluster. Options and"
-        " arguments may come in any order.",
+        description="Ask a running node for the cluster secret (with a token holding\n"
+        "admin:cluster:bootstrap) and write a config that joins its cluster.\n"
+        "Options and arguments may come in any order.",
         epilog=JOIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parser_class=IntermixedParser,
     )
     join.add_argument("url", help="an existing node's HTTP(S) address, e.g. http://10.0.0.1:8080")
     join.add_argument("config", nargs="?", help="the config to write (default config.yaml)")
@@ -49,8 +60,7 @@ def register(subparsers: Any) -> None:
         help="CA bundle (PEM) to check an https node with; written to the new config as"
         " tls_ca_file, so the new node checks its https seed with it too",
     )
-    join.set_defaults(func=cmd_join)
-    register_admin(subparsers)
+    return join  # type: ignore[no-any-return]
 
 
 JOIN_EXAMPLES = """\

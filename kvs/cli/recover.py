@@ -25,7 +25,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 ADMIN_EXAMPLES = """\
 examples:
   kvs admin recover config.yaml > root.token
-  KVS_TOKEN=$(kvs admin recover /etc/kvs/node1.yaml) kvs user list
+  kvs admin recover /etc/kvs/node1.yaml
 """
 
 
@@ -35,9 +35,9 @@ def register_admin(subparsers: Any) -> None:
     recover = admin_sub.add_parser(
         "recover",
         help="print a fresh root token (needs read access to the node's config)",
-        description="Print a fresh root-scoped token on stdout, whether the node runs or not."
-        " Run it on the node's host: reading the config (its cluster secret) is the proof."
-        " The recovery is written to the node's audit log.",
+        description="Print a fresh root-scoped token on stdout, whether the node runs or not.\n"
+        "Run it on the node's host: reading the config (its cluster secret) is the proof.\n"
+        "The recovery is written to the node's audit log.",
         epilog=ADMIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -302,10 +302,19 @@ def request_args(call: Call[Any]) -> dict[str, Any]:
 
 
 def connection_failed(base: str, exc: httpx.HTTPError) -> ConnectionFailed:
-    text = str(exc) or type(exc).__name__
+    seen: BaseException | None = exc
+    while seen is not None:  # httpx on trio often carries the reason only in the cause
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            reason = seen.verify_message or seen.reason or "verification failed"
+            return ConnectionFailed(
+                f"cannot reach {base}: its TLS certificate is not trusted ({reason});"
+                f" give its CA with --cacert FILE or ${CACERT_ENV}"
+            )
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(exc).split()) or type(exc).__name__
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return ConnectionFailed(
-            f"cannot reach {base}: its TLS certificate is not trusted ({text.split(': ', 1)[-1]});"
+            f"cannot reach {base}: its TLS certificate is not trusted ({text});"
             f" give its CA with --cacert FILE or ${CACERT_ENV}"
         )
     return ConnectionFailed(f"cannot reach {base}: {text}")

@@ -72,6 +72,19 @@ def verify_auth(cluster_secret: str, value: str | None, now_ms: int) -> bool:
     return hmac.compare_digest(tag.encode("utf-8", "surrogateescape"), _tag(key, stamp).encode())
 
 
+def describe_http_error(exc: BaseException) -> str:
+    """Why a request failed, in one line: an untrusted certificate says so (httpx on trio
+    often carries the reason only in the exception's cause)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            reason = seen.verify_message or seen.reason or "verification failed"
+            return f"its certificate is not trusted ({reason}): set tls_ca_file to its CA"
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def tls_client_context(ca_file: str | None, *, skip_verify: bool = False) -> ssl.SSLContext:
     """How a joiner checks an https seed: against `ca_file` (PEM bundle), or the system's
     CA store without one; `skip_verify` checks nothing (the caller warns about it)."""
@@ -113,10 +126,7 @@ def http_seed_resolver(
             try:
                 response = await client.get(url, headers=headers)
             except httpx.HTTPError as exc:
-                hint = ""
-                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                    hint = " (its certificate is not trusted: set tls_ca_file to its CA)"
-                raise OSError(f"cannot reach {seed}: {exc}{hint}") from None
+                raise OSError(f"cannot reach {seed}: {describe_http_error(exc)}") from None
         if response.status_code == 401:
             raise OSError(f"seed {seed} refused our cluster secret (it belongs to another cluster)")
         if response.status_code != 200:
