@@ -401,7 +401,7 @@ class Config:
     )
     root_token_lifetime: float = setting(
         86400.0,
-        r.integer_duration(60, 365 * 86400),
+        r.integer_duration(1, 365 * 86400),
         "Lifetime of a root token: the one made on a new cluster's first start and those"
         " `kvs admin recover` issues (see [Admin recovery](operations.md#admin-recovery)).",
     )
