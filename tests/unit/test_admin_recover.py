@@ -42,6 +42,10 @@ def test_the_gate_takes_a_fresh_proof_once() -> None:
         ("1.2.3.4", "malformed"),
         ("²³.00112233445566778899aabbccddeeff.ab", "malformed"),
         ("1000000.xyz.ab", "malformed"),
+        ("9" * 5000 + ".00112233445566778899aabbccddeeff.ab", "malformed"),
+        ("1000000.00112233445566778899aabbccddeeff." + "ü" * 64, "wrong cluster secret"),
+        ("1000000.00112233445566778899aabbccddeeff.\udcff", "wrong cluster secret"),
+        ("1000000." + "0" * 10000 + ".ab", "malformed"),
         (recover_proof("another-secret", "n1", 1_000_000, _nonce(1)), "wrong cluster secret"),
         (recover_proof(SECRET, "n2", 1_000_000, _nonce(1)), "wrong cluster secret"),
         (recover_proof(SECRET, "n1", 1_000_000 - RECOVER_WINDOW_MS - 1, _nonce(1)), "stale"),
@@ -120,8 +124,8 @@ async def test_recovery_gives_a_working_root_token_audited_never_logged(
 
 @pytest.mark.parametrize(
     "proof",
-    [None, "1.2.3", "wrong"],
-    ids=["missing", "malformed", "garbage"],
+    [None, "1.2.3", "wrong", "1." + "0" * 32 + "." + "g" * 10000],
+    ids=["missing", "malformed", "garbage", "long"],
 )
 async def test_recovery_without_a_proof_is_401_and_counted(expired, proof) -> None:
     body = await expect_error(await _recover(expired, proof), 401)
