@@ -60,7 +60,7 @@ def _add_join(subparsers: Any) -> argparse.ArgumentParser:
         help="CA bundle (PEM) to check an https node with; written to the new config as"
         " tls_ca_file, so the new node checks its https seed with it too",
     )
-    return join  # type: ignore[no-any-return]
+    return join
 
 
 JOIN_EXAMPLES = """\

@@ -20,6 +20,8 @@ import os
 import sys
 from typing import Any
 
+from kvs.cli.client import positive_seconds
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 ADMIN_EXAMPLES = """\
@@ -43,7 +45,7 @@ def register_admin(subparsers: Any) -> None:
     )
     recover.add_argument("config", nargs="?", default="config.yaml", help="the node's config")
     recover.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for a running node"
+        "--timeout", type=positive_seconds, default=10.0, help="seconds to wait for a running node"
     )
     recover.set_defaults(func=cmd_recover)
 
