@@ -30,7 +30,7 @@ from kvs.config import Config, project
 from kvs.memory import release_free_memory
 from kvs.net.membership import Membership, SeedResolver
 from kvs.net.messages import MemberInfo, State
-from kvs.net.seeds import http_seed_resolver
+from kvs.net.seeds import http_seed_resolver, tls_client_context
 from kvs.net.swim import incarnation_at_start
 from kvs.net.swim_settings import SwimSettings
 from kvs.net.transport import RealTransport, Transport
@@ -289,6 +289,36 @@ class Node:
         if self.audit is not None:
             await self.audit.append(self.clock.wall_ms(), action, user, target, detail)
 
+    async def recover_root(self, via: str) -> IssuedToken:
+        """Admin recovery: a fresh root token, audited (`admin.recover`, with the token's id,
+        never the token) and logged without it. `via` says how it was asked for."""
+        issued, root = await self.auth.recover_root()
+        self.auth.counters["admin_recoveries"] += 1
+        await self.audit_event("admin.recover", root, via, f"token {issued.token_id}")
+        log.warning(
+            "admin recovery (%s): issued root token %s, valid until %d",
+            via,
+            issued.token_id,
+            issued.expires_at,
+        )
+        return issued
+
+    async def recover_offline(self) -> IssuedToken:
+        """Admin recovery on a stopped node (`kvs admin recover`): open the store and the
+        audit log, issue and audit the token, close them. The caller made sure that no
+        process has the store open."""
+        self._open_parts()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.store.writer)
+                if self.audit is not None:
+                    await nursery.start(self.audit.writer)
+                issued = await self.recover_root("offline, on the node's host")
+                nursery.cancel_scope.cancel()
+        finally:
+            self._close_parts()
+        return issued
+
     def _publish_root_token(self, issued: IssuedToken) -> None:
         """Write the root token to <data_dir>/root.token (0600) and hand it to the console."""
         path = self.root_token_path
@@ -342,11 +372,30 @@ class Node:
             rng=self.rng,
             nonce=self._nonce,
             seeds=c.seed_nodes,
-            resolve_seed=self._resolve_seed
-            or http_seed_resolver(c.cluster_secret, self.clock.wall_ms),
+            resolve_seed=self._resolve_seed or self._seed_resolver(),
             persist_incarnation=persist_incarnation,
             known_peers=known_peers,
             persist_peers=persist_peers,
+        )
+
+    def _seed_resolver(self) -> SeedResolver:
+        """Asks seeds over HTTP(S): a bare `host:port` over this node's own scheme, an https
+        seed's certificate checked against `tls_ca_file` (or the system's store)."""
+        c = self.config
+        if c.tls_skip_verify and any(not s.startswith("http://") for s in c.seed_nodes):
+            log.warning(
+                "tls_skip_verify is on: the certificates of https seeds are NOT checked; anyone"
+                " on the path can impersonate a seed (use tls_ca_file instead)"
+            )
+        tls = tls_client_context(
+            str(c.file_path(c.tls_ca_file)) if c.tls_ca_file else None,
+            skip_verify=c.tls_skip_verify,
+        )
+        return http_seed_resolver(
+            c.cluster_secret,
+            self.clock.wall_ms,
+            default_scheme="https" if c.tls_cert_file else "http",
+            tls=tls,
         )
 
     def _make_sync(self) -> SyncService:

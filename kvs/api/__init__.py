@@ -11,6 +11,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from kvs.api.accounts import accounts_blueprint
+from kvs.api.admin import admin_blueprint
 from kvs.api.audit import audit_blueprint
 from kvs.api.backup import backup_blueprint
 from kvs.api.batch import batch_body_limit
@@ -37,8 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Open without a token: liveness (no secrets in it) and the HMAC-authenticated join lookup.
-OPEN_PATHS = frozenset({"/health", "/cluster/info"})
+# Open without a token: liveness (no secrets in it), and the HMAC-authenticated join lookup
+# and admin recovery (which prove the cluster secret instead).
+OPEN_PATHS = frozenset({"/health", "/cluster/info", "/api/admin/recover"})
 # The topology and sync state: a token (read scope) unless anonymous reads are allowed.
 CLUSTER_PATHS = frozenset(
     {"/members", "/members/", "/cluster/stats", "/merkle_tree/root", "/metrics"}
@@ -84,6 +86,7 @@ BLUEPRINTS = (
     tokens_blueprint,
     metadata_blueprint,
     audit_blueprint,
+    admin_blueprint,
 )
 
 

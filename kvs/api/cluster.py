@@ -75,7 +75,9 @@ def cluster_blueprint(node: NodeView) -> Blueprint:
         return json_response(
             {
                 "cluster_secret": c.cluster_secret,
-                "seed": f"{c.effective_advertise_address}:{c.port}",
+                # With its scheme when it serves TLS, so the joiner asks it over https.
+                "seed": f"{'https://' if c.tls_cert_file else ''}"
+                f"{c.effective_advertise_address}:{c.port}",
                 "node_id": node.node_id,
             },
             headers={"Cache-Control": "no-store"},

@@ -127,6 +127,18 @@ class NodeCollector(Collector):
             mode.add_metric([name], 1.0 if node.mode == name else 0.0)
         yield mode
         yield GaugeMetricFamily("kvs_uptime_seconds", "Seconds since start", node.uptime_s())
+        auth = node.auth.counters
+        yield CounterMetricFamily(
+            "kvs_auth_failed", "Failed authentications (bad tokens)", auth["auth_failed"]
+        )
+        recoveries = CounterMetricFamily(
+            "kvs_admin_recoveries",
+            "Admin recovery requests (`kvs admin recover`)",
+            labels=["outcome"],
+        )
+        recoveries.add_metric(["issued"], auth["admin_recoveries"])
+        recoveries.add_metric(["refused"], auth["admin_recover_refused"])
+        yield recoveries
         if node.store is not None:
             yield from self._store(node.store)
         yield GaugeMetricFamily("kvs_watchers", "Open watch streams", len(self.hub.watchers))

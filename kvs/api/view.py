@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import trio
 
     from kvs.audit import AuditLog
-    from kvs.auth.service import AuthService
+    from kvs.auth.service import AuthService, IssuedToken
     from kvs.backup_service import BackupService
     from kvs.clock import HybridLogicalClock
     from kvs.config import Config
@@ -80,3 +80,6 @@ class NodeView(Protocol):
 
     async def audit_event(self, action: str, user: str, target: str, detail: str = "") -> None:
         """Append to the tamper-evident log (when it is on); returns once durable."""
+
+    async def recover_root(self, via: str) -> IssuedToken:
+        """Admin recovery: a fresh root token, audited (kvs/api/admin.py checks the proof)."""

@@ -37,7 +37,6 @@ CACHE_TTL_S = 30.0  # a cached principal is re-read at least this often (besides
 CACHE_MAX = 50_000
 DEFAULT_TOKEN_LIFETIME_S = 3600
 MAX_TOKEN_LIFETIME_S = 365 * 86400
-ROOT_TOKEN_LIFETIME_S = 24 * 3600
 FAILED_AUTH_WINDOW_S = 60.0
 FAILED_AUTH_PER_CLIENT = 30
 """Failed authentications one client address may make per FAILED_AUTH_WINDOW_S; beyond it
@@ -116,6 +115,8 @@ class AuthService:
             "cache_hits": 0,
             "cache_misses": 0,
             "rate_limited": 0,
+            "admin_recoveries": 0,
+            "admin_recover_refused": 0,
         }
         store.listeners.append(self._on_changes)
         # A bootstrap by snapshot brings users, groups and tokens without a Change each.
@@ -286,13 +287,39 @@ class AuthService:
         )
         return IssuedToken(token, token_id, expires_at)
 
+    @property
+    def root_token_lifetime_s(self) -> int:
+        return int(self.config.root_token_lifetime)
+
     async def bootstrap_root(self) -> IssuedToken | None:
         """On the first start of a node with no users and no seeds: a root user, an `admin`
-        group and a 24 h all-scopes token. Never again (a system flag remembers it)."""
+        group and an all-scopes token (`root_token_lifetime`). Never again (a system flag
+        remembers it)."""
         if not self.enabled or self.config.seed_nodes:
             return None
         if self.store.get_system("auth_bootstrapped") or self.directory.list("users"):
             return None
+        root = await self._ensure_root()
+        issued = await self.issue_token(root, sorted(ALL_SCOPES), self.root_token_lifetime_s)
+        await self.store.put_system("auth_bootstrapped", True)
+        return issued
+
+    async def recover_root(self) -> tuple[IssuedToken, str]:
+        """Admin recovery (`kvs admin recover`): a fresh all-scopes token for the `root` user
+        (re-created, with its `admin` group, if it was deleted); (the token, root's uuid)."""
+        root = await self._ensure_root()
+        issued = await self.issue_token(root, sorted(ALL_SCOPES), self.root_token_lifetime_s)
+        return issued, root
+
+    async def _ensure_root(self) -> str:
+        """The uuid of the user `root` (the oldest, if several), created with an `admin`
+        group holding it when there is none."""
+        roots = sorted(
+            (u for u in self.directory.list("users") if u.get("nickname") == "root"),
+            key=lambda u: (u.get("created_at", 0), u.get("uuid", "")),
+        )
+        if roots:
+            return str(roots[0]["uuid"])
         now = self.wall_ms()
         root, admin = self.new_uuid(), self.new_uuid()
         await self.directory.put(
@@ -317,9 +344,7 @@ class AuthService:
                 "updated_at": now,
             },
         )
-        issued = await self.issue_token(root, sorted(ALL_SCOPES), ROOT_TOKEN_LIFETIME_S)
-        await self.store.put_system("auth_bootstrapped", True)
-        return issued
+        return root
 
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)

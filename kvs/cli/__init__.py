@@ -3,16 +3,25 @@
     kvs [CONFIG]          run a node in the foreground (config.yaml, created if missing)
     kvs init [PATH]       write a commented default config without starting
     kvs get|put|rm|ls|tree|history|watch|members|user|group|token ... [--url] [--token]
-                          client commands (kvs/cli/client.py); exit 1 on an error answer
+                          [--cacert]: client commands (kvs/cli/client.py); exit 1 on an
+                          error answer
+    kvs start|stop|restart|status, backup, restore: operations (kvs/cli/ops.py)
+    kvs join URL --token T [CONFIG], kvs audit verify, kvs admin recover [CONFIG]
+                          security (kvs/cli/auth.py, kvs/cli/recover.py)
     kvs conflict DIR1 DIR2 [--key KEY]... [--json]
                           write same-timestamp conflicting data into two stopped nodes'
                           data dirs and print which value must win (kvs/conflict.py)
 
+`kvs --help` ends with EXAMPLES (below), and `join` and `admin recover` with their own;
+tests/unit/test_cli_examples.py parses every one of them, and runs the client ones against
+a live node.
+
 Bad configuration ends with one line naming the key and exit status 2, never a traceback.
 
 The package: `serve` (init and serve), `client` (the client subcommands), `ops` (backup,
-restore, start/stop/status as a daemon), `auth` (audit verify, join); here only the parser
-and `main`, the console script's entry point (`kvs = "kvs.cli:main"`).
+restore, start/stop/status as a daemon), `local` (reaching this host's node in its own
+scheme), `auth` (audit verify, join), `recover` (admin recover); here only the parser and
+`main`, the console script's entry point (`kvs = "kvs.cli:main"`).
 """
 
 from __future__ import annotations
@@ -26,10 +35,38 @@ from kvs.cli import ops as cli_ops
 from kvs.cli.serve import EXIT_USAGE, cmd_init, cmd_serve
 from kvs.config import DEFAULT_CONFIG_NAME
 
+EXAMPLES = """\
+examples:
+  kvs init config.yaml --port 8080
+  kvs config.yaml
+  kvs start config.yaml
+  kvs status config.yaml
+  kvs put home/room/socks '{"colour": "red"}' --ttl 1h
+  kvs get home/room/socks
+  kvs ls home
+  kvs tree home --depth 2
+  kvs history home/room/socks
+  kvs watch home --since 0
+  kvs rm home/room/socks
+  kvs members
+  kvs get home/room/socks --url https://10.0.0.1:8080 --cacert ca.pem
+  kvs token create USER_UUID --scope read --scope write --expires-in 1h
+  kvs backup now
+  kvs join https://10.0.0.1:8080 --token "$KVS_TOKEN" --cacert ca.pem --port 8090 node4.yaml
+  kvs admin recover config.yaml
+  kvs stop config.yaml
+
+The client commands read $KVS_URL, $KVS_TOKEN and $KVS_CACERT when --url, --token or
+--cacert are not given.
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kvs", description="KVS: a distributed key-value store for JSON documents"
+        prog="kvs",
+        description="KVS: a distributed key-value store for JSON documents",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command")
     init = sub.add_parser("init", help="write a commented default config")

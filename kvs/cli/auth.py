@@ -1,15 +1,19 @@
-"""Security subcommands: `kvs audit verify [CONFIG] [--data-dir DIR]` and
-`kvs join URL --token T [CONFIG]`."""
+"""Security subcommands: `kvs audit verify [CONFIG] [--data-dir DIR]`,
+`kvs join URL --token T [CONFIG]` and `kvs admin recover [CONFIG]` (kvs/cli/recover.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-SUBCOMMANDS = {"audit", "join"}
+from kvs.cli.recover import register_admin
+from kvs.client.env import TOKEN_ENV
+
+SUBCOMMANDS = {"audit", "join", "admin"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -28,24 +32,67 @@ def register(subparsers: Any) -> None:
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=cmd_audit_verify)
 
+    # add_parser makes its parser with the subparsers' parser class; join's takes its
+    # options and arguments in any order (IntermixedParser).
+    plain, subparsers._parser_class = subparsers._parser_class, IntermixedParser
+    try:
+        join = _add_join(subparsers)
+    finally:
+        subparsers._parser_class = plain
+    join.set_defaults(func=cmd_join)
+    register_admin(subparsers)
+
+
+def _add_join(subparsers: Any) -> argparse.ArgumentParser:
     join = subparsers.add_parser(
         "join",
         help="write a config that joins an existing cluster (asks it for the cluster secret)",
+        description="Ask a running node for the cluster secret (with a token holding\n"
+        "admin:cluster:bootstrap) and write a config that joins its cluster.\n"
+        "Options and arguments may come in any order.",
+        epilog=JOIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     join.add_argument("url", help="an existing node's HTTP(S) address, e.g. http://10.0.0.1:8080")
     join.add_argument("config", nargs="?", help="the config to write (default config.yaml)")
-    # `kvs join URL --token T CONFIG`: argparse cannot take a positional after an option that
-    # follows the first positional, so --token takes the config too when it comes last.
     join.add_argument(
-        "--token",
-        required=True,
-        nargs="+",
-        metavar="TOKEN [CONFIG]",
-        help="a token with admin:cluster:bootstrap",
+        "--token", help=f"a token with admin:cluster:bootstrap (default ${TOKEN_ENV})"
     )
     join.add_argument("--port", type=int, default=8080, help="this node's HTTP port")
-    join.add_argument("--cacert", help="CA certificate to verify an HTTPS node with")
-    join.set_defaults(func=cmd_join)
+    join.add_argument(
+        "--cacert",
+        metavar="PATH",
+        help="CA bundle (PEM) to check an https node with; written to the new config as"
+        " tls_ca_file, so the new node checks its https seed with it too",
+    )
+    return join
+
+
+JOIN_EXAMPLES = """\
+examples:
+  kvs join http://10.0.0.1:8080 --token "$ADMIN_TOKEN" node4.yaml
+  kvs join https://10.0.0.1:8080 --token "$ADMIN_TOKEN" --cacert ca.pem --port 8090 node4.yaml
+  kvs join https://10.0.0.1:8080 node4.yaml --port 8090 --token "$ADMIN_TOKEN"
+"""
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A subcommand parser taking its options and positionals in any order (argparse's
+    intermixed parsing: `kvs join URL --token T --port 8090 node4.yaml`). A plain parser
+    takes the positionals in one run, so a positional after an option is refused."""
+
+    _nested = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._nested:  # parse_known_intermixed_args calls us back: the plain parse
+            return super().parse_known_args(args, namespace)
+        self._nested = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._nested = False
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -122,17 +169,21 @@ def cmd_join(args: argparse.Namespace) -> int:
     import httpx
 
     from kvs import config as config_mod
+    from kvs.client.operations import connection_failed, resolve_verify
 
-    token, *rest = args.token
-    configs = [c for c in (args.config, *rest) if c]
-    if len(configs) > 1:
-        print("kvs: join takes one URL, one token and at most one CONFIG", file=sys.stderr)
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        print(f"kvs: join needs --token (or ${TOKEN_ENV})", file=sys.stderr)
         return EXIT_USAGE
-    config_path = configs[0] if configs else "config.yaml"
+    config_path = args.config or "config.yaml"
     url = args.url.rstrip("/")
     if "://" not in url:
         url = "http://" + url
-    verify: Any = args.cacert or True
+    try:
+        verify: Any = resolve_verify(args.cacert)
+    except ValueError as exc:
+        print(f"kvs: --cacert: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         response = httpx.post(
             f"{url}/auth/cluster-bootstrap",
@@ -142,7 +193,7 @@ def cmd_join(args: argparse.Namespace) -> int:
             trust_env=False,
         )
     except httpx.HTTPError as exc:
-        print(f"kvs: cannot reach {url}: {exc}", file=sys.stderr)
+        print(f"kvs: {connection_failed(url, exc).message}", file=sys.stderr)
         return EXIT_FAILED
     if response.status_code != 200:
         try:
@@ -159,12 +210,18 @@ def cmd_join(args: argparse.Namespace) -> int:
     except (KeyError, TypeError):
         print(f"kvs: {url} gave an unexpected answer", file=sys.stderr)
         return EXIT_FAILED
-    text = text.replace("seed_nodes: []", f'seed_nodes: ["{answer["seed"]}"]', 1)
+    seed = str(answer.get("seed", ""))
+    if "://" not in seed and url.startswith("https://"):
+        seed = "https://" + seed  # a node from before seeds had a scheme: ask it as we did
+    text = text.replace("seed_nodes: []", f"seed_nodes: [{json.dumps(seed)}]", 1)
+    if args.cacert:
+        ca = json.dumps(str(Path(args.cacert).resolve()))
+        text = text.replace("# tls_ca_file: ca.pem", f"tls_ca_file: {ca}", 1)
     path = Path(config_path)
     try:
         config_mod.write_text_private(path, text)
     except (config_mod.ConfigError, OSError) as exc:
         print(f"kvs: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"wrote {path}: joins {answer['seed']} (cluster secret received; file mode 0600)")
+    print(f"wrote {path}: joins {seed} (cluster secret received; file mode 0600)")
     return EXIT_OK

@@ -6,7 +6,8 @@
     kvs members                     kvs user|group|token ...
 
 Each takes, after its name: `--url` (default $KVS_URL, else http://127.0.0.1:8080),
-`--token` (default $KVS_TOKEN), `--json` (machine output: the node's JSON), `--timeout`.
+`--token` (default $KVS_TOKEN), `--cacert` (default $KVS_CACERT: the CA bundle an https node's
+certificate is checked against, else the system's store), `--json` (machine output: the node's JSON), `--timeout`.
 Exit status: 0 done; 1 the node answered an error or could not be reached (the message on
 stderr); 2 bad usage.
 """
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kvs.client.env import DEFAULT_URL, TOKEN_ENV, URL_ENV
+from kvs.client.env import CACERT_ENV, DEFAULT_URL, TOKEN_ENV, URL_ENV
 
 if TYPE_CHECKING:
     from kvs.client import Client
@@ -64,6 +65,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def client_verify(args: argparse.Namespace) -> Any:
+    """What checks an https node's certificate: --cacert, else $KVS_CACERT, else the system's
+    CA store (kvs.client's rule). UsageError for a CA bundle that cannot be read."""
+    from kvs.client.operations import resolve_verify
+
+    try:
+        return resolve_verify(getattr(args, "cacert", None))
+    except ValueError as exc:
+        raise UsageError(f"--cacert: {exc}") from None
+
+
 def _positive_int(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
@@ -76,6 +88,12 @@ def add_client_args(p: argparse.ArgumentParser, timeout: float) -> None:
         "--url", help=f"the node's HTTP address (default ${URL_ENV}, else {DEFAULT_URL})"
     )
     p.add_argument("--token", help=f"API token (default ${TOKEN_ENV}); sent as a Bearer token")
+    p.add_argument(
+        "--cacert",
+        metavar="PATH",
+        help=f"CA bundle (PEM) to check an https node's certificate with (default ${CACERT_ENV},"
+        " else the system's CA store)",
+    )
     p.add_argument(
         "--timeout",
         type=positive_seconds,
@@ -190,7 +208,10 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
     from kvs.client import Client, KvsError, WatchEnded
 
     try:
-        client = Client(args.url, args.token, timeout=args.timeout)
+        client_verify(args)
+        client = Client(args.url, args.token, timeout=args.timeout, verify=args.cacert)
+    except UsageError as exc:
+        return _usage(str(exc))
     except ValueError as exc:
         return _usage(f"--url: {exc}")
     try:

@@ -15,11 +15,13 @@ import argparse
 import datetime as dt
 import json
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
 
-from kvs.cli.client import add_client_args, positive_seconds
+from kvs.cli import local
+from kvs.cli.client import UsageError, add_client_args, client_verify, positive_seconds
 from kvs.client.env import DEFAULT_URL, TOKEN_ENV, URL_ENV
 
 EXIT_OK = 0
@@ -68,9 +70,17 @@ def _request(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any
     token = args.token or os.environ.get(TOKEN_ENV)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.request(method, base + path, headers=headers, timeout=args.timeout)
+        verify = client_verify(args)
+    except UsageError as exc:
+        raise _UsageError(str(exc)) from None
+    try:
+        response = httpx.request(
+            method, base + path, headers=headers, timeout=args.timeout, verify=verify
+        )
     except httpx.HTTPError as exc:
-        return 0, f"cannot reach {base}: {exc or type(exc).__name__}"
+        from kvs.client.operations import connection_failed
+
+        return 0, connection_failed(base, exc).message
     try:
         body = response.json()
     except ValueError:
@@ -174,28 +184,6 @@ def _load_config(path: str) -> Any:
     return config_mod.load(path)
 
 
-def _health_url(config: Any) -> str:
-    host = config.bind_address
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{config.port}/health"
-
-
-def _answers(url: str, node_id: str) -> bool:
-    """Whether this node (not some other process on its port) answers /health."""
-    import httpx
-
-    try:
-        response = httpx.get(url, timeout=1.0)
-        return response.status_code == 200 and response.json().get("node_id") == node_id
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return False
-
-
 def cmd_start(args: argparse.Namespace) -> int:
     from kvs import daemon
     from kvs.config import ConfigError
@@ -210,15 +198,17 @@ def cmd_start(args: argparse.Namespace) -> int:
         return _error(f"{instance.config} is already running (pid {current.pid})")
     if current.stale_pid is not None:
         _say(f"removed a stale PID file (pid {current.stale_pid} is gone)")
-    pid = daemon.spawn(instance)
-    url = _health_url(config)
     try:
-        daemon.wait_ready(instance, pid, lambda: _answers(url, config.node_id), args.timeout)
+        local.trust(config)  # a certificate file that is not one: say so before starting
+    except (OSError, ssl.SSLError) as exc:
+        return _usage(f"{instance.config}: tls_cert_file/tls_ca_file: cannot be read: {exc}")
+    pid = daemon.spawn(instance)
+    url = local.base_url(config)
+    try:
+        daemon.wait_ready(instance, pid, lambda: local.answers(config), args.timeout)
     except daemon.StartFailed as exc:
         return _error(f"{instance.config}: {exc}")
-    print(
-        f"started {config.node_id} (pid {pid}) on {url.rsplit('/', 1)[0]}; log: {instance.log_file}"
-    )
+    print(f"started {config.node_id} (pid {pid}) on {url}; log: {instance.log_file}")
     return EXIT_OK
 
 
@@ -271,7 +261,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         current = daemon.state(instance)
         if current.pid is not None:
             running = True
-            print(f"{instance.config}: running (pid {current.pid}); log: {instance.log_file}")
+            print(
+                f"{instance.config}: running (pid {current.pid}), {_answering(instance.config)};"
+                f" log: {instance.log_file}"
+            )
         elif current.stale_pid is not None:
             print(
                 f"{instance.config}: not running (stale PID file for pid {current.stale_pid} removed)"
@@ -279,6 +272,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             print(f"{instance.config}: not running")
     return EXIT_OK if running else EXIT_NOT_RUNNING
+
+
+def _answering(config_path: Path) -> str:
+    """`ready on URL`, or why the running node does not answer (its config is unreadable
+    now, or /health does not answer in its own scheme)."""
+    from kvs.config import ConfigError
+
+    try:
+        config = _load_config(str(config_path))
+    except ConfigError:
+        return "its config no longer loads"
+    try:
+        if local.answers(config, timeout=2.0):
+            return f"ready on {local.base_url(config)}"
+    except (OSError, ssl.SSLError):
+        pass
+    return f"not answering on {local.base_url(config)}"
 
 
 # ---------------------------------------------------------------- argument parsing

@@ -3,6 +3,7 @@ on Trio through anyio)."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
@@ -38,10 +39,17 @@ class AsyncClient(ClientBase):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: bool | str | ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(url, token, timeout)
+        """`verify`: how an https node's certificate is checked -- a CA bundle's path, an
+        SSLContext, False; default `$KVS_CACERT`, else the system's CA store."""
+        super().__init__(url, token, timeout, verify)
         self._http = httpx.AsyncClient(
-            base_url=self.url, headers=self._headers, timeout=timeout, transport=transport
+            base_url=self.url,
+            headers=self._headers,
+            timeout=timeout,
+            transport=transport,
+            verify=self.verify,
         )
 
     async def __aenter__(self) -> AsyncClient:

@@ -5,3 +5,4 @@ importing the HTTP client, which a node never needs)."""
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV = "KVS_URL"
 TOKEN_ENV = "KVS_TOKEN"
+CACERT_ENV = "KVS_CACERT"  # a PEM bundle of the CA(s) that signed an https node's certificate

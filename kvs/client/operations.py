@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -15,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from kvs.client.env import DEFAULT_URL, TOKEN_ENV, URL_ENV
+from kvs.client.env import CACERT_ENV, DEFAULT_URL, TOKEN_ENV, URL_ENV
 from kvs.client.errors import ConnectionFailed, UnexpectedResponse, error_for
 
 DEFAULT_TIMEOUT = 10.0
@@ -65,6 +66,21 @@ def resolve_url(url: str | None) -> str:
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"{given!r} is not an http:// URL (for example {DEFAULT_URL})")
     return text.rstrip("/")
+
+
+def resolve_verify(verify: bool | str | ssl.SSLContext | None) -> bool | ssl.SSLContext:
+    """How an https node's certificate is checked: a CA bundle's path (PEM), an SSLContext,
+    `False` (not at all), or None: `$KVS_CACERT` if set, else the system's CA store.
+    Raises ValueError for a CA bundle that cannot be read."""
+    if verify is None:
+        verify = os.environ.get(CACERT_ENV) or True
+    if not isinstance(verify, str):
+        return verify
+    try:
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise ValueError(f"cannot read the CA bundle {verify!r}: {reason}") from None
 
 
 def resolve_token(token: str | None) -> str | None:
@@ -286,14 +302,36 @@ def request_args(call: Call[Any]) -> dict[str, Any]:
 
 
 def connection_failed(base: str, exc: httpx.HTTPError) -> ConnectionFailed:
-    return ConnectionFailed(f"cannot reach {base}: {exc or type(exc).__name__}")
+    seen: BaseException | None = exc
+    while seen is not None:  # httpx on trio often carries the reason only in the cause
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            reason = seen.verify_message or seen.reason or "verification failed"
+            return ConnectionFailed(
+                f"cannot reach {base}: its TLS certificate is not trusted ({reason});"
+                f" give its CA with --cacert FILE or ${CACERT_ENV}"
+            )
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return ConnectionFailed(
+            f"cannot reach {base}: its TLS certificate is not trusted ({text});"
+            f" give its CA with --cacert FILE or ${CACERT_ENV}"
+        )
+    return ConnectionFailed(f"cannot reach {base}: {text}")
 
 
 class ClientBase:
     """What both clients hold: the resolved URL and token, the timeout, the auth header."""
 
-    def __init__(self, url: str | None, token: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        token: str | None,
+        timeout: float,
+        verify: bool | str | ssl.SSLContext | None = None,
+    ) -> None:
         self.url = resolve_url(url)
         self.token = resolve_token(token)
         self.timeout = timeout
+        self.verify = resolve_verify(verify)
         self._headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -37,10 +38,17 @@ class Client(ClientBase):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
+        verify: bool | str | ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(url, token, timeout)
+        """`verify`: how an https node's certificate is checked -- a CA bundle's path, an
+        SSLContext, False; default `$KVS_CACERT`, else the system's CA store."""
+        super().__init__(url, token, timeout, verify)
         self._http = httpx.Client(
-            base_url=self.url, headers=self._headers, timeout=timeout, transport=transport
+            base_url=self.url,
+            headers=self._headers,
+            timeout=timeout,
+            transport=transport,
+            verify=self.verify,
         )
 
     def __enter__(self) -> Client:

@@ -105,10 +105,12 @@ class Config:
     seed_nodes: list[str] = setting(
         [],
         r.SEEDS,
-        "`host:port` **HTTP** addresses of existing nodes (as in the Go KVS). A joining node"
-        " asks a seed for its gossip address (proving it holds the cluster secret), then joins;"
-        " it retries with backoff until a seed answers, and rejoins through the seeds if it"
-        " ever finds itself alone.",
+        "HTTP API addresses of existing nodes: `https://host:port`, `http://host:port`, or"
+        " `host:port` (as in the Go KVS: asked over `http`, or `https` when this node serves"
+        " TLS itself). A joining node asks a seed for its gossip address (proving it holds the"
+        " cluster secret; an `https` seed's certificate is checked against `tls_ca_file`),"
+        " then joins; it retries with backoff until a seed answers, and rejoins through the"
+        " seeds if it ever finds itself alone.",
         basic=True,
     )
     cluster_secret: str = setting(
@@ -380,6 +382,28 @@ class Config:
         "The TLS private key (PEM). Needs `tls_cert_file`.",
         shown="unset",
         example="key.pem",
+    )
+    tls_ca_file: str = setting(
+        "",
+        r.FILE,
+        "CA certificates (PEM bundle) this node trusts when it asks an `https://` seed for its"
+        " gossip address, and that `kvs start`/`status`/`admin recover` trust when they reach"
+        " this node. Unset: the system's CA store.",
+        shown="unset",
+        example="ca.pem",
+    )
+    tls_skip_verify: bool = setting(
+        False,
+        r.BOOL,
+        "Do not check an `https://` seed's certificate at all (the Go KVS's"
+        " `cluster_tls_skip_verify`). Anyone on the path can then read the cluster-info"
+        " exchange: for tests only; logged as a warning at every start.",
+    )
+    root_token_lifetime: float = setting(
+        86400.0,
+        r.integer_duration(1, 365 * 86400),
+        "Lifetime of a root token: the one made on a new cluster's first start and those"
+        " `kvs admin recover` issues (see [Admin recovery](operations.md#admin-recovery)).",
     )
 
     backup_enabled: bool = setting(

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from kvs.config.declaration import SECTIONS, Config, declared, default_of
-from kvs.config.rules import POSITIVE_DURATION, ConfigError, Rule, render
+from kvs.config.rules import BOOL, POSITIVE_DURATION, ConfigError, Rule, render
 from kvs.private_files import write_private
 
 DEFAULT_CONFIG_NAME = "config.yaml"
@@ -33,6 +33,14 @@ _ACCEPTED_FOR_COMPATIBILITY = {
 # The Go KVS's gossip period keys map onto push_pull_interval (see from_mapping).
 _GO_GOSSIP_INTERVALS = ("gossip_interval_min", "gossip_interval_max")
 
+# The Go KVS's TLS keys and ours (see _apply_go_tls).
+_GO_TLS = {
+    "cluster_tls_enabled": None,
+    "cluster_tls_cert_file": "tls_cert_file",
+    "cluster_tls_key_file": "tls_key_file",
+    "cluster_tls_skip_verify": "tls_skip_verify",
+}
+
 
 def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Config:
     """Validate a parsed YAML mapping into a Config; raise ConfigError on the first problem."""
@@ -43,10 +51,14 @@ def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Confi
     values: dict[str, Any] = {}
     go_intervals: dict[str, float] = {}
     go_throttle_ms: int | None = None
+    go_tls: dict[str, Any] = {}
     for key, raw in data.items():
         if not isinstance(key, str):
             raise ConfigError(str(key), "config keys must be strings", path)
         if key in _ACCEPTED_FOR_COMPATIBILITY:
+            continue
+        if key in _GO_TLS:
+            go_tls[key] = raw
             continue
         if key == "throttle_delay_ms":
             if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
@@ -66,6 +78,7 @@ def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Confi
             values[key] = check(raw)
         except ValueError as exc:
             raise ConfigError(key, str(exc), path) from None
+    _apply_go_tls(go_tls, values, path)
     _check_security(values, path)
     if go_intervals and "push_pull_interval" not in values:
         # The Go KVS gossiped whole member lists every gossip_interval_min..max seconds: that
@@ -102,6 +115,38 @@ def from_mapping(data: Any, path: str | os.PathLike[str] | None = None) -> Confi
     return config
 
 
+def _apply_go_tls(
+    go: dict[str, Any], values: dict[str, Any], path: str | os.PathLike[str] | None
+) -> None:
+    """The Go KVS's `cluster_tls_*` keys onto ours: with `cluster_tls_enabled: true`,
+    `cluster_tls_cert_file`/`cluster_tls_key_file` are `tls_cert_file`/`tls_key_file` (the
+    HTTP API serves TLS, and bare seeds are asked over https); with it false or absent they
+    are ignored, as the Go KVS ignores them. `cluster_tls_skip_verify` is `tls_skip_verify`.
+    A key of ours set in the same file wins."""
+    if not go:
+        return
+    enabled = False
+    if "cluster_tls_enabled" in go:
+        try:
+            enabled = BOOL(go["cluster_tls_enabled"])
+        except ValueError as exc:
+            raise ConfigError("cluster_tls_enabled", str(exc), path) from None
+    for go_key, ours in _GO_TLS.items():
+        if ours is None or go_key not in go:
+            continue
+        if ours != "tls_skip_verify" and not enabled:
+            continue
+        try:
+            value = _RULES[ours](go[go_key])
+        except ValueError as exc:
+            raise ConfigError(go_key, str(exc), path) from None
+        values.setdefault(ours, value)
+    if enabled and not (values.get("tls_cert_file") and values.get("tls_key_file")):
+        raise ConfigError(
+            "cluster_tls_enabled", "needs cluster_tls_cert_file and cluster_tls_key_file", path
+        )
+
+
 def _check_security(values: dict[str, Any], path: str | os.PathLike[str] | None) -> None:
     """Security keys that only make sense together."""
     cert, key = values.get("tls_cert_file", ""), values.get("tls_key_file", "")
@@ -109,7 +154,8 @@ def _check_security(values: dict[str, Any], path: str | os.PathLike[str] | None)
         missing = "tls_key_file" if cert else "tls_cert_file"
         raise ConfigError(missing, "TLS needs both tls_cert_file and tls_key_file", path)
     base = Path(path).resolve().parent if path else Path.cwd()
-    for name, value in (("tls_cert_file", cert), ("tls_key_file", key)):
+    ca = values.get("tls_ca_file", "")
+    for name, value in (("tls_cert_file", cert), ("tls_key_file", key), ("tls_ca_file", ca)):
         if value and not (base / value).is_file():
             raise ConfigError(name, f"file {value!r} does not exist", path)
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from kvs.model import parse_duration
+from kvs.net.seeds import split_seed
 
 
 class ConfigError(Exception):
@@ -152,16 +153,13 @@ def _seeds(value: Any) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ValueError("must be a list of host:port entries")
+        raise ValueError("must be a list of host:port or https://host:port entries")
     for entry in value:
-        if not isinstance(entry, str) or not re.fullmatch(
-            r"[^\s:]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", entry
-        ):
-            raise ValueError(f"{entry!r} is not host:port")
-    return list(value)
+        split_seed(entry)
+    return [entry.strip() for entry in value]
 
 
-SEEDS = Rule(_seeds, "list of `host:port`")
+SEEDS = Rule(_seeds, "list of `host:port`, `http://host:port` or `https://host:port`")
 
 
 def _duration(value: Any) -> float:
@@ -176,6 +174,22 @@ def _positive_duration(value: Any) -> float:
 
 
 DURATION = Rule(_duration, "duration, 0 or more", "duration")
+
+
+def integer_duration(lo: int, hi: int) -> Rule:
+    """A duration of whole seconds between `lo` and `hi` (tokens count in seconds)."""
+
+    def parse(value: Any) -> float:
+        seconds = parse_duration(value, what="value")
+        if not lo <= seconds <= hi:
+            raise ValueError(
+                f"must be between {render(lo, 'duration')} and {render(hi, 'duration')}"
+            )
+        return float(int(seconds))
+
+    return Rule(parse, f"duration, {render(lo, 'duration')}–{render(hi, 'duration')}", "duration")
+
+
 POSITIVE_DURATION = Rule(_positive_duration, "duration, above 0", "duration")
 
 

@@ -8,6 +8,7 @@ so a failing test never leaves a node behind holding a port or an LMDB lock.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -36,12 +37,25 @@ KVS_SCRIPT = Path(sys.executable).with_name("kvs")  # the console script pip ins
 
 
 def run_kvs(
-    *args: str, cwd: Path | str, timeout: float = EXIT_TIMEOUT, console_script: bool = False
+    *args: str,
+    cwd: Path | str,
+    timeout: float = EXIT_TIMEOUT,
+    console_script: bool = False,
+    env: dict[str, str | None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a `kvs` command to completion (init, or a node expected to fail at start-up).
 
-    `python -m kvs` by default; `console_script=True` runs the installed `kvs` script."""
+    `python -m kvs` by default; `console_script=True` runs the installed `kvs` script.
+    `env` changes the environment (a None value removes that variable)."""
     command = [str(KVS_SCRIPT)] if console_script else KVS
+    environment = None
+    if env is not None:
+        environment = {**os.environ}
+        for name, value in env.items():
+            if value is None:
+                environment.pop(name, None)
+            else:
+                environment[name] = value
     return subprocess.run(
         [*command, *args],
         cwd=cwd,
@@ -49,6 +63,7 @@ def run_kvs(
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env=environment,
     )
 
 
