@@ -316,11 +316,14 @@ class DatagramCodec:
             and self.datagram_size(messages) + extra <= self.max_size
         )
 
-    def encode(self, messages: Sequence[Message], *, sent_ms: int, nonce: bytes | None) -> bytes:
+    def encode(
+        self, messages: Sequence[Message], *, sent_ms: int = 0, nonce: bytes | None = None
+    ) -> bytes:
         """One datagram carrying `messages`; ValueError if empty, too many, or too big.
 
         `sent_ms` is the sender's wall clock and `nonce` 12 fresh random bytes (the node's
-        entropy source, or the simulator's seeded one); an unkeyed codec ignores both."""
+        entropy source, or the simulator's seeded one); a keyed codec refuses to go without
+        them (ValueError), an unkeyed one ignores them."""
         return self._seal([_encode_message(m) for m in messages], sent_ms, nonce)
 
     def pack(
@@ -328,8 +331,8 @@ class DatagramCodec:
         first: Sequence[Message],
         more: Sequence[Message],
         *,
-        sent_ms: int,
-        nonce: bytes | None,
+        sent_ms: int = 0,
+        nonce: bytes | None = None,
     ) -> tuple[bytes, int]:
         """A datagram with all of `first`, then as many of `more`, in order, as fit.
 
@@ -376,10 +379,12 @@ class DatagramCodec:
             raise ValueError(f"datagram of {len(data)} bytes exceeds {self.max_size}")
         return data
 
-    def decode(self, data: bytes, *, now_ms: int) -> list[Message]:
+    def decode(self, data: bytes, *, now_ms: int | None = None) -> list[Message]:
         """The messages in one datagram; WireError for anything that is not exactly valid,
         including a sealed datagram sent too far from `now_ms` ("stale") or already
-        accepted ("replay"; see `kvs.net.replay`)."""
+        accepted ("replay"; see `kvs.net.replay`). A keyed codec needs `now_ms`."""
+        if self._keys and now_ms is None:
+            raise ValueError("a keyed codec needs the receiver's clock (now_ms)")
         if len(data) > self.max_size:  # before anything else: no work for a flood of jumbo junk
             raise WireError("oversize")
         data = bytes(data)
@@ -401,7 +406,7 @@ class DatagramCodec:
             raise shape("datagram")
         return [_message_from_wire(item) for item in obj]
 
-    def _open(self, data: bytes, now_ms: int) -> bytes:
+    def _open(self, data: bytes, now_ms: int | None) -> bytes:
         """The payload of a sealed datagram, once its tag, time and nonce are accepted."""
         if len(data) < _HEADER_BYTES + SEAL_OVERHEAD:
             raise WireError("short")
@@ -415,6 +420,7 @@ class DatagramCodec:
         else:
             raise WireError("auth")
         (sent_ms,) = _SENT.unpack_from(plain)
+        assert now_ms is not None  # checked by decode
         self.window.admit(sent_ms, nonce, now_ms)
         return plain[_SENT.size :]
 

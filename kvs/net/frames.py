@@ -184,13 +184,13 @@ class FrameStream:
                 await fs._receive_plain(), purpose, key is not None
             )
             if key is not None:
+                if server_proof is None:  # the server holds no key with our key id
+                    raise WireError("auth", "unknown key")
                 session = _session_key(key, purpose_b, nonce, server_nonce)
                 # Send our proof even if the server's is wrong, so that the server also
                 # learns "auth" rather than a bare "closed".
                 await fs._send_plain(auth_tag(session, _FINISHED, b"C"))
-                if server_proof is None or not hmac.compare_digest(
-                    server_proof, auth_tag(session, _FINISHED, b"S")
-                ):
+                if not hmac.compare_digest(server_proof, auth_tag(session, _FINISHED, b"S")):
                     raise WireError("auth")
                 fs._aead = _frame_aead(session)
         return fs

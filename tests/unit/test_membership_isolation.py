@@ -6,8 +6,6 @@ bound while the node goes on."""
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import logging
 import random
 import socket
@@ -19,8 +17,8 @@ import pytest
 import trio
 
 from kvs.config import Config, project
-from kvs.net.codec import TAG_BYTES, derive_key
-from kvs.net.datagrams import DatagramCodec
+from kvs.clock import system_wall_ms
+from kvs.net.codec import derive_key
 from kvs.net.membership import MAX_PUSH_PULL_CONNECTIONS, Membership
 from kvs.net.messages import MAX_INCARNATION, Ack, Alive, MemberInfo, Ping, Suspect
 from kvs.net.swim_settings import SwimSettings
@@ -28,18 +26,18 @@ from kvs.net.transport import RealTransport, expected_error
 from kvs.node import Node
 from kvs.testing.ports import free_ports
 from tests.support.config import make_config
+from tests.support.wire import StampedCodec, seal_payload
 
 SECRET = "membership-isolation-secret"
 KEY = derive_key(SECRET, "gossip")
-CODEC = DatagramCodec(KEY)
+CODEC = StampedCodec(KEY, clock=system_wall_ms)
 DEADLINE = 30  # seconds of real time for any test here
 
 
 def seal(payload: bytes) -> bytes:
-    """A datagram around any payload, with a valid tag (the layout of kvs.net.datagrams)."""
+    """A datagram around any payload, sealed with the cluster's key (kvs.net.datagrams)."""
     assert KEY is not None
-    header = b"KV" + bytes([1 | 0x80])
-    return header + hmac.new(KEY, header + payload, hashlib.sha256).digest()[:TAG_BYTES] + payload
+    return seal_payload(payload, KEY, system_wall_ms())
 
 
 async def ask(sock: trio.socket.SocketType, data: bytes, to: tuple[str, int]) -> list[object]:
@@ -47,7 +45,8 @@ async def ask(sock: trio.socket.SocketType, data: bytes, to: tuple[str, int]) ->
     await sock.sendto(data, to)
     with trio.fail_after(5):
         answer, _ = await sock.recvfrom(2048)
-    return list(CODEC.decode(answer))
+    # A fresh replay window: nodes here draw nonces from the same seeded rng, test after test.
+    return list(StampedCodec(KEY, clock=system_wall_ms).decode(answer))
 
 
 @pytest.mark.parametrize("stored", [2**63 - 1, MAX_INCARNATION, -1, "x"])
@@ -107,6 +106,7 @@ async def start_membership(
         cluster_secret=SECRET,
         rng=rng,
         nonce=lambda: rng.randbytes(16),
+        wall_ms=system_wall_ms,
         **kwargs,
     )
     address = await nursery.start(membership.run)
