@@ -193,3 +193,30 @@ async def test_refutations_are_persisted_latest_first_and_a_store_failure_is_fat
                     await sock.sendto(CODEC.encode([Suspect("m1", incarnation, "peer")]), address)
                 await trio.sleep_forever()
     assert expected_error(caught.value, (RuntimeError,)) is not None
+
+
+async def test_replayed_stale_and_old_layout_datagrams_are_dropped_and_counted() -> None:
+    """A captured datagram sent again, one stamped outside the time window, and one in the
+    previous (HMAC, clear text) layout: each is refused, counted by reason, and the node
+    goes on answering."""
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            membership, address = await start_membership(nursery)
+            with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as sock:
+                await sock.bind(("127.0.0.1", 0))
+                ping = CODEC.encode([Ping(9, "peer", "m1")])
+                assert Ack(9, "m1") in await ask(sock, ping, address)
+                await sock.sendto(ping, address)  # the capture, replayed
+                await sock.sendto(ping, address)
+                stale = CODEC.encode([Ping(10, "peer", "m1")], sent_ms=system_wall_ms() - 61_000)
+                await sock.sendto(stale, address)
+                await sock.sendto(b"KV\x81" + bytes(16) + msgpack.packb([[2, 1, "a"]]), address)
+                assert Ack(11, "m1") in await ask(
+                    sock, CODEC.encode([Ping(11, "p", "m1")]), address
+                )
+            counters = membership.stats()["counters"]
+            assert isinstance(counters, dict)
+            assert counters["dropped_replay"] == 2
+            assert counters["dropped_stale"] == 1
+            assert counters["dropped_version"] == 1
+            nursery.cancel_scope.cancel()
