@@ -74,7 +74,7 @@ def cluster_blueprint(node: NodeView) -> Blueprint:
             {
                 # The whole keyring, as configured now: a node joining mid-rotation must
                 # accept what every peer sends.
-                "cluster_secret": node.keyring[0] if len(node.keyring) == 1 else node.keyring,
+                "cluster_secret": node.keyring[0] if len(node.keyring) == 1 else list(node.keyring),
                 "seed": f"{c.effective_advertise_address}:{c.port}",
                 "node_id": node.node_id,
             },
