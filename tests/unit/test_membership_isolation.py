@@ -16,8 +16,8 @@ import msgpack
 import pytest
 import trio
 
-from kvs.config import Config, project
 from kvs.clock import system_wall_ms
+from kvs.config import Config, project
 from kvs.net.codec import derive_key
 from kvs.net.membership import MAX_PUSH_PULL_CONNECTIONS, Membership
 from kvs.net.messages import MAX_INCARNATION, Ack, Alive, MemberInfo, Ping, Suspect

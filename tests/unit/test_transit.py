@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from kvs.config import ConfigError, from_mapping
 from kvs.net.codec import WireError, derive_key, derive_keys
+from kvs.net.datagrams import MAX_DATAGRAM_BYTES, SEAL_OVERHEAD
 from kvs.net.frames import FrameStream
-from kvs.net.messages import Ack, Ping
+from kvs.net.messages import Ack, Alive, MemberInfo, Ping
 from kvs.net.replay import WINDOW_MS, ReplayWindow
 from kvs.net.seeds import auth_header_value, verify_auth
 from tests.support.wire import NOW_MS, StampedCodec, fresh_nonce
@@ -272,3 +273,17 @@ def test_a_bad_keyring_names_the_key_and_never_a_secret(value: Any) -> None:
     message = str(info.value)
     assert "cluster_secret" in message and "\n" not in message
     assert NEW not in message and "12345" not in message and "424242" not in message
+
+
+def test_sealed_datagrams_keep_the_mtu_budget_with_piggybacking() -> None:
+    """The SWIM core packs gossip behind a probe up to the limit: sealed, it stays within
+    1400 bytes, and nearly fills it (the seal's 39 bytes come out of the payload)."""
+    codec = gossip(NEW)
+    more = [
+        Alive(MemberInfo(f"node-{i}", i, i, ("10.0.0.1", 1), ("10.0.0.1", 2), ("h", 3)))
+        for i in range(80)
+    ]
+    data, used = codec.pack([Ping(1, "node-1", "node-2")], more)
+    assert MAX_DATAGRAM_BYTES - 100 < len(data) <= MAX_DATAGRAM_BYTES and 0 < used < 80
+    assert codec.overhead == 3 + SEAL_OVERHEAD == 39
+    assert codec.decode(data) == [Ping(1, "node-1", "node-2"), *more[:used]]

@@ -12,17 +12,16 @@ import msgpack
 import pytest
 import trio
 import trio.testing
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kvs.net.codec import REASONS, WireError, derive_key
 from kvs.net.datagrams import (
     MAX_DATAGRAM_BYTES,
-    SEAL_OVERHEAD,
     MAX_HOST_LEN,
     MAX_MESSAGES,
+    SEAL_OVERHEAD,
     DatagramCodec,
     decode_push_pull,
     encode_push_pull,
@@ -134,9 +133,7 @@ def one_of_each() -> list[Message]:
     ]
 
 
-def seal(
-    payload: bytes, key: bytes | None = KEY, version: int = 2, sent_ms: int = NOW_MS
-) -> bytes:
+def seal(payload: bytes, key: bytes | None = KEY, version: int = 2, sent_ms: int = NOW_MS) -> bytes:
     """A datagram around any payload, built from the documented layout (not the codec)."""
     if key is None:
         return b"KV" + bytes([version]) + payload
