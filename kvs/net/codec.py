@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from typing import Any, Final, NoReturn
 
 import msgpack
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "AEAD_NONCE_BYTES",
@@ -145,12 +143,17 @@ def key_id(key: bytes) -> bytes:
 class Aead:
     """AES-256-GCM with one key: seal and open, nonces and clock supplied by the caller."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_invalid")
 
     def __init__(self, key: bytes) -> None:
+        # Imported here: `kvs --help` and other commands that open no link need not load it.
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         if not isinstance(key, bytes) or len(key) not in (16, 24, 32):
             raise ValueError("an AEAD key is 16, 24 or 32 bytes (use derive_key)")
         self._aead = AESGCM(key)
+        self._invalid = InvalidTag
 
     def __repr__(self) -> str:  # the key stays out of logs
         return "Aead()"
@@ -163,7 +166,7 @@ class Aead:
         """The plaintext, or None when the tag does not verify (wrong key, any bit changed)."""
         try:
             return self._aead.decrypt(nonce, sealed, aad)
-        except InvalidTag:
+        except self._invalid:
             return None
 
 
