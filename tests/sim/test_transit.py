@@ -95,7 +95,8 @@ def test_a_wiretap_reads_nothing_and_replaying_it_changes_nothing(
 
             def replicated() -> bool:
                 return all(
-                    n.store.get_raw_many([f"keymarker-{seed}-{i}" for i in range(3)])  # type: ignore[union-attr]
+                    len(n.store.get_raw_many([f"keymarker-{seed}-{i}" for i in range(3)])) == 3  # type: ignore[union-attr]
+                    and n.store.get_raw_many(["apikeymarker"])  # type: ignore[union-attr]
                     and len({n.sync.tree.root for n in nodes}) == 1  # type: ignore[union-attr]
                     for n in nodes
                 )
@@ -146,3 +147,59 @@ def test_a_wiretap_reads_nothing_and_replaying_it_changes_nothing(
             assert streams == len(sessions) > 0
 
     run_simulation(scenario, seed, capture=True, **LAN)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_rolling_keyring_change_keeps_everyone_alive_and_a_jump_does_not(
+    tmp_path: Path, seed: int
+) -> None:
+    """The rotation of docs/operations.md, in process (what SIGHUP calls), node by node:
+    nobody is ever suspected and writes replicate at every step. Then the control: one node
+    jumps straight to a secret the others do not accept, and the others declare it dead."""
+
+    async def scenario(net: SimNetwork) -> None:
+        async with SimCluster.open(net, tmp_path) as cluster:
+            names = await cluster.start_many(3)
+            await cluster.wait_for(cluster.converged, timeout=60)
+            nodes = [cluster.nodes[n].node for n in names]
+            suspected: list[tuple[str, str]] = []
+
+            async def watch() -> None:
+                while True:
+                    for name in names:
+                        for other, state in cluster.view(name).items():
+                            if state.value != "alive":
+                                suspected.append((name, other))
+                    await trio.sleep(0.05)
+
+            old, new = SECRET, "the-new-cluster-secret"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                for step, keyring in enumerate([(old, new), (new, old), (new,)]):
+                    for i, node in enumerate(nodes):
+                        node.reload_keyring(keyring)  # type: ignore[union-attr]
+                        await trio.sleep(2)
+                        key = f"step{step}/n{i}"
+                        [done] = await node.store.write([Put(key, b"1")])  # type: ignore[union-attr]
+                        assert isinstance(done, Written)
+                await cluster.wait_for(
+                    lambda: all(
+                        len(n.store.get_raw_many([f"step2/n{i}" for i in range(3)])) == 3  # type: ignore[union-attr]
+                        for n in nodes
+                    ),
+                    timeout=30,
+                )
+                await trio.sleep(5)
+                nursery.cancel_scope.cancel()
+            assert suspected == []
+            assert all(n.keyring == (new,) for n in nodes)  # type: ignore[union-attr]
+            with pytest.raises(ValueError):
+                nodes[0].reload_keyring(())  # type: ignore[union-attr]
+
+            nodes[2].reload_keyring(("yet-another-secret",))  # type: ignore[union-attr]
+            await cluster.wait_for(
+                lambda: cluster.view(names[0])[names[2]].value == "dead", timeout=60
+            )
+            assert nodes[0].membership.counters["dropped_auth"] > 0  # type: ignore[union-attr]
+
+    run_simulation(scenario, seed, **LAN)
