@@ -43,10 +43,11 @@ __all__ = [
 ]
 
 VERSION: Final = 2  # of both layouts: the datagram header's and the stream handshake's
-# 1: HMAC-authenticated, clear text. 2: AEAD-sealed (AES-256-GCM), datagrams timestamped.
+# 1: HMAC-authenticated, clear text. 2: AEAD-sealed (datagrams AES-256-GCM-SIV and
+# timestamped, frames AES-256-GCM).
 TAG_BYTES: Final = 16  # truncated HMAC-SHA256 (handshake proofs): 128 bits against forgery
-AEAD_NONCE_BYTES: Final = 12  # AES-GCM's nonce
-AEAD_TAG_BYTES: Final = 16  # AES-GCM's tag: what sealing adds to every frame
+AEAD_NONCE_BYTES: Final = 12  # AES-GCM's (and GCM-SIV's) nonce
+AEAD_TAG_BYTES: Final = 16  # their tag: what sealing adds to every frame
 KEY_ID_BYTES: Final = 8  # names a key of the keyring in a stream hello; reveals nothing of it
 # Bounds of numbers (MAX_UINT, MAX_INCARNATION, MAX_MEMBERS) live in kvs.net.messages, where
 # the SWIM core reads them too; each codec's own sizes live with it.
@@ -141,18 +142,24 @@ def key_id(key: bytes) -> bytes:
 
 
 class Aead:
-    """AES-256-GCM with one key: seal and open, nonces and clock supplied by the caller."""
+    """AES-256-GCM with one key: seal and open, nonces supplied by the caller.
+
+    `siv=True` is AES-256-GCM-SIV (RFC 8452), for keys many senders share under random
+    nonces (gossip datagrams): a repeated nonce then reveals at most that two plaintexts
+    were equal, instead of GCM's authentication key, so the 2^32-messages limit of random
+    96-bit nonces under one GCM key does not apply. Streams use plain GCM: each session has
+    its own key and counts its nonces, which never repeat."""
 
     __slots__ = ("_aead", "_invalid")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, *, siv: bool = False) -> None:
         # Imported here: `kvs --help` and other commands that open no link need not load it.
         from cryptography.exceptions import InvalidTag
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 
         if not isinstance(key, bytes) or len(key) not in (16, 24, 32):
             raise ValueError("an AEAD key is 16, 24 or 32 bytes (use derive_key)")
-        self._aead = AESGCM(key)
+        self._aead = AESGCMSIV(key) if siv else AESGCM(key)
         self._invalid = InvalidTag
 
     def __repr__(self) -> str:  # the key stays out of logs

@@ -2,7 +2,7 @@
 
 Datagram layout (UDP, at most `MAX_DATAGRAM_BYTES`), keyed (the default):
 
-    magic "KV" (2) | version (1, high bit set = sealed) | nonce (12) | AES-256-GCM(
+    magic "KV" (2) | version (1, high bit set = sealed) | nonce (12) | AES-256-GCM-SIV(
         key, nonce, aad = magic + version,
         plaintext = sent_ms (8, big-endian) | msgpack payload) | tag (16)
 
@@ -253,7 +253,8 @@ class DatagramCodec:
     """Encodes and decodes membership datagrams; pure functions of the keys, no I/O.
 
     Keyed (a keyring: the first key seals, every key opens), each datagram is sealed with
-    AES-256-GCM under a caller-supplied random nonce and carries its sender's wall-clock time;
+    AES-256-GCM-SIV (every node shares the key, so nonce misuse resistance: see
+    `kvs.net.codec.Aead`) under a caller-supplied random nonce and carries its sender's wall-clock time;
     `decode` admits it through the codec's `ReplayWindow` (fed the receiver's `now_ms`), so
     a captured datagram replayed later is refused ("replay" or "stale"). Unkeyed (no secret),
     datagrams travel in clear text and nothing is checked: for tests and trusted labs only.
@@ -289,7 +290,7 @@ class DatagramCodec:
         if self._keys and not new:
             raise ValueError("a keyed codec cannot drop every key")
         self._keys = new
-        self._aeads = tuple(Aead(k) for k in new)
+        self._aeads = tuple(Aead(k, siv=True) for k in new)
 
     @property
     def keyed(self) -> bool:

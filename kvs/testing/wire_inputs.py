@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from kvs.model import Record, RecordCodec, Version, hlc_pack
 from kvs.net.codec import AEAD_NONCE_BYTES, derive_key
@@ -114,14 +114,14 @@ def wall_ms() -> int:
 
 def seal(key: bytes | None, payload: bytes, *, sent_ms: int = 0, nonce: bytes = b"") -> bytes:
     """A datagram around any payload, by the layout documented in kvs.net.datagrams (not the
-    codec): sealed with AES-256-GCM, stamped `sent_ms` (now by default) under `nonce`."""
+    codec): sealed with AES-256-GCM-SIV, stamped `sent_ms` (now by default) under `nonce`."""
     if key is None:
         return b"KV\x02" + payload
     header = b"KV\x82"
     if len(nonce) != AEAD_NONCE_BYTES:
         raise ValueError("a sealed datagram needs a 12-byte nonce (from the fuzzer's rng)")
     plain = (sent_ms or wall_ms()).to_bytes(8, "big") + payload
-    return header + nonce + AESGCM(key).encrypt(nonce, plain, header)
+    return header + nonce + AESGCMSIV(key).encrypt(nonce, plain, header)
 
 
 def interesting(rng: random.Random) -> Any:

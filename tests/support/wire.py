@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from kvs.net.codec import AEAD_NONCE_BYTES
 from kvs.net.datagrams import DatagramCodec
@@ -28,7 +28,9 @@ def seal_payload(payload: bytes, key: bytes, sent_ms: int = NOW_MS) -> bytes:
     codec): what a key holder can send, valid or not."""
     header = b"KV\x82"
     nonce = fresh_nonce()
-    return header + nonce + AESGCM(key).encrypt(nonce, sent_ms.to_bytes(8, "big") + payload, header)
+    return (
+        header + nonce + AESGCMSIV(key).encrypt(nonce, sent_ms.to_bytes(8, "big") + payload, header)
+    )
 
 
 class StampedCodec(DatagramCodec):

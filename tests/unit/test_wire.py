@@ -12,7 +12,7 @@ import msgpack
 import pytest
 import trio
 import trio.testing
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -140,7 +140,7 @@ def seal(payload: bytes, key: bytes | None = KEY, version: int = 2, sent_ms: int
     header = b"KV" + bytes([version | 0x80])
     nonce = fresh_nonce()
     plain = sent_ms.to_bytes(8, "big") + payload
-    return header + nonce + AESGCM(key).encrypt(nonce, plain, header)
+    return header + nonce + AESGCMSIV(key).encrypt(nonce, plain, header)
 
 
 def seal_v1(payload: bytes, key: bytes) -> bytes:
