@@ -3,6 +3,7 @@ keyring setting (issue 14). The wire layouts themselves are in tests/unit/test_w
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -12,7 +13,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvs.config import ConfigError, from_mapping
+from kvs.config import ConfigError, default_config_text, from_mapping, load
 from kvs.net.codec import WireError, derive_key, derive_keys
 from kvs.net.datagrams import MAX_DATAGRAM_BYTES, SEAL_OVERHEAD
 from kvs.net.frames import FrameStream
@@ -287,3 +288,10 @@ def test_sealed_datagrams_keep_the_mtu_budget_with_piggybacking() -> None:
     assert MAX_DATAGRAM_BYTES - 100 < len(data) <= MAX_DATAGRAM_BYTES and 0 < used < 80
     assert codec.overhead == 3 + SEAL_OVERHEAD == 39
     assert codec.decode(data) == [Ping(1, "node-1", "node-2"), *more[:used]]
+
+
+def test_a_joiner_config_holds_the_whole_keyring(tmp_path: Path) -> None:
+    """`kvs join` mid-rotation writes the keyring the seed answered with (a list)."""
+    path = tmp_path / "node.yaml"
+    path.write_text(default_config_text(node_id="n4", cluster_secret=[NEW, OLD]))
+    assert load(path).cluster_secrets == (NEW, OLD)
