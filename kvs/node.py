@@ -84,6 +84,7 @@ class Node:
         self.membership: Membership | None = None
         self.sync: SyncService | None = None
         self.clock = HybridLogicalClock(wall_ms)
+        self._keyring = config.cluster_secrets
         self._store_in_thread = store_in_thread
         self.store: Store | Any = None
         self.http_addresses: list[str] = []
@@ -120,6 +121,25 @@ class Node:
         if self.membership is None or self.sync is None:
             return None
         return _Cluster(self.membership, self.sync)
+
+    @property
+    def keyring(self) -> tuple[str, ...]:
+        """The cluster secrets in force: the first sends and signs, all are accepted."""
+        return self._keyring
+
+    def reload_keyring(self, secrets: tuple[str, ...]) -> None:
+        """Put a new keyring in force without a restart (SIGHUP): gossip, push-pull, sync,
+        the seed lookup and tokens. Sessions already open keep their session keys. A node
+        cannot go from keyed to unkeyed (or back) this way: ValueError, nothing changed."""
+        if bool(secrets) != bool(self._keyring):
+            raise ValueError("cluster_secret cannot be added or removed by a reload: restart")
+        if self.membership is not None:
+            self.membership.set_secrets(secrets)
+        if self.sync is not None:
+            self.sync.set_secrets(secrets)
+        if self.auth is not None:
+            self.auth.set_secrets(secrets)
+        self._keyring = secrets
 
     @property
     def stopping(self) -> trio.Event:
@@ -218,7 +238,7 @@ class Node:
             nonce=self._nonce,
         )
         if self.config.tamper_logging_enabled:
-            key = audit_key(self.config.cluster_secret)
+            key = audit_key(self.config.primary_secret)
             self.audit = open_audit(
                 self.config.data_path / AUDIT_DIR,
                 node_id=self.node_id,
@@ -368,9 +388,10 @@ class Node:
             config=swim,
             transport=self.transport,
             bind=(c.bind_address, c.effective_gossip_port),
-            cluster_secret=c.cluster_secret,
+            cluster_secret=self._keyring,
             rng=self.rng,
             nonce=self._nonce,
+            wall_ms=self.clock.wall_ms,
             seeds=c.seed_nodes,
             resolve_seed=self._resolve_seed or self._seed_resolver(),
             persist_incarnation=persist_incarnation,
@@ -392,7 +413,7 @@ class Node:
             skip_verify=c.tls_skip_verify,
         )
         return http_seed_resolver(
-            c.cluster_secret,
+            lambda: self._keyring,
             self.clock.wall_ms,
             default_scheme="https" if c.tls_cert_file else "http",
             tls=tls,
@@ -418,7 +439,7 @@ class Node:
             store=self.store,
             transport=self.transport,
             bind=(c.bind_address, c.effective_sync_port),
-            cluster_secret=c.cluster_secret,
+            cluster_secret=self._keyring,
             settings=project(SyncSettings, c),
             rng=self.rng,
             nonce=self._nonce,

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def admin_blueprint(node: NodeView) -> Blueprint:
     bp = Blueprint("admin", __name__)
-    gate = RecoveryGate(node.config.cluster_secret, node.node_id)
+    gate = RecoveryGate(node.config.primary_secret, node.node_id)
 
     @bp.route("/api/admin/recover", methods=["POST"])
     async def recover() -> Response:

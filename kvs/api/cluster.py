@@ -44,9 +44,7 @@ def cluster_blueprint(node: NodeView) -> Blueprint:
 
     @bp.route("/cluster/info", methods=["GET"])
     async def cluster_info() -> Response:
-        if not verify_auth(
-            node.config.cluster_secret, request.headers.get(AUTH_HEADER), node.clock.wall_ms()
-        ):
+        if not verify_auth(node.keyring, request.headers.get(AUTH_HEADER), node.clock.wall_ms()):
             if node.cluster is not None:
                 # Counted, so a node with the wrong secret knocking at its seed shows up in
                 # the seed's /cluster/stats too, not only in the joiner's log.
@@ -74,7 +72,9 @@ def cluster_blueprint(node: NodeView) -> Blueprint:
         await guard.audit(node, g.principal, "cluster.bootstrap", request.remote_addr or "")
         return json_response(
             {
-                "cluster_secret": c.cluster_secret,
+                # The whole keyring, as configured now: a node joining mid-rotation must
+                # accept what every peer sends.
+                "cluster_secret": node.keyring[0] if len(node.keyring) == 1 else list(node.keyring),
                 # With its scheme when it serves TLS, so the joiner asks it over https.
                 "seed": f"{'https://' if c.tls_cert_file else ''}"
                 f"{c.effective_advertise_address}:{c.port}",

@@ -235,7 +235,7 @@ class NodeCollector(Collector):
             yield family
         dropped = CounterMetricFamily(
             "kvs_gossip_dropped",
-            'Gossip datagrams dropped, by reason ("auth": unauthenticated)',
+            'Gossip datagrams dropped, by reason ("auth": unauthenticated; "replay", "stale": replayed)',
             labels=["reason"],
         )
         stream_dropped = CounterMetricFamily(

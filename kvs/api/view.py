@@ -59,6 +59,10 @@ class NodeView(Protocol):
     def node_id(self) -> str: ...
 
     @property
+    def keyring(self) -> tuple[str, ...]:
+        """The cluster secrets in force (reloadable): the first sends, all are accepted."""
+
+    @property
     def audit(self) -> AuditLog | None:
         """The tamper-evident log, when it is on."""
 

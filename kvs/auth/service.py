@@ -90,8 +90,9 @@ class AuthService:
         self.wall_ms = wall_ms
         self.new_uuid = new_uuid
         self.nonce = nonce
-        self._key = tokens.signing_key(config.cluster_secret or self._node_local_secret())
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._keys: tuple[bytes, ...] = ()
+        self.set_secrets(config.cluster_secrets)
         anon_scopes = set()
         if config.allow_anonymous_read:
             anon_scopes.add(READ_SCOPE)
@@ -121,6 +122,15 @@ class AuthService:
         store.listeners.append(self._on_changes)
         # A bootstrap by snapshot brings users, groups and tokens without a Change each.
         store.replaced_listeners.append(self._cache.clear)
+
+    def set_secrets(self, secrets: tuple[str, ...]) -> None:
+        """The keyring (reloadable): tokens are signed with the first secret's key and
+        accepted under any of them, so a rotation does not log anybody out until the old
+        secret is removed."""
+        self._keys = tuple(tokens.signing_key(s) for s in secrets) or (
+            tokens.signing_key(self._node_local_secret()),
+        )
+        self._cache.clear()
 
     def _node_local_secret(self) -> str:
         """Without a cluster secret, tokens are signed with a random key kept in this node's
@@ -187,9 +197,22 @@ class AuthService:
         self._cache[digest] = (principal, min(principal.expires_at, now_s + CACHE_TTL_S))
         return principal
 
+    def _verify_signed(self, token: str, now_s: float) -> tokens.Claims:
+        """The claims of a token signed under any key of the keyring (first key first)."""
+        first: tokens.TokenError | None = None
+        for key in self._keys:
+            try:
+                return tokens.verify(key, token, now_s)
+            except tokens.TokenError as exc:
+                if str(exc) != "token signature is invalid":
+                    raise  # signed with this key (or none), refused for another reason
+                first = first or exc
+        assert first is not None
+        raise first
+
     def _verify(self, token: str, digest: str, now_s: float) -> Principal:
         try:
-            claims = tokens.verify(self._key, token, now_s)
+            claims = self._verify_signed(token, now_s)
         except tokens.TokenError as exc:
             raise unauthorized(str(exc)) from None
         record = self.directory.get("tokens", claims.token_id)
@@ -270,7 +293,7 @@ class AuthService:
         token_id = self.nonce().hex()
         now_s = self.wall_ms() // 1000
         token = tokens.issue(
-            self._key, user=user_uuid, token_id=token_id, now_s=now_s, expires_in_s=lifetime_s
+            self._keys[0], user=user_uuid, token_id=token_id, now_s=now_s, expires_in_s=lifetime_s
         )
         expires_at = now_s + lifetime_s
         body: dict[str, Any] = {

@@ -108,7 +108,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         except config_mod.ConfigError as exc:
             print(f"kvs: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        key = audit_key(config.cluster_secret)
+        key = audit_key(config.primary_secret)
         data_dir = data_dir or config.data_path
     if data_dir is None:
         print("kvs: audit verify needs the node's CONFIG (or --data-dir)", file=sys.stderr)

@@ -30,7 +30,7 @@ EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 
 
-SUBCOMMANDS = {"backup", "restore", "start", "stop", "restart", "status"}
+SUBCOMMANDS = {"backup", "restore", "start", "stop", "restart", "status", "reload"}
 
 
 def _say(message: str) -> None:
@@ -236,6 +236,29 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP to a background node: it re-reads its keyring (`cluster_secret`), nothing else.
+    The file is checked first, so a typo is reported here, not only in the node's log."""
+    import signal
+
+    from kvs import daemon
+    from kvs.config import ConfigError
+
+    try:
+        config = _load_config(args.config)
+    except ConfigError as exc:
+        return _usage(str(exc))
+    instance = daemon.instance_for(args.config)
+    current = daemon.state(instance)
+    if current.pid is None:
+        _say(f"{instance.config} is not running (a foreground node: kill -HUP its pid)")
+        return EXIT_NOT_RUNNING
+    os.kill(current.pid, signal.SIGHUP)
+    count = len(config.cluster_secrets)
+    print(f"sent SIGHUP to pid {current.pid}: it reloads its keyring ({count} secret(s))")
+    return EXIT_OK
+
+
 def cmd_restart(args: argparse.Namespace) -> int:
     from kvs.config import ConfigError
 
@@ -333,6 +356,15 @@ def register(sub: Any) -> None:
             help="seconds to wait for readiness or a graceful exit (default 60)",
         )
         p.set_defaults(func=func)
+    reload_p = sub.add_parser(
+        "reload",
+        help="make a background node re-read its keyring (cluster_secret) from its config",
+        description="Send SIGHUP to the node started with CONFIG: it puts the config's"
+        " cluster_secret (a secret or a keyring list) in force without a restart; nothing"
+        " else in the file is applied. See docs/operations.md, Rotating the cluster secret.",
+    )
+    reload_p.add_argument("config", help="the node's config file")
+    reload_p.set_defaults(func=cmd_reload)
     status_p = sub.add_parser(
         "status", help="whether a background node runs (exit 0) or not (exit 3)"
     )

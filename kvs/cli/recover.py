@@ -92,7 +92,7 @@ def _ask_running(config: Any, timeout: float) -> tuple[str, str, int, str] | Non
     from kvs.client.operations import connection_failed
     from kvs.clock import system_wall_ms
 
-    proof = recover_proof(config.cluster_secret, config.node_id, system_wall_ms(), os.urandom(16))
+    proof = recover_proof(config.primary_secret, config.node_id, system_wall_ms(), os.urandom(16))
     if proof is None:
         _say(
             "the node runs and has no cluster_secret to prove: stop it, then run"

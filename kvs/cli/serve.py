@@ -124,12 +124,15 @@ async def _serve(config: Config) -> None:
         raise ConfigError("data_dir", str(exc), config.source) from None
     _tune_gc()
     _raise_file_limit()  # before the API sizes its connection cap by it
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch_signals() -> None:
                 count = 0
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        _reload_keyring(node, config)
+                        continue
                     count += 1
                     if count == 1:
                         log.info(
@@ -167,6 +170,22 @@ async def _serve(config: Config) -> None:
                     "listening on %s with no authentication: anyone who can reach this address can read and write",
                     config.bind_address,
                 )
+
+
+def _reload_keyring(node: Any, config: Config) -> None:
+    """SIGHUP: re-read the config file and put its `cluster_secret` (keyring) in force;
+    nothing else in the file is applied. A bad file changes nothing and is logged (by key
+    name: never a secret)."""
+    if config.source is None:
+        log.warning("received SIGHUP: no config file to reload the keyring from")
+        return
+    try:
+        fresh = config_mod.load(config.source)
+        node.reload_keyring(fresh.cluster_secrets)
+    except (ConfigError, ValueError) as exc:
+        log.warning("received SIGHUP: keyring NOT reloaded: %s", exc)
+        return
+    log.info("received SIGHUP: keyring reloaded (%d secret(s))", len(fresh.cluster_secrets))
 
 
 def _show_root_token(issued: Any, path: str) -> None:

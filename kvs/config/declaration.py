@@ -113,11 +113,14 @@ class Config:
         " seeds if it ever finds itself alone.",
         basic=True,
     )
-    cluster_secret: str = setting(
+    cluster_secret: str | list[str] = setting(
         "",
-        r.TEXT,
-        "Shared by every node of a cluster; authenticates gossip and sync. Never logged;"
-        " keep the file private.",
+        r.KEYRING,
+        "Shared by every node of a cluster; encrypts and authenticates gossip and sync (and"
+        " signs tokens). A list is a keyring for rotation without downtime: the first secret"
+        " is used to send and sign, all of them are accepted (`kill -HUP` reloads it; see"
+        " docs/operations.md). Empty: node-to-node traffic is neither encrypted nor"
+        " authenticated. Never logged; keep the file private.",
         basic=True,
         shown="generated",
     )
@@ -468,6 +471,20 @@ class Config:
         if self.bind_address in ("0.0.0.0", "::"):
             return _guess_reachable_address()
         return "127.0.0.1" if self.bind_address == "localhost" else self.bind_address
+
+    @property
+    def cluster_secrets(self) -> tuple[str, ...]:
+        """The keyring: () without a secret; the first one sends and signs, all receive."""
+        secret = self.cluster_secret
+        if isinstance(secret, str):
+            return (secret,) if secret else ()
+        return tuple(secret)
+
+    @property
+    def primary_secret(self) -> str:
+        """The keyring's first secret ("" without one): what this node sends and signs with,
+        and what keys its audit chain and admin recovery."""
+        return self.cluster_secrets[0] if self.cluster_secrets else ""
 
     @property
     def effective_gossip_port(self) -> int:

@@ -199,7 +199,10 @@ _HEADER = """\
 
 
 def default_config_text(
-    *, node_id: str | None = None, port: int = 8080, cluster_secret: str | None = None
+    *,
+    node_id: str | None = None,
+    port: int = 8080,
+    cluster_secret: str | list[str] | None = None,
 ) -> str:
     """A commented config holding every setting, with a fresh node id and cluster secret."""
     chosen = {

@@ -111,6 +111,23 @@ def _str(value: Any) -> str:
 
 
 TEXT = Rule(_str, "text")
+
+
+def _keyring(value: Any) -> str | list[str]:
+    """A cluster secret, or a keyring: a list of them, the first used to send, all accepted.
+    Never echoes a value: these are secrets."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a string, or a non-empty list of strings (a keyring)")
+    if not all(isinstance(v, str) and v for v in value):
+        raise ValueError("every secret of the keyring must be a non-empty string")
+    if len(set(value)) != len(value):
+        raise ValueError("the keyring lists the same secret twice")
+    return list(value)
+
+
+KEYRING = Rule(_keyring, "text, or a list of texts (a keyring)")
 PATH = Rule(lambda v: _str(v) or ".", "path, relative to the config file's directory")
 FILE = Rule(_str, "file, relative to the config file's directory")
 

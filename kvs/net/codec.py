@@ -3,7 +3,7 @@
 Everything a peer sends passes through a codec before the rest of KVS sees it -- membership
 datagrams and push-pull tables (`kvs.net.datagrams`), and the length-prefixed frames of
 push-pull and sync sessions (`kvs.net.frames`) -- so decoding is strict: sizes are checked
-before parsing, the HMAC before msgpack, and every field after it. Anything refused raises
+before parsing, the AEAD tag (or, unkeyed, nothing) before msgpack, and every field after it. Anything refused raises
 `WireError` whose `reason` is one short label from `REASONS`, fit to be a counter name, and
 whose message never carries peer bytes or key material.
 
@@ -16,26 +16,39 @@ import hashlib
 import hmac
 import re
 import struct
+from collections.abc import Sequence
 from typing import Any, Final, NoReturn
 
 import msgpack
 
 __all__ = [
+    "AEAD_NONCE_BYTES",
+    "AEAD_TAG_BYTES",
+    "KEY_ID_BYTES",
     "REASONS",
+    "Aead",
     "TAG_BYTES",
     "VERSION",
     "WireError",
     "check_key",
     "check_purpose",
     "derive_key",
+    "derive_keys",
+    "key_id",
+    "keyring_keys",
     "pack",
     "shape",
     "auth_tag",
     "unpack",
 ]
 
-VERSION: Final = 1  # of both layouts: the datagram header's and the stream handshake's
-TAG_BYTES: Final = 16  # truncated HMAC-SHA256: 128 bits is plenty against forgery
+VERSION: Final = 2  # of both layouts: the datagram header's and the stream handshake's
+# 1: HMAC-authenticated, clear text. 2: AEAD-sealed (datagrams AES-256-GCM-SIV and
+# timestamped, frames AES-256-GCM).
+TAG_BYTES: Final = 16  # truncated HMAC-SHA256 (handshake proofs): 128 bits against forgery
+AEAD_NONCE_BYTES: Final = 12  # AES-GCM's (and GCM-SIV's) nonce
+AEAD_TAG_BYTES: Final = 16  # their tag: what sealing adds to every frame
+KEY_ID_BYTES: Final = 8  # names a key of the keyring in a stream hello; reveals nothing of it
 # Bounds of numbers (MAX_UINT, MAX_INCARNATION, MAX_MEMBERS) live in kvs.net.messages, where
 # the SWIM core reads them too; each codec's own sizes live with it.
 
@@ -45,7 +58,9 @@ REASONS: Final = frozenset(
         "magic",  # not ours at all
         "version",  # ours, but a protocol version we do not speak
         "purpose",  # a stream opened for another service (e.g. sync on the gossip port)
-        "auth",  # missing or bad HMAC tag, or a peer with another (or no) cluster secret
+        "auth",  # missing or bad tag, or a peer with another (or no) cluster secret
+        "stale",  # a sealed datagram sent outside the time window
+        "replay",  # a sealed datagram whose nonce was already seen within the window
         "oversize",  # more bytes than allowed, refused before parsing (or reading) them
         "malformed",  # not msgpack, trailing bytes, nesting too deep
         "shape",  # valid msgpack, but wrong structure, types or values
@@ -96,6 +111,70 @@ def derive_key(cluster_secret: str, purpose: str) -> bytes | None:
     ikm = cluster_secret.encode("utf-8", "surrogatepass")
     prk = hmac.digest(b"kvs cluster secret v1", ikm, "sha256")
     return hmac.digest(prk, b"kvs key " + info + b"\x01", "sha256")
+
+
+def derive_keys(secrets: Sequence[str], purpose: str) -> tuple[bytes, ...]:
+    """One key per secret of a keyring, in order (the first sends, all receive); empty
+    secrets are skipped, so `derive_keys([""], p)` is `()`: no keys, no protection."""
+    if isinstance(secrets, str):
+        secrets = [secrets]
+    keys = (derive_key(s, purpose) for s in secrets)
+    return tuple(k for k in keys if k is not None)
+
+
+def keyring_keys(keys: bytes | Sequence[bytes] | None) -> tuple[bytes, ...]:
+    """Normalize one key, none, or a keyring (first sends, all receive) to a tuple."""
+    if keys is None:
+        return ()
+    if isinstance(keys, bytes):
+        keys = (keys,)
+    out = tuple(keys)
+    for key in out:
+        check_key(key)
+    if len(set(out)) != len(out):
+        raise ValueError("a keyring holds each key once")
+    return out
+
+
+def key_id(key: bytes) -> bytes:
+    """A short public name for a key: which one of a keyring a stream's client chose."""
+    return hmac.digest(key, b"kvs key id", "sha256")[:KEY_ID_BYTES]
+
+
+class Aead:
+    """AES-256-GCM with one key: seal and open, nonces supplied by the caller.
+
+    `siv=True` is AES-256-GCM-SIV (RFC 8452), for keys many senders share under random
+    nonces (gossip datagrams): a repeated nonce then reveals at most that two plaintexts
+    were equal, instead of GCM's authentication key, so the 2^32-messages limit of random
+    96-bit nonces under one GCM key does not apply. Streams use plain GCM: each session has
+    its own key and counts its nonces, which never repeat."""
+
+    __slots__ = ("_aead", "_invalid")
+
+    def __init__(self, key: bytes, *, siv: bool = False) -> None:
+        # Imported here: `kvs --help` and other commands that open no link need not load it.
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
+
+        if not isinstance(key, bytes) or len(key) not in (16, 24, 32):
+            raise ValueError("an AEAD key is 16, 24 or 32 bytes (use derive_key)")
+        self._aead = AESGCMSIV(key) if siv else AESGCM(key)
+        self._invalid = InvalidTag
+
+    def __repr__(self) -> str:  # the key stays out of logs
+        return "Aead()"
+
+    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """Ciphertext followed by the 16-byte tag; the nonce must never repeat for a key."""
+        return self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, nonce: bytes, sealed: bytes, aad: bytes) -> bytes | None:
+        """The plaintext, or None when the tag does not verify (wrong key, any bit changed)."""
+        try:
+            return self._aead.decrypt(nonce, sealed, aad)
+        except self._invalid:
+            return None
 
 
 def check_key(key: bytes | None) -> bytes | None:

@@ -1,12 +1,18 @@
-"""Membership's codec: SWIM messages as authenticated msgpack datagrams, and member tables.
+"""Membership's codec: SWIM messages as sealed msgpack datagrams, and member tables.
 
-Datagram layout (UDP, at most `MAX_DATAGRAM_BYTES`):
+Datagram layout (UDP, at most `MAX_DATAGRAM_BYTES`), keyed (the default):
 
-    magic "KV" (2) | version (1; high bit set = tagged) | [tag (16)] | msgpack payload
+    magic "KV" (2) | version (1, high bit set = sealed) | nonce (12) | AES-256-GCM-SIV(
+        key, nonce, aad = magic + version,
+        plaintext = sent_ms (8, big-endian) | msgpack payload) | tag (16)
 
-The payload is a list of 1..64 messages, each a compact array `[kind, fields...]`; the tag is
-HMAC-SHA256(key, magic + version + payload) truncated to 16 bytes. The "tagged" bit lets a
-receiver tell "no tag" from "bad tag" so that both show up as "auth".
+and unkeyed (no cluster secret): magic | version | msgpack payload. The payload is a list of
+1..64 messages, each a compact array `[kind, fields...]`. Sealing costs `SEAL_OVERHEAD` (36)
+bytes a datagram; the MTU budget (1400) counts them. The "sealed" bit lets a receiver tell
+"not sealed" from "sealed with another key" so that both show up as "auth"; a version-1
+(HMAC, clear text) datagram is refused as "version". The key is derived from a cluster
+secret for purpose "gossip"; with a keyring, the first key seals and any of them opens.
+The nonce and the time defeat replay: see `kvs.net.replay`.
 
 A push-pull's member table (`encode_push_pull`, `decode_push_pull`) uses the same member
 encoding; it travels in one TCP frame (`kvs.net.frames`) instead of a datagram.
@@ -17,13 +23,23 @@ not send); refusals raise `WireError` (`kvs.net.codec`). No I/O, no clock, no en
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import re
+import struct
 from collections.abc import Sequence
 from typing import Any, Final
 
-from kvs.net.codec import TAG_BYTES, VERSION, WireError, auth_tag, check_key, pack, shape, unpack
+from kvs.net.codec import (
+    AEAD_NONCE_BYTES,
+    AEAD_TAG_BYTES,
+    VERSION,
+    Aead,
+    WireError,
+    keyring_keys,
+    pack,
+    shape,
+    unpack,
+)
 from kvs.net.messages import (
     MAX_INCARNATION,
     MAX_MEMBERS,
@@ -43,12 +59,14 @@ from kvs.net.messages import (
     State,
     Suspect,
 )
+from kvs.net.replay import ReplayWindow
 
 __all__ = [
     "MAX_DATAGRAM_BYTES",
     "MAX_HOST_LEN",
     "MAX_MESSAGES",
     "MAX_NODE_ID_LEN",
+    "SEAL_OVERHEAD",
     "DatagramCodec",
     "decode_push_pull",
     "encode_push_pull",
@@ -61,8 +79,11 @@ MAX_MESSAGES: Final = 64  # per datagram: keeps compound messages far below any 
 MAX_NODE_ID_LEN: Final = 64
 MAX_HOST_LEN: Final = 253  # the longest DNS name (RFC 1035), and far more than any IP literal
 
-_TAGGED: Final = 0x80
+_SEALED: Final = 0x80
 _HEADER_BYTES: Final = len(MAGIC) + 1
+_SENT: Final = struct.Struct(">Q")  # the sender's wall clock, milliseconds
+# What sealing adds to a datagram: nonce, sender's time, AEAD tag (39 bytes with the header).
+SEAL_OVERHEAD: Final = AEAD_NONCE_BYTES + _SENT.size + AEAD_TAG_BYTES
 
 
 # --- field validation ---------------------------------------------------------------------------
@@ -229,38 +250,63 @@ def _array_header_bytes(count: int) -> int:
 
 
 class DatagramCodec:
-    """Encodes and decodes membership datagrams; pure functions of the key, no I/O.
+    """Encodes and decodes membership datagrams; pure functions of the keys, no I/O.
+
+    Keyed (a keyring: the first key seals, every key opens), each datagram is sealed with
+    AES-256-GCM-SIV (every node shares the key, so nonce misuse resistance: see
+    `kvs.net.codec.Aead`) under a caller-supplied random nonce and carries its sender's wall-clock time;
+    `decode` admits it through the codec's `ReplayWindow` (fed the receiver's `now_ms`), so
+    a captured datagram replayed later is refused ("replay" or "stale"). Unkeyed (no secret),
+    datagrams travel in clear text and nothing is checked: for tests and trusted labs only.
 
     Message bytes concatenate: a datagram's payload is an array header followed by each
     message's own encoding, so sizes add up exactly and `pack` needs no trial encodings.
     """
 
-    __slots__ = ("_key", "max_size")
+    __slots__ = ("_aeads", "_keys", "max_size", "window")
 
-    def __init__(self, key: bytes | None, max_size: int = MAX_DATAGRAM_BYTES) -> None:
-        self._key = check_key(key)
-        if max_size < _HEADER_BYTES + TAG_BYTES + 16:
+    def __init__(
+        self,
+        keys: bytes | Sequence[bytes] | None,
+        max_size: int = MAX_DATAGRAM_BYTES,
+        *,
+        window: ReplayWindow | None = None,
+    ) -> None:
+        self._keys: tuple[bytes, ...] = ()
+        self._aeads: tuple[Aead, ...] = ()
+        self.set_keys(keys)
+        if max_size < _HEADER_BYTES + SEAL_OVERHEAD + 16:
             raise ValueError(f"max_size {max_size} is too small for any datagram")
         self.max_size = max_size
+        self.window = window if window is not None else ReplayWindow()
 
-    def __repr__(self) -> str:  # the key stays out of logs
-        return f"DatagramCodec(keyed={self.keyed}, max_size={self.max_size})"
+    def __repr__(self) -> str:  # the keys stay out of logs
+        return f"DatagramCodec(keys={len(self._keys)}, max_size={self.max_size})"
+
+    def set_keys(self, keys: bytes | Sequence[bytes] | None) -> None:
+        """Replace the keyring (a reload): the first key seals from now on, all of them open.
+        Going from keyed to unkeyed (or back) is refused: that is not a rotation."""
+        new = keyring_keys(keys)
+        if self._keys and not new:
+            raise ValueError("a keyed codec cannot drop every key")
+        self._keys = new
+        self._aeads = tuple(Aead(k, siv=True) for k in new)
 
     @property
     def keyed(self) -> bool:
-        return self._key is not None
+        return bool(self._keys)
 
     @property
     def overhead(self) -> int:
-        """Bytes before the payload: magic, version and (when keyed) the tag."""
-        return _HEADER_BYTES + (TAG_BYTES if self._key is not None else 0)
+        """Bytes around the payload: magic, version and (when keyed) nonce, time and tag."""
+        return _HEADER_BYTES + (SEAL_OVERHEAD if self._keys else 0)
 
     def encoded_size(self, message: Message) -> int:
         """The bytes `message` adds to a datagram's payload."""
         return len(_encode_message(message))
 
     def datagram_size(self, messages: Sequence[Message]) -> int:
-        """The exact size `encode(messages)` would produce."""
+        """The exact size `encode(messages, ...)` would produce."""
         body = sum(self.encoded_size(m) for m in messages)
         return self.overhead + _array_header_bytes(len(messages)) + body
 
@@ -271,18 +317,32 @@ class DatagramCodec:
             and self.datagram_size(messages) + extra <= self.max_size
         )
 
-    def encode(self, messages: Sequence[Message]) -> bytes:
-        """One datagram carrying `messages`; ValueError if empty, too many, or too big."""
-        return self._seal([_encode_message(m) for m in messages])
+    def encode(
+        self, messages: Sequence[Message], *, sent_ms: int = 0, nonce: bytes | None = None
+    ) -> bytes:
+        """One datagram carrying `messages`; ValueError if empty, too many, or too big.
 
-    def pack(self, first: Sequence[Message], more: Sequence[Message]) -> tuple[bytes, int]:
+        `sent_ms` is the sender's wall clock and `nonce` 12 fresh random bytes (the node's
+        entropy source, or the simulator's seeded one); a keyed codec refuses to go without
+        them (ValueError), an unkeyed one ignores them."""
+        return self._seal([_encode_message(m) for m in messages], sent_ms, nonce)
+
+    def pack(
+        self,
+        first: Sequence[Message],
+        more: Sequence[Message],
+        *,
+        sent_ms: int = 0,
+        nonce: bytes | None = None,
+    ) -> tuple[bytes, int]:
         """A datagram with all of `first`, then as many of `more`, in order, as fit.
 
         Returns the datagram and how many of `more` it carries (a prefix: packing stops at
         the first message that does not fit, so the caller's priority order is kept).
         ValueError if `first` alone does not fit, or if the datagram would be empty. Any
         single valid message fits in an empty datagram, so a non-empty `more` always
-        contributes at least one message when `first` is empty.
+        contributes at least one message when `first` is empty. `sent_ms` and `nonce` as
+        for `encode`.
         """
         parts = [_encode_message(m) for m in first]
         size = sum(map(len, parts))
@@ -297,26 +357,35 @@ class DatagramCodec:
             parts.append(part)
             size += len(part)
             used += 1
-        return self._seal(parts), used
+        return self._seal(parts, sent_ms, nonce), used
 
-    def _seal(self, parts: list[bytes]) -> bytes:
+    def _seal(self, parts: list[bytes], sent_ms: int, nonce: bytes | None) -> bytes:
         count = len(parts)
         if not 0 < count <= MAX_MESSAGES:
             raise ValueError(f"a datagram carries 1 to {MAX_MESSAGES} messages, not {count}")
         # msgpack array header: fixarray up to 15 items, else array16.
         array = bytes([0x90 | count]) if count <= 15 else b"\xdc" + count.to_bytes(2, "big")
         payload = b"".join([array, *parts])
-        if self._key is None:
+        if not self._aeads:
             data = MAGIC + bytes([VERSION]) + payload
         else:
-            header = MAGIC + bytes([VERSION | _TAGGED])
-            data = header + auth_tag(self._key, header, payload) + payload
+            if not isinstance(nonce, bytes) or len(nonce) != AEAD_NONCE_BYTES:
+                raise ValueError(f"a sealed datagram needs a fresh {AEAD_NONCE_BYTES}-byte nonce")
+            if type(sent_ms) is not int or not 0 <= sent_ms <= MAX_UINT:
+                raise ValueError("sent_ms must be the sender's wall clock in milliseconds")
+            header = MAGIC + bytes([VERSION | _SEALED])
+            plain = _SENT.pack(sent_ms) + payload
+            data = header + nonce + self._aeads[0].seal(nonce, plain, header)
         if len(data) > self.max_size:
             raise ValueError(f"datagram of {len(data)} bytes exceeds {self.max_size}")
         return data
 
-    def decode(self, data: bytes) -> list[Message]:
-        """The messages in one datagram; WireError for anything that is not exactly valid."""
+    def decode(self, data: bytes, *, now_ms: int | None = None) -> list[Message]:
+        """The messages in one datagram; WireError for anything that is not exactly valid,
+        including a sealed datagram sent too far from `now_ms` ("stale") or already
+        accepted ("replay"; see `kvs.net.replay`). A keyed codec needs `now_ms`."""
+        if self._keys and now_ms is None:
+            raise ValueError("a keyed codec needs the receiver's clock (now_ms)")
         if len(data) > self.max_size:  # before anything else: no work for a flood of jumbo junk
             raise WireError("oversize")
         data = bytes(data)
@@ -325,23 +394,36 @@ class DatagramCodec:
         if data[:2] != MAGIC:
             raise WireError("magic")
         version = data[2]
-        if version & ~_TAGGED != VERSION:
+        if version & ~_SEALED != VERSION:
             raise WireError("version")
-        tagged = bool(version & _TAGGED)
-        if tagged != (self._key is not None):
-            raise WireError("auth", "tagged" if tagged else "untagged")
-        payload_at = _HEADER_BYTES + (TAG_BYTES if tagged else 0)
-        if len(data) <= payload_at:
+        sealed = bool(version & _SEALED)
+        if sealed != bool(self._keys):
+            raise WireError("auth", "sealed" if sealed else "unsealed")
+        payload = self._open(data, now_ms) if sealed else data[_HEADER_BYTES:]
+        if not payload:
             raise WireError("short")
-        payload = data[payload_at:]
-        if self._key is not None:
-            expected = auth_tag(self._key, data[:_HEADER_BYTES], payload)
-            if not hmac.compare_digest(expected, data[_HEADER_BYTES:payload_at]):
-                raise WireError("auth")
         obj = unpack(payload, self.max_size)
         if type(obj) is not list or not 0 < len(obj) <= MAX_MESSAGES:
             raise shape("datagram")
         return [_message_from_wire(item) for item in obj]
+
+    def _open(self, data: bytes, now_ms: int | None) -> bytes:
+        """The payload of a sealed datagram, once its tag, time and nonce are accepted."""
+        if len(data) < _HEADER_BYTES + SEAL_OVERHEAD:
+            raise WireError("short")
+        header = data[:_HEADER_BYTES]
+        nonce = data[_HEADER_BYTES : _HEADER_BYTES + AEAD_NONCE_BYTES]
+        sealed = data[_HEADER_BYTES + AEAD_NONCE_BYTES :]
+        for aead in self._aeads:  # the sender's key is one of ours, most likely the first
+            plain = aead.open(nonce, sealed, header)
+            if plain is not None:
+                break
+        else:
+            raise WireError("auth")
+        (sent_ms,) = _SENT.unpack_from(plain)
+        assert now_ms is not None  # checked by decode
+        self.window.admit(sent_ms, nonce, now_ms)
+        return plain[_SENT.size :]
 
 
 # --- push-pull ----------------------------------------------------------------------------------

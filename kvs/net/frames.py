@@ -1,10 +1,11 @@
-"""Length-prefixed msgpack frames over a byte stream (TCP), authenticated per session.
+"""Length-prefixed msgpack frames over a byte stream (TCP), sealed per session.
 
 Push-pull (`kvs.net.membership`) and sync (`kvs.sync`) sessions speak this. Stream layout:
-frames of `length (4, big-endian) | body`. A session starts with a handshake (see
-`FrameStream`); once keyed, each body is `tag (16) | msgpack payload` with
-tag = HMAC-SHA256(session_key, direction + seq + payload), so a frame cannot be replayed,
-reordered, or reflected back to its sender.
+frames of `length (4, big-endian) | body`. A session starts with a handshake in clear text
+(see `FrameStream`: nonces, a key id, proofs; never user data); once keyed, each body is
+AES-256-GCM(frame_key, nonce = direction (1) | 0 0 0 | seq (8, big-endian), msgpack payload)
+followed by its 16-byte tag, so a frame cannot be read, forged, replayed, reordered, or
+reflected back to its sender: each of those makes the tag fail ("auth").
 
 Refusals raise `WireError` (`kvs.net.codec`). Nothing here reads a clock (beyond Trio's
 deadlines) or an entropy source: nonces are passed in, so the deterministic simulator
@@ -16,7 +17,7 @@ from __future__ import annotations
 import hmac
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Final
@@ -24,12 +25,16 @@ from typing import Any, Final
 import trio
 
 from kvs.net.codec import (
+    AEAD_TAG_BYTES,
+    KEY_ID_BYTES,
     TAG_BYTES,
     VERSION,
+    Aead,
     WireError,
     auth_tag,
-    check_key,
     check_purpose,
+    key_id,
+    keyring_keys,
     pack,
     shape,
     unpack,
@@ -57,6 +62,22 @@ def _session_key(key: bytes, purpose: bytes, nonce_c: bytes, nonce_s: bytes) -> 
     )
 
 
+def _frame_aead(session: bytes) -> Aead:
+    """The frames' key: HKDF-expand of the session key, apart from the proofs' use of it."""
+    return Aead(hmac.digest(session, b"kvs frames aead\x01", "sha256"))
+
+
+def _frame_nonce(direction: bytes, seq: int) -> bytes:
+    return direction + b"\x00\x00\x00" + _SEQ.pack(seq)
+
+
+def _pick_key(keys: tuple[bytes, ...], wanted: bytes) -> bytes | None:
+    for key in keys:
+        if hmac.compare_digest(key_id(key), wanted):
+            return key
+    return None
+
+
 def _check_nonce(nonce: bytes) -> bytes:
     if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
         raise ValueError(f"nonce must be {NONCE_BYTES} bytes (from the node's seeded rng)")
@@ -64,18 +85,22 @@ def _check_nonce(nonce: bytes) -> bytes:
 
 
 class FrameStream:
-    """Length-prefixed msgpack frames over a byte stream, authenticated when keyed.
+    """Length-prefixed msgpack frames over a byte stream, sealed when keyed.
 
     Open one with `client()` or `server()`, which run the handshake:
 
-        client -> server   hello [magic, version, purpose, nonce_c, keyed, None]
-        server -> client   hello [magic, version, purpose, nonce_s, keyed, proof_s]
+        client -> server   hello [magic, version, purpose, nonce_c, key_id_c, None]
+        server -> client   hello [magic, version, purpose, nonce_s, key_id_s, proof_s]
         client -> server   proof_c                              (keyed only)
 
-    session_key = HMAC(key, "session" + version + purpose + 0 + nonce_c + nonce_s) and
-    proof_x = HMAC(session_key, 0 "finished" + role); each side checks the other's proof, so
-    a wrong secret fails the handshake on BOTH sides with WireError("auth"). Fresh nonces
-    make every session's key new, so frames from another session never verify.
+    The client seals with the first key of its keyring and names it by `key_id` (an 8-byte
+    HMAC of the key: it reveals nothing); the server picks that key from its own keyring, so
+    a keyring [new, old] talks with peers that send with either. key_id is None unkeyed.
+    session_key = HMAC(key, "session" + version + purpose + 0 + nonce_c + nonce_s),
+    proof_x = HMAC(session_key, 0 "finished" + role), and the frames are sealed with a key
+    expanded from session_key; each side checks the other's proof, so a wrong secret fails
+    the handshake on BOTH sides with WireError("auth"). Fresh nonces make every session's
+    key new, so frames from another session (a replayed connection) never verify.
 
     Errors: `receive` raises `trio.EndOfChannel` when the peer closed the stream cleanly
     between frames, and WireError for everything else: "oversize", "short" (EOF inside a
@@ -110,7 +135,7 @@ class FrameStream:
         self._is_client = is_client
         self.max_frame = max_frame
         self.timeout = timeout
-        self._session: bytes | None = None
+        self._aead: Aead | None = None
         self._send_dir = _CLIENT_TO_SERVER if is_client else _SERVER_TO_CLIENT
         self._recv_dir = _SERVER_TO_CLIENT if is_client else _CLIENT_TO_SERVER
         self._send_seq = 0
@@ -128,7 +153,7 @@ class FrameStream:
 
     @property
     def keyed(self) -> bool:
-        return self._session is not None
+        return self._aead is not None
 
     @property
     def stream(self) -> trio.abc.Stream:
@@ -140,68 +165,78 @@ class FrameStream:
     async def client(
         cls,
         stream: trio.abc.Stream,
-        key: bytes | None,
+        keys: bytes | Sequence[bytes] | None,
         *,
         purpose: str,
         nonce: bytes,
         max_frame: int = MAX_FRAME_BYTES,
         timeout: float = FRAME_TIMEOUT,
     ) -> FrameStream:
-        """Open the client side: say hello, check the server's, prove we hold the key."""
-        key, purpose_b, nonce = check_key(key), check_purpose(purpose), _check_nonce(nonce)
+        """Open the client side: say hello, check the server's, prove we hold the key.
+        `keys` is one key or a keyring, whose first key this side uses."""
+        ring, purpose_b, nonce = keyring_keys(keys), check_purpose(purpose), _check_nonce(nonce)
+        key = ring[0] if ring else None
         fs = cls(stream, is_client=True, max_frame=max_frame, timeout=timeout)
         with _deadline(fs.timeout):
-            await fs._send_plain([_HELLO, VERSION, purpose, nonce, key is not None, None])
+            our_id = key_id(key) if key is not None else None
+            await fs._send_plain([_HELLO, VERSION, purpose, nonce, our_id, None])
             server_nonce, server_proof = _read_hello(
                 await fs._receive_plain(), purpose, key is not None
             )
             if key is not None:
+                if server_proof is None:  # the server holds no key with our key id
+                    raise WireError("auth", "unknown key")
                 session = _session_key(key, purpose_b, nonce, server_nonce)
                 # Send our proof even if the server's is wrong, so that the server also
                 # learns "auth" rather than a bare "closed".
                 await fs._send_plain(auth_tag(session, _FINISHED, b"C"))
-                if server_proof is None or not hmac.compare_digest(
-                    server_proof, auth_tag(session, _FINISHED, b"S")
-                ):
+                if not hmac.compare_digest(server_proof, auth_tag(session, _FINISHED, b"S")):
                     raise WireError("auth")
-                fs._session = session
+                fs._aead = _frame_aead(session)
         return fs
 
     @classmethod
     async def server(
         cls,
         stream: trio.abc.Stream,
-        key: bytes | None,
+        keys: bytes | Sequence[bytes] | None,
         *,
         purpose: str,
         nonce: bytes,
         max_frame: int = MAX_FRAME_BYTES,
         timeout: float = FRAME_TIMEOUT,
     ) -> FrameStream:
-        """Open the server side: answer a client's hello, then check its proof."""
-        key, purpose_b, nonce = check_key(key), check_purpose(purpose), _check_nonce(nonce)
+        """Open the server side: answer a client's hello, then check its proof. `keys` is
+        one key or a keyring: the client's choice among them is accepted."""
+        ring, purpose_b, nonce = keyring_keys(keys), check_purpose(purpose), _check_nonce(nonce)
         fs = cls(stream, is_client=False, max_frame=max_frame, timeout=timeout)
         with _deadline(fs.timeout):
             hello = await fs._receive_plain()
             # Reply before judging version/purpose/keying, so the client learns the same
             # reason; a stranger (bad magic or shape) gets nothing.
-            client_nonce, client_keyed, mismatch = _parse_hello(hello, purpose)
+            client_nonce, client_id, mismatch = _parse_hello(hello, purpose)
+            picked = _pick_key(ring, client_id) if client_id is not None else None
             session = None
-            if key is not None and client_keyed:
-                session = _session_key(key, purpose_b, client_nonce, nonce)
+            if picked is not None:
+                session = _session_key(picked, purpose_b, client_nonce, nonce)
             proof = auth_tag(session, _FINISHED, b"S") if session is not None else None
-            await fs._send_plain([_HELLO, VERSION, purpose, nonce, key is not None, proof])
+            # An unknown key id is answered keyed (our first key's id), without a proof.
+            shown = picked if picked is not None else ring[0] if ring else None
+            our_id = key_id(shown) if shown is not None else None
+            await fs._send_plain([_HELLO, VERSION, purpose, nonce, our_id, proof])
             if mismatch is not None:
                 raise WireError(mismatch)
-            if client_keyed != (key is not None):
-                raise WireError("auth", "keyed" if client_keyed else "unkeyed")
+            if (client_id is not None) != bool(ring):
+                raise WireError("auth", "keyed" if client_id is not None else "unkeyed")
+            if session is None and ring:
+                raise WireError("auth", "unknown key")
             if session is not None:
                 client_proof = await fs._receive_plain()
                 if type(client_proof) is not bytes or not hmac.compare_digest(
                     client_proof, auth_tag(session, _FINISHED, b"C")
                 ):
                     raise WireError("auth")
-                fs._session = session
+                fs._aead = _frame_aead(session)
         return fs
 
     async def _send_plain(self, obj: Any) -> None:
@@ -224,18 +259,18 @@ class FrameStream:
         are the caller's bugs); WireError "timeout" or "closed" if the peer cannot take it.
         """
         payload = pack(obj)
-        tag_bytes = TAG_BYTES if self._session is not None else 0
+        tag_bytes = AEAD_TAG_BYTES if self._aead is not None else 0
         if len(payload) + tag_bytes > self.max_frame:
             raise ValueError(f"frame of {len(payload)} bytes exceeds max_frame {self.max_frame}")
         async with self._send_lock:
             if self._send_failed is not None:
                 raise WireError(self._send_failed)
             header = _LENGTH.pack(len(payload) + tag_bytes)
-            if self._session is None:
+            if self._aead is None:
                 data = header + payload
             else:
-                seq = _SEQ.pack(self._send_seq)
-                data = header + auth_tag(self._session, self._send_dir, seq, payload) + payload
+                nonce = _frame_nonce(self._send_dir, self._send_seq)
+                data = header + self._aead.seal(nonce, payload, b"")
             self._send_seq += 1
             # Until the whole frame is out, the peer is out of step (a cancelled or timed-out
             # write leaves part of a frame behind): only success clears this.
@@ -269,17 +304,16 @@ class FrameStream:
                         await self._fill(1)
                 with _deadline(self.timeout if timeout is None else timeout):
                     body = await self._read_frame(self.max_frame)
-                payload = body
-                if self._session is not None:
-                    if len(body) < TAG_BYTES:
+                if self._aead is not None:
+                    if len(body) < AEAD_TAG_BYTES:
                         raise WireError("short")
-                    tag, payload = body[:TAG_BYTES], body[TAG_BYTES:]
-                    seq = _SEQ.pack(self._recv_seq)
-                    expected = auth_tag(self._session, self._recv_dir, seq, payload)
-                    if not hmac.compare_digest(tag, expected):
+                    nonce = _frame_nonce(self._recv_dir, self._recv_seq)
+                    opened = self._aead.open(nonce, body, b"")
+                    if opened is None:  # forged, replayed, reordered or reflected
                         raise WireError("auth")
+                    body = opened
                     self._recv_seq += 1
-                return unpack(payload, len(payload))
+                return unpack(body, len(body))
             except WireError as exc:
                 if exc.reason not in ("timeout", "idle"):  # nothing consumed: a retry is safe
                     self._recv_failed = exc.reason
@@ -351,13 +385,18 @@ def _deadline(seconds: float, reason: str = "timeout") -> Iterator[None]:
         raise WireError(reason) from None
 
 
-def _parse_hello(obj: Any, purpose: str) -> tuple[bytes, bool, str | None]:
-    """(nonce, keyed, mismatch reason or None) from a hello; strangers raise at once."""
+def _parse_hello(obj: Any, purpose: str) -> tuple[bytes, bytes | None, str | None]:
+    """(nonce, key id, mismatch reason or None) from a hello; strangers raise at once. A
+    version-1 hello (a bool where the key id is) is refused as "version", not "shape"."""
     if type(obj) is not list or len(obj) != 6 or obj[0] != _HELLO:
         raise WireError("magic", "hello")
-    _, version, their_purpose, nonce, keyed, proof = obj
-    if type(nonce) is not bytes or len(nonce) != NONCE_BYTES or type(keyed) is not bool:
+    _, version, their_purpose, nonce, their_id, proof = obj
+    if type(version) is int and version != VERSION and type(their_id) is bool:
+        raise WireError("version")
+    if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
         raise shape("hello")
+    if their_id is not None and (type(their_id) is not bytes or len(their_id) != KEY_ID_BYTES):
+        raise shape("hello key id")
     if proof is not None and (type(proof) is not bytes or len(proof) != TAG_BYTES):
         raise shape("hello proof")
     mismatch = None
@@ -365,14 +404,15 @@ def _parse_hello(obj: Any, purpose: str) -> tuple[bytes, bool, str | None]:
         mismatch = "version"
     elif type(their_purpose) is not str or their_purpose != purpose:
         mismatch = "purpose"
-    return nonce, keyed, mismatch
+    return nonce, their_id, mismatch
 
 
 def _read_hello(obj: Any, purpose: str, keyed: bool) -> tuple[bytes, bytes | None]:
     """The server's (nonce, proof), after the same checks the server made of our hello."""
-    nonce, their_keyed, mismatch = _parse_hello(obj, purpose)
+    nonce, their_id, mismatch = _parse_hello(obj, purpose)
     if mismatch is not None:
         raise WireError(mismatch)
+    their_keyed = their_id is not None
     if their_keyed != keyed:
         raise WireError("auth", "keyed" if their_keyed else "unkeyed")
     return nonce, obj[5]

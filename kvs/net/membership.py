@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from kvs.logs import LogLimiter
-from kvs.net.codec import REASONS, WireError, derive_key
+from kvs.net.codec import AEAD_NONCE_BYTES, REASONS, WireError, derive_keys
 from kvs.net.datagrams import DatagramCodec, decode_push_pull, encode_push_pull
 from kvs.net.frames import FrameStream
 from kvs.net.messages import (
@@ -32,6 +32,7 @@ from kvs.net.messages import (
     IncarnationChanged,
     MemberChanged,
     MemberInfo,
+    Message,
     PushPull,
     SendDatagram,
     StartPushPull,
@@ -74,9 +75,10 @@ class Membership:
         config: SwimSettings,
         transport: Transport,
         bind: Address,
-        cluster_secret: str,
+        cluster_secret: str | Sequence[str],
         rng: random.Random,
         nonce: Callable[[], bytes],
+        wall_ms: Callable[[], int],
         seeds: Sequence[str] = (),
         resolve_seed: SeedResolver | None = None,
         persist_incarnation: Callable[[int], Awaitable[None]] | None = None,
@@ -88,9 +90,10 @@ class Membership:
         self.bind = bind
         self.rng = rng
         self._nonce = nonce
-        self.codec = DatagramCodec(derive_key(cluster_secret, "gossip"))
-        self._stream_key = derive_key(cluster_secret, "pushpull")
-        self.core = Swim(me, config, rng, self.codec.pack)
+        self._wall_ms = wall_ms
+        self.codec = DatagramCodec(derive_keys(cluster_secret, "gossip"))
+        self._stream_keys = derive_keys(cluster_secret, "pushpull")
+        self.core = Swim(me, config, rng, self._pack)
         self.seeds = list(seeds)
         self._resolve_seed = resolve_seed
         self._persist_incarnation = persist_incarnation
@@ -109,6 +112,17 @@ class Membership:
         self._serving = 0  # push-pull connections being served
         self._incarnation_rose = trio.Event()
         self._errors = LogLimiter(log)
+
+    def set_secrets(self, cluster_secret: str | Sequence[str]) -> None:
+        """A keyring reload: the first secret seals from now on, every one is accepted."""
+        gossip = derive_keys(cluster_secret, "gossip")
+        self.codec.set_keys(gossip)
+        self._stream_keys = derive_keys(cluster_secret, "pushpull")
+
+    def _pack(self, first: Sequence[Message], more: Sequence[Message]) -> tuple[bytes, int]:
+        """The core's packer: seals with our wall clock and a fresh nonce."""
+        nonce = self._nonce()[:AEAD_NONCE_BYTES]
+        return self.codec.pack(first, more, sent_ms=self._wall_ms(), nonce=nonce)
 
     # --- running -------------------------------------------------------------------------------
 
@@ -152,7 +166,7 @@ class Membership:
         self.counters["datagrams_in"] += 1
         self.counters["bytes_in"] += len(data)
         try:
-            messages = self.codec.decode(data)
+            messages = self.codec.decode(data, now_ms=self._wall_ms())
         except WireError as exc:
             self.counters[f"dropped_{exc.reason}"] += 1
             return
@@ -224,7 +238,7 @@ class Membership:
             stream = await self.transport.connect_stream(address)
             async with stream:
                 frames = await FrameStream.client(
-                    stream, self._stream_key, purpose="pushpull", nonce=self._nonce()
+                    stream, self._stream_keys, purpose="pushpull", nonce=self._nonce()
                 )
                 await frames.send(encode_push_pull(self.core.local_state(join=join)))
                 remote = decode_push_pull(await frames.receive())
@@ -277,7 +291,7 @@ class Membership:
     async def _serve_push_pull_now(self, stream: trio.abc.Stream) -> None:
         with trio.fail_after(PUSH_PULL_TIMEOUT):
             frames = await FrameStream.server(
-                stream, self._stream_key, purpose="pushpull", nonce=self._nonce()
+                stream, self._stream_keys, purpose="pushpull", nonce=self._nonce()
             )
             remote = decode_push_pull(await frames.receive())
             await frames.send(encode_push_pull(self.core.local_state()))
@@ -502,8 +516,10 @@ DATAGRAM_DROP_REASONS = (
     "magic",
     "malformed",
     "oversize",
+    "replay",  # a sealed datagram accepted before (kvs.net.replay)
     "shape",
     "short",
+    "stale",  # a sealed datagram sent too long ago, or too far ahead (kvs.net.replay)
     "version",
 )
 

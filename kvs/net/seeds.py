@@ -6,6 +6,9 @@ the seed `GET /cluster/info` for its gossip address (over https, checking the se
 certificate against the configured CA bundle or the system store), proving it holds the cluster secret with a
 timestamped HMAC in the `X-KVS-Cluster-Auth` header (so the endpoint does not hand the
 topology to strangers), then joins by push-pull over the authenticated gossip port.
+
+With a keyring (`cluster_secret: [new, old]`) the joiner proves the first secret and a seed
+accepts any of its secrets, as for gossip and sync.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import hmac
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from kvs.net.codec import derive_key
+from kvs.net.codec import derive_keys
 from kvs.net.messages import Address
 
 AUTH_HEADER = "X-KVS-Cluster-Auth"
@@ -46,18 +49,20 @@ def _tag(key: bytes, stamp: str) -> str:
     return hmac.new(key, b"cluster-info:" + stamp.encode(), hashlib.sha256).hexdigest()
 
 
-def auth_header_value(cluster_secret: str, now_ms: int) -> str | None:
-    key = derive_key(cluster_secret, "http-join")
-    if key is None:
+def auth_header_value(cluster_secret: str | Sequence[str], now_ms: int) -> str | None:
+    """The header proving the first secret of the keyring (None without a secret)."""
+    keys = derive_keys(cluster_secret, "http-join")
+    if not keys:
         return None
     stamp = str(now_ms)
-    return f"{stamp}.{_tag(key, stamp)}"
+    return f"{stamp}.{_tag(keys[0], stamp)}"
 
 
-def verify_auth(cluster_secret: str, value: str | None, now_ms: int) -> bool:
-    """True if `value` proves knowledge of the secret within MAX_SKEW_MS (or there is no secret)."""
-    key = derive_key(cluster_secret, "http-join")
-    if key is None:
+def verify_auth(cluster_secret: str | Sequence[str], value: str | None, now_ms: int) -> bool:
+    """True if `value` proves knowledge of one of the secrets within MAX_SKEW_MS (or there is
+    no secret)."""
+    keys = derive_keys(cluster_secret, "http-join")
+    if not keys:
         return True
     if not value or "." not in value:
         return False
@@ -69,7 +74,8 @@ def verify_auth(cluster_secret: str, value: str | None, now_ms: int) -> bool:
     if abs(int(stamp) - now_ms) > MAX_SKEW_MS:
         return False
     # compare_digest refuses a str with non-ASCII characters (TypeError): compare bytes.
-    return hmac.compare_digest(tag.encode("utf-8", "surrogateescape"), _tag(key, stamp).encode())
+    given = tag.encode("utf-8", "surrogateescape")
+    return any(hmac.compare_digest(given, _tag(key, stamp).encode()) for key in keys)
 
 
 def describe_http_error(exc: BaseException) -> str:
@@ -96,13 +102,14 @@ def tls_client_context(ca_file: str | None, *, skip_verify: bool = False) -> ssl
 
 
 def http_seed_resolver(
-    cluster_secret: str,
+    cluster_secret: Callable[[], Sequence[str]],
     wall_ms: Callable[[], int] | None = None,
     *,
     default_scheme: str = "http",
     tls: ssl.SSLContext | None = None,
 ) -> Callable[[str], Awaitable[Address]]:
-    """A resolver asking a seed's HTTP API for its gossip address (httpx, on trio). A seed
+    """A resolver asking a seed's HTTP API for its gossip address (httpx, on trio);
+    `cluster_secret()` is the keyring at the time of asking (it may be reloaded). A seed
     without a scheme is asked over `default_scheme`; https seeds are checked with `tls`
     (default: the system's CA store)."""
     import httpx
@@ -112,7 +119,7 @@ def http_seed_resolver(
 
     async def resolve(seed: str) -> Address:
         headers = {}
-        value = auth_header_value(cluster_secret, clock())
+        value = auth_header_value(cluster_secret(), clock())
         if value is not None:
             headers[AUTH_HEADER] = value
         scheme, host, port = split_seed(seed)

@@ -43,7 +43,7 @@ class SyncServer:
         local: LocalReplica,
         health: Health,
         intake: Intake,
-        key: bytes | None,
+        keys: tuple[bytes, ...],
         nonce: Callable[[], bytes],
         settings: SyncSettings,
         counters: Counter[str],
@@ -51,7 +51,7 @@ class SyncServer:
         self.local = local
         self.health = health
         self.intake = intake
-        self._key = key
+        self.keys = keys  # the keyring ("sync" keys): replaced on a reload
         self._nonce = nonce
         self._settings = settings
         self._counters = counters
@@ -124,7 +124,7 @@ class SyncServer:
         stream = CountingStream(stream, self._counters, "bytes", "served_bytes")
         with trio.fail_after(limits.REQUEST_TIMEOUT):
             frames = await FrameStream.server(
-                stream, self._key, purpose="sync", nonce=self._nonce()
+                stream, self.keys, purpose="sync", nonce=self._nonce()
             )
         while True:
             try:

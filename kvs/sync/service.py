@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
 
-from kvs.net.codec import derive_key
+from kvs.net.codec import derive_keys
 from kvs.net.messages import Address, MemberChanged
 from kvs.net.transport import Transport
 from kvs.store import Change, Store
@@ -51,7 +51,7 @@ class SyncService:
         store: Store,
         transport: Transport,
         bind: Address,
-        cluster_secret: str,
+        cluster_secret: str | Sequence[str],
         settings: SyncSettings,
         rng: random.Random,
         nonce: Callable[[], bytes],
@@ -65,20 +65,20 @@ class SyncService:
         self.bind = bind
         self.settings = settings
         self.counters: Counter[str] = Counter()
-        key = derive_key(cluster_secret, "sync")
+        keys = derive_keys(cluster_secret, "sync")
         counters = self.counters
         self.local = LocalReplica(store)
         self.health = Health(
             store, settings, counters, syncing=syncing, on_stale=lambda: self.push.clear()
         )
         self.intake = Intake(store, settings, counters)
-        dialer = Dialer(transport, key, nonce, counters)
+        self._dialer = dialer = Dialer(transport, keys, nonce, counters)
         self.push = PushLinks(store=store, dialer=dialer, health=self.health, counters=counters)
         self.server = SyncServer(
             local=self.local,
             health=self.health,
             intake=self.intake,
-            key=key,
+            keys=keys,
             nonce=nonce,
             settings=settings,
             counters=counters,
@@ -108,6 +108,13 @@ class SyncService:
             else Witness(node_id=node_id, chain=chain, store=store, counters=counters)
         )
         self.server.witness = self.exchanger.witness = self.witness
+
+    def set_secrets(self, cluster_secret: str | Sequence[str]) -> None:
+        """A keyring reload: new sessions seal with the first secret and accept any; open
+        sessions keep the key they were opened with."""
+        keys = derive_keys(cluster_secret, "sync")
+        self._dialer.keys = keys
+        self.server.keys = keys
 
     # --- what the node and the API read ------------------------------------------------------------
 

@@ -65,12 +65,12 @@ class Dialer:
     def __init__(
         self,
         transport: Transport,
-        key: bytes | None,
+        keys: tuple[bytes, ...],
         nonce: Callable[[], bytes],
         counters: Counter[str],
     ) -> None:
         self._transport = transport
-        self._key = key
+        self.keys = keys  # the keyring ("sync" keys): replaced on a reload
         self._nonce = nonce
         self._counters = counters
 
@@ -82,7 +82,7 @@ class Dialer:
 
     async def handshake(self, stream: trio.abc.Stream) -> FrameStream:
         with trio.fail_after(limits.REQUEST_TIMEOUT):
-            return await FrameStream.client(stream, self._key, purpose="sync", nonce=self._nonce())
+            return await FrameStream.client(stream, self.keys, purpose="sync", nonce=self._nonce())
 
 
 def started_failed(exc: Exception, what: str, counters: Counter[str], errors: LogLimiter) -> None:

@@ -6,8 +6,9 @@ It starts `python -m kvs CONFIG` (clustering on, a fresh data directory, some da
 snapshots worth taking), then for `--seconds` sends, from one `random.Random(seed)`:
 
 - to the UDP gossip port: random bytes; valid datagrams truncated, bit-flipped, oversized,
-  replayed, sealed with another key or none; and datagrams with a valid HMAC (the real
-  codec's messages, with the real key) whose fields are mutated into negative, huge,
+  replayed (refused as "replay"), stamped outside the time window ("stale"), sealed with
+  another key or none; and datagrams sealed with the real key (AES-256-GCM, a fresh nonce,
+  the current time) whose messages' fields are mutated into negative, huge,
   wrong-typed, missing or extra values, including the claims of issue 12 ("you are dead"
   at the largest incarnation, hosts the resolver chokes on);
 - to the TCP sync port and the gossip port's TCP push-pull: garbage, half-open connections,

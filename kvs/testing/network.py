@@ -42,11 +42,26 @@ if TYPE_CHECKING:
     from kvs.testing.sockets import SimStream
 
 __all__ = [
+    "Captured",
     "HostCounters",
     "LinkFaults",
     "SimNetwork",
     "TraceEvent",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """One datagram, or one chunk of a stream, as a wiretap on the network saw it (sent:
+    whether or not it arrived). `conn` is the stream's connection id (None: a datagram);
+    `from_client` tells its direction."""
+
+    kind: str  # "datagram" or "stream"
+    src: Address
+    dst: Address
+    data: bytes
+    conn: int | None = None
+    from_client: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +113,7 @@ class SimNetwork:
         queue_size: int = 256,
         connect_timeout: float = 2.0,
         trace: bool = False,
+        capture: bool = False,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
@@ -118,6 +134,9 @@ class SimNetwork:
         self.connect_timeout = connect_timeout
         self.drops: dict[str, int] = {}  # datagram drops by reason, network-wide
         self.trace: list[TraceEvent] | None = [] if trace else None
+        # A wiretap: every datagram and stream chunk sent, bytes included (tests of what an
+        # eavesdropper sees, and of replaying it: `inject_datagram`).
+        self.captured: list[Captured] | None = [] if capture else None
 
     # --- running the wire ---------------------------------------------------------------------
 
@@ -311,6 +330,8 @@ class SimNetwork:
         dst_name = sender.name if to[0] in LOOPBACK_HOSTS else to[0]
         dst: Address = (dst_name, to[1])
         counters = sender.counters
+        if self.captured is not None:
+            self.captured.append(Captured("datagram", src, dst, bytes(data)))
         counters.datagrams_sent += 1
         counters.bytes_sent += len(data)
         faults = self.link_faults(sender.name, dst_name)
@@ -327,6 +348,15 @@ class SimNetwork:
             counters.datagrams_duplicated += copies - 1
             for delay in delays[:copies]:
                 self._schedule(now + delay, lambda: self._deliver_datagram(sender, src, dst, data))
+
+    def inject_datagram(self, src: Address, dst: Address, data: bytes) -> None:
+        """Put `data` on the wire as if `src` had sent it to `dst` (an attacker replaying a
+        capture): delivered after the link's latency, faults and partitions included."""
+        sender = self._host(src[0])
+        delay = self._sample_delay(self.link_faults(src[0], dst[0]))
+        self._schedule(
+            trio.current_time() + delay, lambda: self._deliver_datagram(sender, src, dst, data)
+        )
 
     def _deliver_datagram(self, sender: HostState, src: Address, dst: Address, data: bytes) -> None:
         if self._blocked_path(src[0], dst[0]):
@@ -392,6 +422,14 @@ class SimNetwork:
     def _send_stream(self, end: SimStream, data: bytes) -> None:
         conn = end._conn
         peer = end._peer
+        if self.captured is not None:
+            from_client = end is conn.a
+            src, dst = (
+                (conn.a_address, conn.b_address)
+                if from_client
+                else (conn.b_address, conn.a_address)
+            )
+            self.captured.append(Captured("stream", src, dst, bytes(data), conn.id, from_client))
         self._host(end.host).counters.stream_bytes_sent += len(data)
         if conn.severed:
             return  # a silent peer: the bytes vanish, the sender's read timeout will tell

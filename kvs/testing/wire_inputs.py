@@ -9,8 +9,6 @@ Test tooling (see `kvs.testing`): a seed replays the same inputs in the same ord
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import random
 import time
 from collections import Counter, deque
@@ -19,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from kvs.model import Record, RecordCodec, Version, hlc_pack
-from kvs.net.codec import TAG_BYTES, derive_key
+from kvs.net.codec import AEAD_NONCE_BYTES, derive_key
 from kvs.net.datagrams import MAX_DATAGRAM_BYTES, DatagramCodec
 from kvs.net.messages import (
     MAX_INCARNATION,
@@ -37,6 +36,7 @@ from kvs.net.messages import (
     PingReq,
     Suspect,
 )
+from kvs.net.replay import WINDOW_MS
 
 _INTS = [
     0,
@@ -107,12 +107,21 @@ class FakePeers:
 # --- datagrams -----------------------------------------------------------------------------------
 
 
-def seal(key: bytes | None, payload: bytes) -> bytes:
-    """A datagram around any payload, by the layout documented in kvs.net.datagrams (not the codec)."""
+def wall_ms() -> int:
+    """The fuzzer's clock: the node under test is a real process on this host."""
+    return time.time_ns() // 1_000_000
+
+
+def seal(key: bytes | None, payload: bytes, *, sent_ms: int = 0, nonce: bytes = b"") -> bytes:
+    """A datagram around any payload, by the layout documented in kvs.net.datagrams (not the
+    codec): sealed with AES-256-GCM-SIV, stamped `sent_ms` (now by default) under `nonce`."""
     if key is None:
-        return b"KV\x01" + payload
-    header = b"KV\x81"
-    return header + hmac.new(key, header + payload, hashlib.sha256).digest()[:TAG_BYTES] + payload
+        return b"KV\x02" + payload
+    header = b"KV\x82"
+    if len(nonce) != AEAD_NONCE_BYTES:
+        raise ValueError("a sealed datagram needs a 12-byte nonce (from the fuzzer's rng)")
+    plain = (sent_ms or wall_ms()).to_bytes(8, "big") + payload
+    return header + nonce + AESGCMSIV(key).encrypt(nonce, plain, header)
 
 
 def interesting(rng: random.Random) -> Any:
@@ -181,6 +190,7 @@ class DatagramFuzzer:
         self.key = derive_key(target.secret, "gossip")
         self.codec = DatagramCodec(self.key)
         self.other = DatagramCodec(derive_key("not-" + target.secret[:4], "gossip"))
+        self.plain = DatagramCodec(None)  # the payload layout, to mutate before sealing
         self.recent: deque[bytes] = deque(maxlen=64)
         self.kinds: Counter[str] = Counter()
         self._kinds: list[tuple[str, Callable[[], bytes]]] = [
@@ -193,6 +203,7 @@ class DatagramFuzzer:
             ("mutated", self.mutated),
             ("mutated", self.mutated),
             ("replay", self.replay),
+            ("stale", self.stale),
             ("crafted", self.crafted),
             ("wrong_key", self.wrong_key),
             ("deep", self.deep),
@@ -244,16 +255,23 @@ class DatagramFuzzer:
 
     def valid(self) -> bytes:
         messages = [self.message() for _ in range(self.rng.randint(1, 8))]
-        data = self.codec.encode(messages)
+        data = self.codec.encode(messages, sent_ms=wall_ms(), nonce=self.nonce())
         self.recent.append(data)
         return data
+
+    def nonce(self) -> bytes:
+        return self.rng.randbytes(AEAD_NONCE_BYTES)
+
+    def sealed(self, payload: bytes, sent_ms: int = 0) -> bytes:
+        assert self.key is not None
+        return seal(self.key, payload, sent_ms=sent_ms, nonce=self.nonce())
 
     # broken material
 
     def random_bytes(self) -> bytes:
         data = self.rng.randbytes(self.rng.randint(0, MAX_DATAGRAM_BYTES))
         if self.rng.random() < 0.5:
-            data = b"KV" + bytes([self.rng.choice([0x01, 0x81, 0x02, 0x7F, 0xFF])]) + data
+            data = b"KV" + bytes([self.rng.choice([0x01, 0x81, 0x02, 0x82, 0x7F, 0xFF])]) + data
         return data
 
     def truncated(self) -> bytes:
@@ -262,7 +280,7 @@ class DatagramFuzzer:
 
     def oversized(self) -> bytes:
         size = self.rng.randint(MAX_DATAGRAM_BYTES + 1, 9000)
-        return seal(self.key, self.rng.randbytes(size))
+        return self.sealed(self.rng.randbytes(size))
 
     def bitflip(self) -> bytes:
         data = bytearray(self.valid())
@@ -273,7 +291,8 @@ class DatagramFuzzer:
     def mutated(self) -> bytes:
         """A valid datagram's messages, one field changed, sealed again with the real key:
         this is what reaches the node's validators."""
-        payload = self.valid()[len(b"KV\x81") + TAG_BYTES :]
+        messages = [self.message() for _ in range(self.rng.randint(1, 8))]
+        payload = self.plain.encode(messages)[len(b"KV\x02") :]
         value = msgpack.unpackb(payload)
         for _ in range(self.rng.randint(1, 3)):
             value = mutate(value, self.rng)
@@ -281,20 +300,30 @@ class DatagramFuzzer:
             packed = msgpack.packb(value, use_bin_type=True)
         except (ValueError, OverflowError, TypeError):  # 2**64 and beyond: not msgpack
             packed = payload
-        return seal(self.key, packed[: MAX_DATAGRAM_BYTES * 2])
+        return self.sealed(packed[: MAX_DATAGRAM_BYTES * 2])
 
     def replay(self) -> bytes:
+        """A datagram the node accepted (or will): refused as "replay" from now on."""
         if not self.recent:
             return self.valid()
         return self.rng.choice(self.recent)
 
+    def stale(self) -> bytes:
+        """A valid datagram sent too long ago, or too far ahead: refused as "stale"."""
+        messages = [self.message() for _ in range(self.rng.randint(1, 4))]
+        off = WINDOW_MS + self.rng.choice([1_000, 60_000, 10**9])
+        sent = max(1, wall_ms() + (off if self.rng.random() < 0.5 else -off))
+        return self.codec.encode(messages, sent_ms=sent, nonce=self.nonce())
+
     def wrong_key(self) -> bytes:
         messages = [self.message()]
-        return self.other.encode(messages) if self.rng.random() < 0.5 else seal(None, b"\x91\xc0")
+        if self.rng.random() < 0.5:
+            return self.other.encode(messages, sent_ms=wall_ms(), nonce=self.nonce())
+        return seal(None, b"\x91\xc0")
 
     def deep(self) -> bytes:
-        depth = self.rng.choice([100, 1000, 1380])
-        return seal(self.key, b"\x91" * depth + b"\xc0")
+        depth = self.rng.choice([100, 1000, 1350])  # 1350: just fits with the seal
+        return self.sealed(b"\x91" * depth + b"\xc0")
 
     def crafted(self) -> bytes:
         """Issue 12's own: claims about the node at the top of the range, and hosts the
@@ -314,7 +343,7 @@ class DatagramFuzzer:
                 [[1, -1, "fz-0", me]],
             ]
         )
-        return seal(self.key, msgpack.packb(messages))
+        return self.sealed(msgpack.packb(messages))
 
 
 def fuzzed_record(rng: random.Random, codec: RecordCodec) -> bytes:

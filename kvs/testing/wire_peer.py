@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from kvs.model import RecordCodec, hlc_pack
-from kvs.net.codec import WireError, derive_key
+from kvs.net.codec import AEAD_NONCE_BYTES, WireError, derive_key
 from kvs.net.datagrams import DatagramCodec, encode_push_pull
 from kvs.net.frames import FrameStream
 from kvs.net.messages import (
@@ -33,6 +33,7 @@ from kvs.testing.wire_inputs import (
     Target,
     fuzzed_record,
     mutate,
+    wall_ms,
 )
 from kvs.testing.wire_streams import EXPECTED_ERRORS, Tally
 
@@ -59,7 +60,7 @@ class HostilePeer:
         while True:
             try:
                 data, source = await sock.recvfrom(65536)
-                messages = self.codec.decode(data)
+                messages = self.codec.decode(data, now_ms=wall_ms())
             except OSError:
                 continue
             except WireError as exc:  # the node sent what its peers refuse: a bug there
@@ -75,7 +76,9 @@ class HostilePeer:
                 if roll < 0.2:
                     reply.append(self.tables.message())
                 with contextlib.suppress(OSError, ValueError):
-                    await sock.sendto(self.codec.encode(reply), source)
+                    nonce = self.rng.randbytes(AEAD_NONCE_BYTES)
+                    sealed = self.codec.encode(reply, sent_ms=wall_ms(), nonce=nonce)
+                    await sock.sendto(sealed, source)
                 self.tally.answered += 1
 
     async def serve_push_pull(self, stream: trio.SocketStream) -> None:

@@ -8,8 +8,6 @@ Test tooling (see `kvs.testing`): a seed replays the same inputs in the same ord
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import random
 import struct
 from collections import Counter
@@ -21,7 +19,7 @@ import msgpack
 import trio
 
 from kvs.model import RecordCodec
-from kvs.net.codec import TAG_BYTES, WireError, derive_key
+from kvs.net.codec import WireError, derive_key
 from kvs.net.datagrams import encode_push_pull
 from kvs.net.frames import MAX_FRAME_BYTES, FrameStream
 from kvs.net.messages import (
@@ -45,12 +43,11 @@ HOLD_MAX = 12.0  # longest a half-open or stalled connection is held (the node's
 async def send_raw_frame(frames: FrameStream, payload: bytes) -> None:
     """Send `payload` as the next authenticated frame, whatever it is (test tooling: reaches
     into FrameStream on purpose, to send what its `send` would refuse to encode)."""
-    session = frames._session
-    assert session is not None
-    seq = struct.pack(">Q", frames._send_seq)
+    aead = frames._aead
+    assert aead is not None
+    nonce = frames._send_dir + b"\x00\x00\x00" + struct.pack(">Q", frames._send_seq)
     frames._send_seq += 1
-    tag = hmac.new(session, frames._send_dir + seq + payload, hashlib.sha256).digest()
-    body = tag[:TAG_BYTES] + payload
+    body = aead.seal(nonce, payload, b"")
     await frames.stream.send_all(struct.pack(">I", len(body)) + body)
 
 

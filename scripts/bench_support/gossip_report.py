@@ -132,7 +132,7 @@ def _render_sim(report: GossipReport) -> list[str]:
         "Per second, mean over nodes (max node in brackets), from the simulated network's"
         " per-host counters over a window of whole push-pull periods (the period grows above"
         " 32 nodes) that starts after every node's first push-pull."
-        " Bytes are payload (msgpack + HMAC tag); IP/UDP/TCP headers are not counted"
+        " Bytes are payload (msgpack, sealed: nonce, time and AEAD tag); IP/UDP/TCP headers are not counted"
         " (an IPv4+UDP header adds 28 bytes per datagram). Gossip = UDP + membership"
         " push-pull over TCP; the replication worker's TCP traffic (anti-entropy sync) is"
         " shown apart, for context.",

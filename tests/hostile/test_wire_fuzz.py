@@ -27,3 +27,6 @@ def test_a_node_survives_the_wire_fuzzer(tmp_path: Path) -> None:
     assert any(name.startswith("gossip.dropped_") for name in report.drops)
     assert any(name.startswith("gossip.stream_dropped_") for name in report.drops)
     assert any(name.startswith("sync.dropped_") for name in report.drops)
+    # Sealed datagrams replayed, or stamped outside the window, are refused and counted.
+    assert report.drops.get("gossip.dropped_replay", 0) > 0, report.text()
+    assert report.drops.get("gossip.dropped_stale", 0) > 0, report.text()

@@ -8,8 +8,6 @@ any order. Everything started here is stopped in teardown, whatever happened.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import random
@@ -27,6 +25,7 @@ import msgpack
 import pytest
 import trio
 
+from kvs.clock import system_wall_ms
 from kvs.net.codec import WireError, derive_key
 from kvs.net.datagrams import DatagramCodec
 from kvs.net.frames import FrameStream
@@ -35,6 +34,7 @@ from kvs.net.seeds import AUTH_HEADER, auth_header_value
 from kvs.testing import launcher
 from tests.support.cluster import wait_for
 from tests.support.procs import assert_clean_stderr, config_value, init_config, running
+from tests.support.wire import StampedCodec, seal_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "scripts" / "cluster.py"
@@ -206,11 +206,10 @@ def test_sigterm_is_reported_left_not_dead(cluster: LiveCluster) -> None:
 # --- (c) hostile datagrams --------------------------------------------------------------------
 
 
-def seal(key: bytes, payload: bytes) -> bytes:
-    """A datagram with a valid header and HMAC around any payload (layout: kvs.net.datagrams)."""
-    header = b"KV" + bytes([1 | 0x80])
-    tag = hmac.new(key, header + payload, hashlib.sha256).digest()[:16]
-    return header + tag + payload
+def seal(key: bytes, payload: bytes, age_ms: int = 0) -> bytes:
+    """A datagram sealed with the cluster's key around any payload, sent `age_ms` ago
+    (layout: kvs.net.datagrams)."""
+    return seal_payload(payload, key, system_wall_ms() - age_ms)
 
 
 def test_garbage_datagrams_are_dropped_and_counted_and_change_nothing(
@@ -220,7 +219,7 @@ def test_garbage_datagrams_are_dropped_and_counted_and_change_nothing(
     target = ("127.0.0.1", cluster.specs["node1"].gossip_port)
     key = derive_key(cluster.secret(), "gossip")
     assert key is not None
-    wrong = DatagramCodec(derive_key("wrong-secret", "gossip"))
+    wrong = StampedCodec(derive_key("wrong-secret", "gossip"), clock=system_wall_ms)
     intruder = MemberInfo(
         node_id="intruder",
         joined_timestamp=1,
@@ -235,7 +234,8 @@ def test_garbage_datagrams_are_dropped_and_counted_and_change_nothing(
     sent: dict[str, list[bytes]] = {
         "magic": [*noise, valid_payload[:-3]],  # random bytes; bare truncated msgpack
         "short": [b"K", b"KV"],
-        "version": [b"KV\x05" + bytes(20)],
+        "version": [b"KV\x05" + bytes(20), b"KV\x81" + bytes(16) + valid_payload],  # v1
+        "stale": [seal(key, valid_payload, age_ms=120_000), seal(key, valid_payload, -90_000)],
         "malformed": [
             seal(key, valid_payload[:-3]),
             seal(key, b"\xc1"),

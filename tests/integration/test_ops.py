@@ -303,3 +303,28 @@ def test_a_restored_node_catches_up_with_its_cluster_through_sync(tmp_path: Path
             assert cb.get("/kv/c/1").status_code == 404
             assert cb.get("/kv/c/new").json()["data"] == "new"
             assert cb.get("/kv/c/19").json()["data"] == 19
+
+
+def test_reload_puts_a_new_keyring_in_force_and_refuses_a_bad_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    config = init_config(tmp_path / "node", auth_enabled=False)
+    old, new = config_value(config, "cluster_secret"), "the-next-cluster-secret"
+    with cleanup(home, config):
+        assert kvs("reload", str(config), home=home, cwd=tmp_path).returncode == 3
+        assert kvs("start", str(config), home=home, cwd=tmp_path).returncode == 0
+        log = daemon.instance_for(config, home).log_file
+        set_keys(config, cluster_secret=[new, old])
+        reloaded = kvs("reload", str(config), home=home, cwd=tmp_path)
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert "2 secret(s)" in reloaded.stdout
+        deadline = time.monotonic() + 30
+        while "keyring reloaded (2 secret(s))" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+            time.sleep(0.1)
+        set_keys(config, cluster_secret=[new, new])  # a duplicate: refused, nothing sent
+        refused = kvs("reload", str(config), home=home, cwd=tmp_path)
+        assert refused.returncode == 2 and "cluster_secret" in refused.stderr
+        assert new not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        assert kvs("stop", str(config), home=home, cwd=tmp_path).returncode == 0
+        text = log.read_text(errors="replace")
+        assert old not in text and new not in text

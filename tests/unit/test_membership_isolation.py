@@ -6,8 +6,6 @@ bound while the node goes on."""
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import logging
 import random
 import socket
@@ -18,9 +16,9 @@ import msgpack
 import pytest
 import trio
 
+from kvs.clock import system_wall_ms
 from kvs.config import Config, project
-from kvs.net.codec import TAG_BYTES, derive_key
-from kvs.net.datagrams import DatagramCodec
+from kvs.net.codec import derive_key
 from kvs.net.membership import MAX_PUSH_PULL_CONNECTIONS, Membership
 from kvs.net.messages import MAX_INCARNATION, Ack, Alive, MemberInfo, Ping, Suspect
 from kvs.net.swim_settings import SwimSettings
@@ -28,18 +26,18 @@ from kvs.net.transport import RealTransport, expected_error
 from kvs.node import Node
 from kvs.testing.ports import free_ports
 from tests.support.config import make_config
+from tests.support.wire import StampedCodec, seal_payload
 
 SECRET = "membership-isolation-secret"
 KEY = derive_key(SECRET, "gossip")
-CODEC = DatagramCodec(KEY)
+CODEC = StampedCodec(KEY, clock=system_wall_ms)
 DEADLINE = 30  # seconds of real time for any test here
 
 
 def seal(payload: bytes) -> bytes:
-    """A datagram around any payload, with a valid tag (the layout of kvs.net.datagrams)."""
+    """A datagram around any payload, sealed with the cluster's key (kvs.net.datagrams)."""
     assert KEY is not None
-    header = b"KV" + bytes([1 | 0x80])
-    return header + hmac.new(KEY, header + payload, hashlib.sha256).digest()[:TAG_BYTES] + payload
+    return seal_payload(payload, KEY, system_wall_ms())
 
 
 async def ask(sock: trio.socket.SocketType, data: bytes, to: tuple[str, int]) -> list[object]:
@@ -47,7 +45,8 @@ async def ask(sock: trio.socket.SocketType, data: bytes, to: tuple[str, int]) ->
     await sock.sendto(data, to)
     with trio.fail_after(5):
         answer, _ = await sock.recvfrom(2048)
-    return list(CODEC.decode(answer))
+    # A fresh replay window: nodes here draw nonces from the same seeded rng, test after test.
+    return list(StampedCodec(KEY, clock=system_wall_ms).decode(answer))
 
 
 @pytest.mark.parametrize("stored", [2**63 - 1, MAX_INCARNATION, -1, "x"])
@@ -107,6 +106,7 @@ async def start_membership(
         cluster_secret=SECRET,
         rng=rng,
         nonce=lambda: rng.randbytes(16),
+        wall_ms=system_wall_ms,
         **kwargs,
     )
     address = await nursery.start(membership.run)
@@ -193,3 +193,30 @@ async def test_refutations_are_persisted_latest_first_and_a_store_failure_is_fat
                     await sock.sendto(CODEC.encode([Suspect("m1", incarnation, "peer")]), address)
                 await trio.sleep_forever()
     assert expected_error(caught.value, (RuntimeError,)) is not None
+
+
+async def test_replayed_stale_and_old_layout_datagrams_are_dropped_and_counted() -> None:
+    """A captured datagram sent again, one stamped outside the time window, and one in the
+    previous (HMAC, clear text) layout: each is refused, counted by reason, and the node
+    goes on answering."""
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            membership, address = await start_membership(nursery)
+            with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as sock:
+                await sock.bind(("127.0.0.1", 0))
+                ping = CODEC.encode([Ping(9, "peer", "m1")])
+                assert Ack(9, "m1") in await ask(sock, ping, address)
+                await sock.sendto(ping, address)  # the capture, replayed
+                await sock.sendto(ping, address)
+                stale = CODEC.encode([Ping(10, "peer", "m1")], sent_ms=system_wall_ms() - 61_000)
+                await sock.sendto(stale, address)
+                await sock.sendto(b"KV\x81" + bytes(16) + msgpack.packb([[2, 1, "a"]]), address)
+                assert Ack(11, "m1") in await ask(
+                    sock, CODEC.encode([Ping(11, "p", "m1")]), address
+                )
+            counters = membership.stats()["counters"]
+            assert isinstance(counters, dict)
+            assert counters["dropped_replay"] == 2
+            assert counters["dropped_stale"] == 1
+            assert counters["dropped_version"] == 1
+            nursery.cancel_scope.cancel()

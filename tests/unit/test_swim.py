@@ -817,7 +817,7 @@ def test_a_forged_dead_at_the_largest_incarnation_is_refused_not_refuted() -> No
     n00 = net.add("n00", incarnation=5)
     net.merge("n00", [MemberState(info("n01"), State.ALIVE)])
     # The wire carries incarnations up to MAX_INCARNATION only: beyond, the datagram is refused.
-    forged = b"KV\x01" + msgpack.packb([[7, "n00", 2**63 - 1, "n01"]])
+    forged = b"KV\x02" + msgpack.packb([[7, "n00", 2**63 - 1, "n01"]])
     with pytest.raises(WireError) as caught:
         CODEC.decode(forged)
     assert caught.value.reason == "shape"

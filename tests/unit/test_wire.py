@@ -12,14 +12,16 @@ import msgpack
 import pytest
 import trio
 import trio.testing
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvs.net.codec import REASONS, TAG_BYTES, WireError, derive_key
+from kvs.net.codec import REASONS, WireError, derive_key
 from kvs.net.datagrams import (
     MAX_DATAGRAM_BYTES,
     MAX_HOST_LEN,
     MAX_MESSAGES,
+    SEAL_OVERHEAD,
     DatagramCodec,
     decode_push_pull,
     encode_push_pull,
@@ -42,6 +44,7 @@ from kvs.net.messages import (
     State,
     Suspect,
 )
+from tests.support.wire import NOW_MS, StampedCodec, fresh_nonce
 
 SECRET = "correct horse battery staple"
 KEY = derive_key(SECRET, "gossip")
@@ -110,7 +113,7 @@ msgpack_values = st.recursive(
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=5), inner),
     max_leaves=25,
 )
-codecs = st.sampled_from([DatagramCodec(None), DatagramCodec(KEY)])
+codecs = st.sampled_from([StampedCodec(None), StampedCodec(KEY)])
 
 ME = MemberInfo(
     "node-1", 1_700_000_000_000, 3, ("10.0.0.1", 7946), ("10.0.0.1", 7947), ("10.0.0.1", 8080)
@@ -130,13 +133,20 @@ def one_of_each() -> list[Message]:
     ]
 
 
-def seal(payload: bytes, key: bytes | None = KEY, version: int = 1) -> bytes:
+def seal(payload: bytes, key: bytes | None = KEY, version: int = 2, sent_ms: int = NOW_MS) -> bytes:
     """A datagram around any payload, built from the documented layout (not the codec)."""
     if key is None:
         return b"KV" + bytes([version]) + payload
     header = b"KV" + bytes([version | 0x80])
-    tag = hmac.new(key, header + payload, hashlib.sha256).digest()[:16]
-    return header + tag + payload
+    nonce = fresh_nonce()
+    plain = sent_ms.to_bytes(8, "big") + payload
+    return header + nonce + AESGCMSIV(key).encrypt(nonce, plain, header)
+
+
+def seal_v1(payload: bytes, key: bytes) -> bytes:
+    """The version-1 layout (HMAC tag, clear text) that this version refuses."""
+    header = b"KV\x81"
+    return header + hmac.new(key, header + payload, hashlib.sha256).digest()[:16] + payload
 
 
 def reason_of(call: Callable[[], Any]) -> str | None:
@@ -174,7 +184,7 @@ def test_derive_key_errors_never_show_the_secret() -> None:
 
 async def test_reprs_and_errors_never_show_keys() -> None:
     assert KEY is not None
-    codec = DatagramCodec(KEY)
+    codec = StampedCodec(KEY)
     client, server = await connect(STREAM_KEY, STREAM_KEY)
     texts = [repr(codec), repr(client), repr(server)]
     for data in [b"", b"KV\x81" + b"\x00" * 20, codec.encode([Ping(1, "a", "b")])[:-1]]:
@@ -213,11 +223,12 @@ def test_compound_datagrams_round_trip_or_refuse_to_encode(
 
 @pytest.mark.parametrize("key", [None, KEY])
 def test_one_datagram_with_every_kind(key: bytes | None) -> None:
-    codec = DatagramCodec(key)
+    codec = StampedCodec(key)
     data = codec.encode(one_of_each())
     assert codec.decode(data) == one_of_each()
-    assert data[:2] == b"KV" and data[2] == (0x81 if key else 0x01)
-    assert codec.overhead == (3 + TAG_BYTES if key else 3)
+    assert data[:2] == b"KV" and data[2] == (0x82 if key else 0x02)
+    assert codec.overhead == (3 + SEAL_OVERHEAD if key else 3)
+    assert SEAL_OVERHEAD == 12 + 8 + 16  # nonce, sender's time, tag
 
 
 def test_the_largest_valid_message_fits_a_keyed_datagram() -> None:
@@ -227,9 +238,9 @@ def test_the_largest_valid_message_fits_a_keyed_datagram() -> None:
     assert len(host) == MAX_HOST_LEN
     info = MemberInfo(big, 2**63 - 1, MAX_INCARNATION, (host, 65535), (host, 65535), (host, 65535))
     for message in [Alive(info), PingReq(2**63 - 1, big, big, (host, 65535))]:
-        data = DatagramCodec(KEY).encode([message])
+        data = StampedCodec(KEY).encode([message])
         assert len(data) <= MAX_DATAGRAM_BYTES
-        assert DatagramCodec(KEY).decode(data) == [message]
+        assert StampedCodec(KEY).decode(data) == [message]
 
 
 @pytest.mark.parametrize(
@@ -265,11 +276,11 @@ def test_the_largest_valid_message_fits_a_keyed_datagram() -> None:
 )
 def test_encode_refuses_what_a_peer_would_refuse(message: Message) -> None:
     with pytest.raises(ValueError):
-        DatagramCodec(KEY).encode([message])
+        StampedCodec(KEY).encode([message])
 
 
 def test_encode_limits() -> None:
-    codec = DatagramCodec(None)
+    codec = StampedCodec(None)
     with pytest.raises(ValueError):
         codec.encode([])
     with pytest.raises(ValueError):
@@ -309,7 +320,7 @@ def test_pack_keeps_first_then_a_prefix_of_more_under_the_limit(
 
 
 def test_pack_fills_to_the_limit_in_order() -> None:
-    codec = DatagramCodec(KEY)
+    codec = StampedCodec(KEY)
     more = [Suspect(f"node-{i}", i, "node-1") for i in range(200)]
     data, used = codec.pack([Ping(7, "node-1", "node-2")], more)
     assert 10 < used < 200
@@ -319,14 +330,14 @@ def test_pack_fills_to_the_limit_in_order() -> None:
 
 
 def test_pack_stops_at_64_messages() -> None:
-    codec = DatagramCodec(None)
+    codec = StampedCodec(None)
     data, used = codec.pack([Ack(1, "a")], [Ack(2, "b")] * 100)
     assert used == MAX_MESSAGES - 1
     assert len(codec.decode(data)) == MAX_MESSAGES
 
 
 def test_pack_with_a_smaller_max_size() -> None:
-    codec = DatagramCodec(None, max_size=100)
+    codec = StampedCodec(None, max_size=100)
     data, used = codec.pack([], [Leave(f"n{i}", i) for i in range(50)])
     assert len(data) <= 100 and 0 < used < 50
 
@@ -335,17 +346,17 @@ def test_pack_with_a_smaller_max_size() -> None:
 
 
 def test_keyed_and_unkeyed_do_not_mix() -> None:
-    unkeyed, keyed = DatagramCodec(None), DatagramCodec(KEY)
+    unkeyed, keyed = StampedCodec(None), StampedCodec(KEY)
     batch = [Ping(1, "a", "b")]
     assert reason_of(lambda: keyed.decode(unkeyed.encode(batch))) == "auth"
     assert reason_of(lambda: unkeyed.decode(keyed.encode(batch))) == "auth"
-    assert reason_of(lambda: DatagramCodec(OTHER_KEY).decode(keyed.encode(batch))) == "auth"
+    assert reason_of(lambda: StampedCodec(OTHER_KEY).decode(keyed.encode(batch))) == "auth"
     # A gossip-purpose tag is no good for another purpose's key.
-    assert reason_of(lambda: DatagramCodec(STREAM_KEY).decode(keyed.encode(batch))) == "auth"
+    assert reason_of(lambda: StampedCodec(STREAM_KEY).decode(keyed.encode(batch))) == "auth"
 
 
 def test_every_flipped_bit_is_rejected_when_keyed() -> None:
-    codec = DatagramCodec(KEY)
+    codec = StampedCodec(KEY)
     data = codec.encode(one_of_each())
     for i in range(len(data)):
         for bit in range(8):
@@ -356,14 +367,14 @@ def test_every_flipped_bit_is_rejected_when_keyed() -> None:
 
 @pytest.mark.parametrize("key", [None, KEY])
 def test_every_truncation_is_rejected(key: bytes | None) -> None:
-    codec = DatagramCodec(key)
+    codec = StampedCodec(key)
     data = codec.encode(one_of_each())
     for n in range(len(data)):
         assert reason_of(lambda n=n: codec.decode(data[:n])) is not None, n
 
 
 def test_unkeyed_bit_flips_never_raise_anything_but_wire_error() -> None:
-    codec = DatagramCodec(None)
+    codec = StampedCodec(None)
     data = codec.encode(one_of_each())
     for i in range(len(data)):
         for bit in range(8):
@@ -383,7 +394,7 @@ def test_random_bytes_only_raise_wire_error(codec: DatagramCodec, data: bytes) -
 def test_random_payloads_behind_a_valid_header_only_raise_wire_error(
     key: bytes | None, payload: bytes
 ) -> None:
-    reason = reason_of(lambda: DatagramCodec(key).decode(seal(payload, key)))
+    reason = reason_of(lambda: StampedCodec(key).decode(seal(payload, key)))
     assert reason in ("short", "malformed", "shape", None)
 
 
@@ -391,7 +402,7 @@ def test_random_payloads_behind_a_valid_header_only_raise_wire_error(
 @given(st.sampled_from([None, KEY]), msgpack_values)
 def test_wrong_shapes_are_shape_or_malformed(key: bytes | None, value: Any) -> None:
     payload = msgpack.packb(value, use_bin_type=True)
-    codec = DatagramCodec(key)
+    codec = StampedCodec(key)
     try:
         decoded = codec.decode(seal(payload, key))
     except WireError as exc:
@@ -439,18 +450,21 @@ def test_wrong_shapes_are_shape_or_malformed(key: bytes | None, value: Any) -> N
 def test_specific_shapes_are_refused(payload: Any) -> None:
     for key in (None, KEY):
         data = seal(msgpack.packb(payload, use_bin_type=True), key)
-        assert reason_of(lambda d=data, k=key: DatagramCodec(k).decode(d)) == "shape"
+        assert reason_of(lambda d=data, k=key: StampedCodec(k).decode(d)) == "shape"
 
 
 def test_header_and_framing_reasons() -> None:
-    codec = DatagramCodec(KEY)
+    codec = StampedCodec(KEY)
     good = codec.encode([Ack(1, "a")])
     assert reason_of(lambda: codec.decode(b"")) == "short"
     assert reason_of(lambda: codec.decode(b"KV")) == "short"
     assert reason_of(lambda: codec.decode(good[:10])) == "short"
     assert reason_of(lambda: codec.decode(b"XX" + good[2:])) == "magic"
-    assert reason_of(lambda: codec.decode(good[:2] + b"\x82" + good[3:])) == "version"
-    assert reason_of(lambda: codec.decode(good[:2] + b"\x01" + good[3:])) == "auth"  # no tag
+    assert reason_of(lambda: codec.decode(good[:2] + b"\x83" + good[3:])) == "version"
+    assert reason_of(lambda: codec.decode(good[:2] + b"\x02" + good[3:])) == "auth"  # unsealed
+    # The previous layout (version 1: HMAC, clear text) is refused cleanly, never parsed.
+    assert reason_of(lambda: codec.decode(seal_v1(msgpack.packb([[2, 1, "a"]]), KEY))) == "version"
+    assert reason_of(lambda: codec.decode(b"KV\x01" + msgpack.packb([[2, 1, "a"]]))) == "version"
     assert reason_of(lambda: codec.decode(good + b"\x00" * MAX_DATAGRAM_BYTES)) == "oversize"
     payload = msgpack.packb([[2, 1, "a"]])
     assert reason_of(lambda: codec.decode(seal(payload + b"\x00"))) == "malformed"  # trailing
@@ -863,4 +877,4 @@ async def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         await FrameStream.client(a, STREAM_KEY, purpose="Push Pull", nonce=NONCE_C)
     with pytest.raises(ValueError):
-        DatagramCodec(b"tiny")
+        StampedCodec(b"tiny")
