@@ -23,12 +23,13 @@ if TYPE_CHECKING:
 
 def admin_blueprint(node: NodeView) -> Blueprint:
     bp = Blueprint("admin", __name__)
-    gate = RecoveryGate(node.config.primary_secret, node.node_id)
+    gate = RecoveryGate(node.keyring, node.node_id)
 
     @bp.route("/api/admin/recover", methods=["POST"])
     async def recover() -> Response:
         guard.require_auth_on(node)
         client = request.remote_addr or "unknown"
+        gate.set_secrets(node.keyring)  # after a keyring reload, its secrets prove it
         refused = gate.check(request.headers.get(RECOVER_HEADER), node.clock.wall_ms())
         if refused is not None:
             node.auth.counters["admin_recover_refused"] += 1

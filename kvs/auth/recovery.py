@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 
-from kvs.net.codec import derive_key
+from kvs.net.codec import derive_key, derive_keys
 
 RECOVER_HEADER = "X-KVS-Recover-Auth"
 RECOVER_WINDOW_MS = 30_000
@@ -45,15 +46,21 @@ def recover_proof(cluster_secret: str, node_id: str, now_ms: int, nonce: bytes) 
 class RecoveryGate:
     """The node's side: checks a proof and remembers the nonces it accepted."""
 
-    def __init__(self, cluster_secret: str, node_id: str) -> None:
-        self._key = derive_key(cluster_secret, _PURPOSE)
+    def __init__(self, cluster_secret: str | Sequence[str], node_id: str) -> None:
+        self._keys: tuple[bytes, ...] = ()
+        self.set_secrets(cluster_secret)
         self._node_id = node_id
         self._seen: dict[str, int] = {}  # nonce -> its stamp
+
+    def set_secrets(self, cluster_secret: str | Sequence[str]) -> None:
+        """The keyring in force (it may be reloaded): a proof made with any of its secrets
+        is accepted, as for gossip, sync and the seed lookup."""
+        self._keys = derive_keys(cluster_secret, _PURPOSE)
 
     def check(self, value: str | None, now_ms: int) -> str | None:
         """None if `value` is a fresh, valid proof (its nonce is then used up), else why not
         (a reason for the audit log and the answer; never the secret)."""
-        if self._key is None:
+        if not self._keys:
             return "this node has no cluster_secret: stop it and run `kvs admin recover` offline"
         if not value:
             return f"missing {RECOVER_HEADER}"
@@ -65,8 +72,9 @@ class RecoveryGate:
             return f"malformed {RECOVER_HEADER}"
         if not (16 <= len(nonce) <= 64 and all(c in "0123456789abcdef" for c in nonce)):
             return f"malformed {RECOVER_HEADER}"
-        expected = _tag(self._key, self._node_id, stamp, nonce).encode()
-        if not hmac.compare_digest(tag.encode("utf-8", "surrogateescape"), expected):
+        given = tag.encode("utf-8", "surrogateescape")
+        expected = (_tag(key, self._node_id, stamp, nonce).encode() for key in self._keys)
+        if not any(hmac.compare_digest(given, e) for e in expected):
             return "wrong cluster secret (or a request made for another node)"
         if abs(int(stamp) - now_ms) > RECOVER_WINDOW_MS:
             return "stale request (check this host's clock)"

@@ -19,24 +19,14 @@ from pathlib import Path
 import httpx
 
 from kvs import daemon
-from tests.support.procs import KVS, init_config
+from tests.support.procs import init_config, run_kvs
 
 TIMEOUT = 90.0
 
 
 def kvs(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KVS_HOME": str(home)}
-    for name in ("KVS_URL", "KVS_TOKEN"):
-        env.pop(name, None)
-    return subprocess.run(
-        [*KVS, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    env = {"KVS_HOME": str(home), "KVS_URL": None, "KVS_TOKEN": None}
+    return run_kvs(*args, cwd=cwd, timeout=TIMEOUT, env=env)
 
 
 @contextlib.contextmanager

@@ -22,10 +22,10 @@ import httpx
 from kvs import daemon
 from tests.support.procs import (
     EXIT_TIMEOUT,
-    KVS,
     assert_clean_stderr,
     config_value,
     init_config,
+    run_kvs,
     running,
     set_keys,
 )
@@ -34,18 +34,9 @@ from tests.support.procs import (
 def kvs(
     *args: str, home: Path, cwd: Path, timeout: float = 90.0
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KVS_HOME": str(home)}
-    env.pop("KVS_URL", None)
-    env.pop("KVS_TOKEN", None)
-    return subprocess.run(
-        [*KVS, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    """`kvs ARGS` with its own KVS_HOME, and no KVS_URL/KVS_TOKEN from the caller's shell."""
+    env = {"KVS_HOME": str(home), "KVS_URL": None, "KVS_TOKEN": None}
+    return run_kvs(*args, cwd=cwd, timeout=timeout, env=env)
 
 
 @contextlib.contextmanager

@@ -33,6 +33,26 @@ def test_the_gate_takes_a_fresh_proof_once() -> None:
     assert gate.check(recover_proof(SECRET, "n1", 1_000_000, _nonce(2)), 1_000_000) is None
 
 
+def test_the_gate_follows_the_keyring_in_force() -> None:
+    """Mid-rotation the operator's config may name the new secret first: any secret of the
+    node's current keyring proves it, and a secret removed by a reload no longer does."""
+    gate = RecoveryGate(["old-secret"], "n1")
+    new_proof = recover_proof("new-secret", "n1", 1_000_000, _nonce(1))
+    assert (
+        gate.check(new_proof, 1_000_000)
+        == "wrong cluster secret (or a request made for another node)"
+    )
+    gate.set_secrets(["new-secret", "old-secret"])
+    assert gate.check(new_proof, 1_000_000) is None
+    assert gate.check(recover_proof("old-secret", "n1", 1_000_000, _nonce(2)), 1_000_000) is None
+    gate.set_secrets(["new-secret"])
+    old_proof = recover_proof("old-secret", "n1", 1_000_000, _nonce(3))
+    assert (
+        gate.check(old_proof, 1_000_000)
+        == "wrong cluster secret (or a request made for another node)"
+    )
+
+
 @pytest.mark.parametrize(
     ("proof", "reason"),
     [
