@@ -40,7 +40,7 @@ from tests.support.hostile import (
 )
 def test_half_closed_requests_do_not_end_the_node(tmp_path: Path, target: bytes) -> None:
     """Ten at once: Content-Length 100, 2 bytes of body, then shutdown(SHUT_WR). Each gets a
-    4xx or a close; the node stays up and logs nothing. (`PUT /kv/a` is answered 401 by the
+    4xx or a close (or, for GET /health, its answer); the node stays up and logs nothing. (`PUT /kv/a` is answered 401 by the
     key fast path before its body is read: the node survived that one but logged a
     BusyResourceError traceback from the same two-senders race.)"""
     request = target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab"
@@ -54,7 +54,13 @@ def test_half_closed_requests_do_not_end_the_node(tmp_path: Path, target: bytes)
             for sock in socks:
                 answer, _ = read_until_closed(sock, timeout=5.0)
                 status = status_of(answer)
-                assert answer == b"" or (status is not None and 400 <= status < 500), answer[:200]
+                # GET /health never reads a body: on a loaded machine its handler may answer
+                # before the listener reads the half-close, which HTTP allows (a server may
+                # answer before the request is complete); every other target needs the body.
+                answered_early = target == b"GET /health" and status == 200
+                assert (
+                    answer == b"" or answered_early or (status is not None and 400 <= status < 500)
+                ), answer[:200]
         finally:
             for sock in socks:
                 sock.close()
