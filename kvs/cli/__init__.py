@@ -29,9 +29,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import kvs
 from kvs.cli import auth as cli_auth
 from kvs.cli import client as cli_client
 from kvs.cli import ops as cli_ops
+from kvs.cli.forgiving import ForgivingParser, hoist_globals, looks_like_config, show_help, suggest
 from kvs.cli.serve import EXIT_USAGE, cmd_init, cmd_serve
 from kvs.config import DEFAULT_CONFIG_NAME
 
@@ -62,13 +64,15 @@ The client commands read $KVS_URL, $KVS_TOKEN and $KVS_CACERT when --url, --toke
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ForgivingParser(
         prog="kvs",
         description="KVS: a distributed key-value store for JSON documents",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"kvs {kvs.__version__}")
     sub = parser.add_subparsers(dest="command")
+    sub.add_parser("help", help="show help: kvs help [COMMAND [ACTION]]")
     init = sub.add_parser("init", help="write a commented default config")
     init.add_argument("path", nargs="?", help=f"where to write it (default {DEFAULT_CONFIG_NAME})")
     init.add_argument(
@@ -100,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SUBCOMMANDS = {
+    "help",
     "init",
     "serve",
     "conflict",
@@ -110,11 +115,23 @@ SUBCOMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # `kvs` and `kvs CONFIG.yaml` run a node, as in the Go KVS.
+    argv = hoist_globals(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] == "help":
+        return show_help(parser, argv[1:])
+    # `kvs` and `kvs CONFIG.yaml` run a node, as in the Go KVS; a bare word that is no
+    # file is a mistyped command.
+    word = argv[0] if argv else "-"
+    if word not in SUBCOMMANDS and not word.startswith("-") and not looks_like_config(word):
+        hint = suggest(word, SUBCOMMANDS)
+        print(
+            f"kvs: unknown command {word!r}{hint}; `kvs help` lists the commands"
+            " (a config file needs its extension: config.yaml)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
         argv = ["serve", *argv]
-    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

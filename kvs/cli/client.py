@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kvs.client.env import CACERT_ENV, DEFAULT_URL, TOKEN_ENV, URL_ENV
+from kvs.client.env import CACERT_ENV, DEFAULT_URL, TOKEN_ENV, TOKEN_HINT, URL_ENV
 
 if TYPE_CHECKING:
     from kvs.client import Client
@@ -223,13 +223,19 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
         resume = f" (resume with --since {exc.last_id})" if exc.last_id else ""
         return _error(f"{exc.message}{resume}")
     except KvsError as exc:
-        prefix = f"{exc.status} " if exc.status is not None else ""
-        return _error(f"{prefix}{exc.message}")
+        return _error(error_text(exc))
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:  # `kvs tree | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return EXIT_OK
+
+
+def error_text(exc: Any) -> str:
+    """A KvsError for people: `404 key not found`; a 401 says how to pass a token."""
+    prefix = f"{exc.status} " if exc.status is not None else ""
+    hint = f" ({TOKEN_HINT})" if exc.status == 401 else ""
+    return f"{prefix}{exc.message}{hint}"
 
 
 def _usage(message: str) -> int:
@@ -461,9 +467,11 @@ def _show(args: argparse.Namespace, item: dict[str, Any]) -> int:
     return EXIT_OK
 
 
-def _list(args: argparse.Namespace, items: list[dict[str, Any]], columns: Sequence[str]) -> int:
-    if args.json:
-        _print_json(items)
+def _list(
+    args: argparse.Namespace, items: list[dict[str, Any]], columns: Sequence[str], kind: str
+) -> int:
+    if args.json:  # the node's own object, as documented: {"users": [...]}
+        _print_json({kind: items})
         return EXIT_OK
     rows = []
     for item in items:
@@ -485,7 +493,7 @@ def cmd_user_create(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_user_list(client: Client, args: argparse.Namespace) -> int:
-    return _list(args, client.users(), ("uuid", "nickname", "groups"))
+    return _list(args, client.users(), ("uuid", "nickname", "groups"), "users")
 
 
 def cmd_user_show(client: Client, args: argparse.Namespace) -> int:
@@ -507,7 +515,7 @@ def cmd_group_create(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_group_list(client: Client, args: argparse.Namespace) -> int:
-    return _list(args, client.groups(), ("uuid", "groupname", "members"))
+    return _list(args, client.groups(), ("uuid", "groupname", "members"), "groups")
 
 
 def cmd_group_show(client: Client, args: argparse.Namespace) -> int:
@@ -540,7 +548,7 @@ def cmd_token_create(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_token_list(client: Client, args: argparse.Namespace) -> int:
     columns = ("id", "user_uuid", "scopes", "expires_at")
-    return _list(args, client.tokens(args.user), columns)
+    return _list(args, client.tokens(args.user), columns, "tokens")
 
 
 def cmd_token_revoke(client: Client, args: argparse.Namespace) -> int:

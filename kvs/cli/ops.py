@@ -22,7 +22,7 @@ from typing import Any
 
 from kvs.cli import local
 from kvs.cli.client import UsageError, add_client_args, client_verify, positive_seconds
-from kvs.client.env import DEFAULT_URL, TOKEN_ENV, URL_ENV
+from kvs.client.env import DEFAULT_URL, TOKEN_ENV, TOKEN_HINT, URL_ENV
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -87,7 +87,10 @@ def _request(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any
         body = None
     if response.status_code != 200:
         message = body.get("error") if isinstance(body, dict) else None
-        return response.status_code, message or response.text.strip()[:200]
+        message = message or response.text.strip()[:200]
+        if response.status_code == 401:
+            message = f"401 {message} ({TOKEN_HINT})"
+        return response.status_code, message
     return 200, body
 
 
@@ -115,8 +118,30 @@ def cmd_backup_status(args: argparse.Namespace) -> int:
         return _usage(str(exc))
     if status != 200:
         return _error(f"GET /api/backup/status: {body}" if status else str(body))
-    print(json.dumps(body, indent=2))
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        print(format_backup_status(body))
     return EXIT_OK
+
+
+def format_backup_status(body: Any) -> str:
+    """GET /api/backup/status for people: one `name  value` line per field, times in UTC."""
+    if not isinstance(body, dict):
+        return str(body)
+    width = max((len(k) for k in body), default=0)
+    lines = []
+    for name, value in body.items():
+        if isinstance(value, list):
+            value = f"{len(value)}: " + ", ".join(
+                str(v.get("path", v) if isinstance(v, dict) else v) for v in value
+            )
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif value is None:
+            value = "-"
+        lines.append(f"{name.ljust(width)}  {value}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- restore
@@ -325,8 +350,9 @@ def register(sub: Any) -> None:
     add_client_args(now, 3600.0)
     now.add_argument("-v", "--verbose", action="store_true", help="also print size and time")
     now.set_defaults(func=cmd_backup_now)
-    status = backup_sub.add_parser("status", help="the node's backup status, as JSON")
+    status = backup_sub.add_parser("status", help="the node's backup status (--json: as JSON)")
     add_client_args(status, 10.0)
+    status.add_argument("--json", action="store_true", help="print the node's JSON")
     status.set_defaults(func=cmd_backup_status)
 
     restore = sub.add_parser(
