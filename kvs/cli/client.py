@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from kvs.cli import bulk
+from kvs.cli.usage import UsageError
 from kvs.client.env import CACERT_ENV, DEFAULT_URL, TOKEN_ENV, TOKEN_HINT, URL_ENV
 
 if TYPE_CHECKING:
@@ -46,13 +48,12 @@ COMMANDS = (
     "user",
     "group",
     "token",
+    "count",
+    "dump",
+    "load",
 )
 
 Handler = Callable[["Client", argparse.Namespace], int]
-
-
-class UsageError(Exception):
-    """Bad input found after argparse (a JSON argument that is not JSON): exit status 2."""
 
 
 def positive_seconds(text: str) -> float:
@@ -117,15 +118,19 @@ def register(subparsers: Any) -> None:
         parser.set_defaults(func=lambda args: run(handler, args))
         return parser
 
-    p = add("get", cmd_get, "print a key's value")
+    p = add("get", cmd_get, "print a key's value (--prefix: every key below, with values)")
     p.add_argument("key")
+    p.add_argument("--prefix", action="store_true", help="KEY is a prefix: every key below it")
+    p.add_argument("--limit", type=_positive_int, help="with --prefix: at most this many keys")
     p = add("put", cmd_put, "write a key (JSON argument, or - to read stdin)")
     p.add_argument("key")
     p.add_argument("value", metavar="JSON", help="a JSON document, or - to read it from stdin")
     p.add_argument("--ttl", help="expire after this long (30s, 5m, 1h, 7d or seconds)")
     p.add_argument("--if-match", metavar="UUID", help="write only if this is the current version")
-    p = add("rm", cmd_rm, "delete a key")
+    p = add("rm", cmd_rm, "delete a key (--prefix: every key below it)")
     p.add_argument("key")
+    p.add_argument("--prefix", action="store_true", help="KEY is a prefix: delete every key below")
+    p.add_argument("--yes", action="store_true", help="with --prefix: do not ask")
     p = add("ls", cmd_ls, "list the direct children of a prefix")
     p.add_argument("prefix", nargs="?", default="")
     p.add_argument("--limit", type=_positive_int)
@@ -142,6 +147,7 @@ def register(subparsers: Any) -> None:
         help="first replay changes after this millisecond timestamp or event id",
     )
     add("members", cmd_members, "show a node's member table")
+    bulk.register(add, _positive_int)
     _register_admin(subparsers, common)
 
 
@@ -280,6 +286,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def cmd_get(client: Client, args: argparse.Namespace) -> int:
+    if args.prefix:
+        return bulk.cmd_get_prefix(client, args)
     value = client.get(args.key)
     if args.json:
         _print_json(
@@ -306,6 +314,8 @@ def cmd_put(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_rm(client: Client, args: argparse.Namespace) -> int:
+    if args.prefix:
+        return bulk.cmd_rm_prefix(client, args)
     client.delete(args.key)
     if args.json:
         _print_json({"key": args.key, "deleted": True})
