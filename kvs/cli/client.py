@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kvs.cli import bulk
+from kvs.cli import bulk, names
 from kvs.cli.usage import UsageError
 from kvs.client.env import CACERT_ENV, DEFAULT_URL, TOKEN_ENV, TOKEN_HINT, URL_ENV
 
@@ -165,38 +165,45 @@ def _register_admin(subparsers: Any, common: argparse.ArgumentParser) -> None:
     users = group("user", "manage users (needs an admin token)")
     p = add(users, "create", cmd_user_create, "create a user")
     p.add_argument("nickname")
-    p.add_argument("--group", action="append", dest="groups", metavar="UUID")
+    p.add_argument("--group", action="append", dest="groups", metavar="NAME|UUID")
     add(users, "list", cmd_user_list, "list users")
     p = add(users, "show", cmd_user_show, "show one user")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
     p = add(users, "update", cmd_user_update, "change a user")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
     p.add_argument("--nickname")
-    p.add_argument("--group", action="append", dest="groups", metavar="UUID")
+    p.add_argument("--group", action="append", dest="groups", metavar="NAME|UUID")
     p = add(users, "rm", cmd_user_rm, "delete a user (and its tokens)")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
 
     groups = group("group", "manage groups (needs an admin token)")
     p = add(groups, "create", cmd_group_create, "create a group")
     p.add_argument("groupname")
-    p.add_argument("--member", action="append", dest="members", metavar="UUID")
+    p.add_argument("--member", action="append", dest="members", metavar="NAME|UUID")
     add(groups, "list", cmd_group_list, "list groups")
     p = add(groups, "show", cmd_group_show, "show one group")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
     p = add(groups, "update", cmd_group_update, "change a group")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
     p.add_argument("--groupname")
-    p.add_argument("--member", action="append", dest="members", metavar="UUID")
+    p.add_argument("--member", action="append", dest="members", metavar="NAME|UUID")
     p = add(groups, "rm", cmd_group_rm, "delete a group")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
 
     tokens = group("token", "manage API tokens")
     p = add(tokens, "create", cmd_token_create, "issue a token for a user")
-    p.add_argument("user_uuid")
-    p.add_argument("--scope", action="append", dest="scopes", required=True, metavar="SCOPE")
+    p.add_argument("user_uuid", metavar="USER", help="the user's nickname or UUID")
+    p.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        required=True,
+        metavar="SCOPE",
+        help="a scope, or a preset: admin (every scope), read-write (read, write, delete), read",
+    )
     p.add_argument("--expires-in", help="lifetime (1h, 30m or seconds; default 1h)")
     p = add(tokens, "list", cmd_token_list, "list tokens (without their secrets)")
-    p.add_argument("--user", metavar="UUID", help="only this user's tokens")
+    p.add_argument("--user", metavar="USER", help="only this user's tokens (nickname or UUID)")
     p = add(tokens, "revoke", cmd_token_revoke, "revoke a token everywhere")
     p.add_argument("id")
 
@@ -225,6 +232,8 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
             return handler(client, args)
     except UsageError as exc:
         return _usage(str(exc))
+    except names.NameError_ as exc:
+        return _error(str(exc))
     except WatchEnded as exc:
         resume = f" (resume with --since {exc.last_id})" if exc.last_id else ""
         return _error(f"{exc.message}{resume}")
@@ -499,7 +508,7 @@ def _list(
 
 
 def cmd_user_create(client: Client, args: argparse.Namespace) -> int:
-    return _show(args, client.create_user(args.nickname, args.groups))
+    return _show(args, client.create_user(args.nickname, names.group_uuids(client, args.groups)))
 
 
 def cmd_user_list(client: Client, args: argparse.Namespace) -> int:
@@ -507,21 +516,25 @@ def cmd_user_list(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_user_show(client: Client, args: argparse.Namespace) -> int:
-    return _show(args, client.user(args.uuid))
+    return _show(args, client.user(names.user_uuid(client, args.uuid)))
 
 
 def cmd_user_update(client: Client, args: argparse.Namespace) -> int:
-    item = client.update_user(args.uuid, nickname=args.nickname, groups=args.groups)
+    groups = names.group_uuids(client, args.groups)
+    item = client.update_user(
+        names.user_uuid(client, args.uuid), nickname=args.nickname, groups=groups
+    )
     return _show(args, item)
 
 
 def cmd_user_rm(client: Client, args: argparse.Namespace) -> int:
-    client.delete_user(args.uuid)
-    return _done(args, {"uuid": args.uuid, "deleted": True}, f"deleted user {args.uuid}")
+    uuid = names.user_uuid(client, args.uuid)
+    client.delete_user(uuid)
+    return _done(args, {"uuid": uuid, "deleted": True}, f"deleted user {uuid}")
 
 
 def cmd_group_create(client: Client, args: argparse.Namespace) -> int:
-    return _show(args, client.create_group(args.groupname, args.members))
+    return _show(args, client.create_group(args.groupname, names.user_uuids(client, args.members)))
 
 
 def cmd_group_list(client: Client, args: argparse.Namespace) -> int:
@@ -529,21 +542,26 @@ def cmd_group_list(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_group_show(client: Client, args: argparse.Namespace) -> int:
-    return _show(args, client.group(args.uuid))
+    return _show(args, client.group(names.group_uuid(client, args.uuid)))
 
 
 def cmd_group_update(client: Client, args: argparse.Namespace) -> int:
-    item = client.update_group(args.uuid, groupname=args.groupname, members=args.members)
+    members = names.user_uuids(client, args.members)
+    uuid = names.group_uuid(client, args.uuid)
+    item = client.update_group(uuid, groupname=args.groupname, members=members)
     return _show(args, item)
 
 
 def cmd_group_rm(client: Client, args: argparse.Namespace) -> int:
-    client.delete_group(args.uuid)
-    return _done(args, {"uuid": args.uuid, "deleted": True}, f"deleted group {args.uuid}")
+    uuid = names.group_uuid(client, args.uuid)
+    client.delete_group(uuid)
+    return _done(args, {"uuid": uuid, "deleted": True}, f"deleted group {uuid}")
 
 
 def cmd_token_create(client: Client, args: argparse.Namespace) -> int:
-    issued = client.create_token(args.user_uuid, args.scopes, expires_in=args.expires_in)
+    user = names.user_uuid(client, args.user_uuid)
+    scopes = names.expand_scopes(args.scopes)
+    issued = client.create_token(user, scopes, expires_in=args.expires_in)
     if args.json:
         _print_json(issued)
     else:
@@ -558,7 +576,8 @@ def cmd_token_create(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_token_list(client: Client, args: argparse.Namespace) -> int:
     columns = ("id", "user_uuid", "scopes", "expires_at")
-    return _list(args, client.tokens(args.user), columns, "tokens")
+    user = names.user_uuid(client, args.user) if args.user else None
+    return _list(args, client.tokens(user), columns, "tokens")
 
 
 def cmd_token_revoke(client: Client, args: argparse.Namespace) -> int:
