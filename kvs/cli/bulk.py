@@ -11,7 +11,9 @@ the same for the same data (so dump -> load -> dump gives an identical file):
 
     {"key":"home/socks","value":{"colour":"red"}}
     {"key":"session/1","value":"abc","expires_at":1796353972840}      absolute ms
-    {"key":"home/socks","value":...,"owner":"UUID","group":"UUID","mode":"0640"}  --with-metadata
+    {"key":"a","value":1,"owner":"UUID","group":"UUID","mode":"0xf31"}   --with-metadata
+
+(`mode`: the 12 permission bits in hex, three nibbles, as docs/security.md shows them).
 
 `kvs load` reads that, or the JSON array `consul kv export` writes (values base64; a value
 that is JSON is stored as that JSON, other text as a JSON string).
@@ -63,7 +65,7 @@ def dump_line(item: dict[str, Any], with_metadata: bool) -> str:
     if with_metadata:
         out["owner"] = item.get("owner_uuid", "")
         out["group"] = item.get("group_uuid", "")
-        out["mode"] = f"{int(item.get('permissions', 0)):04o}"
+        out["mode"] = f"0x{int(item.get('permissions', 0)):03x}"
     return json.dumps(out, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -229,11 +231,11 @@ def _checked(number: int, entry: Any) -> dict[str, Any]:
     mode = entry.get("mode")
     if mode is not None:
         try:
-            entry["mode"] = int(mode, 8) if isinstance(mode, str) else int(mode)
+            entry["mode"] = int(mode, 16) if isinstance(mode, str) else int(mode)
         except (TypeError, ValueError):
             entry["mode"] = -1
-        if not 0 <= entry["mode"] <= 0o7777:
-            raise BadInput(number, f"mode must be octal 0000-7777, got {mode!r}")
+        if isinstance(mode, bool) or not 0 <= entry["mode"] <= 0xFFF:
+            raise BadInput(number, f"mode must be hex 0x000-0xfff (12 bits), got {mode!r}")
     return entry
 
 
