@@ -25,11 +25,15 @@ import argparse
 import base64
 import binascii
 import json
+import queue
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
+
+import orjson
 
 from kvs.cli.progress import Progress
 from kvs.cli.usage import UsageError
@@ -168,21 +172,16 @@ def _deleted(results: list[dict[str, Any]]) -> int:
 
 @dataclass
 class Batch:
-    first_line: int = 0
-    last_line: int = 0
-    parts: list[str] = field(default_factory=list)
+    parts: list[bytes] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     size: int = 0
     metadata: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def add(self, line: int, op: dict[str, Any], meta: dict[str, Any] | None) -> None:
-        text = json.dumps(op, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        if not self.parts:
-            self.first_line = line
+        text = orjson.dumps(op)
         self.parts.append(text)
         self.lines.append(line)
-        self.last_line = line
-        self.size += len(text.encode()) + 1
+        self.size += len(text) + 1
         if meta:
             self.metadata.append((op["key"], meta))
 
@@ -190,7 +189,7 @@ class Batch:
         return len(self.parts) >= BATCH_OPS or self.size >= BATCH_BYTES
 
     def body(self) -> bytes:
-        return ('{"ops":[' + ",".join(self.parts) + "]}").encode()
+        return b'{"ops":[' + b",".join(self.parts) + b"]}"
 
 
 def entries(stream: IO[str], start: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -207,8 +206,8 @@ def entries(stream: IO[str], start: int) -> Iterator[tuple[int, dict[str, Any]]]
         if number < start or not line.strip():
             continue
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
             raise BadInput(number, f"not JSON ({exc.msg} at column {exc.colno})") from None
         yield number, _checked(number, entry)
 
@@ -263,37 +262,17 @@ def _consul(text: str, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def cmd_load(client: Client, args: argparse.Namespace) -> int:
-    from kvs.client import KvsError
-    from kvs.client.operations import calls
-
     try:
         stream: IO[str] = (
             sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
         )
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
-    progress = Progress("loading", None)
-    written = expired = 0
-    done_line = args.from_line - 1
+    sender = Sender(client, args.from_line - 1)
+    expired = 0
     batch = Batch()
-
-    def send() -> None:
-        nonlocal written, batch, done_line
-        try:
-            results = client.call(calls.batch_body(batch.body()))
-        except KvsError as exc:
-            index = (exc.body or {}).get("index") if isinstance(exc.body, dict) else None
-            where = f"line {batch.lines[index]}: " if isinstance(index, int) else ""
-            raise LoadStopped(f"{where}{exc.status} {exc.message}", done_line) from None
-        for key, meta in batch.metadata:
-            client.set_metadata(key, **meta)
-        written += len(results)
-        progress.advance(len(results))
-        done_line = batch.last_line
-        batch = Batch()
-
     try:
-        with stream:
+        with stream, sender:
             for number, entry in entries(stream, args.from_line):
                 expires = entry.get("expires_at")
                 if expires is not None and expires <= time.time() * 1000 + 1000:
@@ -304,23 +283,82 @@ def cmd_load(client: Client, args: argparse.Namespace) -> int:
                     op["expires_at"] = expires
                 batch.add(number, op, _metadata(entry))
                 if batch.full():
-                    send()
+                    sender.put(batch)
+                    batch = Batch()
             if batch.parts:
-                send()
-    except BadInput as exc:
-        return _stopped(args, str(exc), done_line, written, progress)
-    except LoadStopped as exc:
-        return _stopped(args, str(exc), exc.done_line, written, progress)
+                sender.put(batch)
+    except (BadInput, LoadStopped) as exc:
+        return _stopped(args, str(exc), sender)
     except UnicodeDecodeError:
-        return _stopped(args, "the file is not UTF-8 text", done_line, written, progress)
-    progress.finish()
-    report = {"written": written, "expired_skipped": expired}
+        return _stopped(args, "the file is not UTF-8 text", sender)
+    sender.progress.finish()
+    report = {"written": sender.written, "expired_skipped": expired}
     if args.json:
         print(json.dumps(report))
     else:
         skipped = f" ({expired} already expired, skipped)" if expired else ""
-        print(f"loaded {written} keys{skipped}")
+        print(f"loaded {sender.written} keys{skipped}")
     return EXIT_OK
+
+
+class Sender:
+    """Sends batches in order from a thread of its own, so the next batch is read and built
+    while the node commits this one (one request in flight, one batch waiting). After a
+    refused batch it sends nothing more; `done_line` is the last line of the last batch
+    written, so `--from-line done_line + 1` resumes exactly there."""
+
+    def __init__(self, client: Client, done_line: int) -> None:
+        self.client = client
+        self.done_line = done_line
+        self.written = 0
+        self.failure: LoadStopped | None = None
+        self.progress = Progress("loading", None)
+        self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._run, name="kvs-load-sender", daemon=True)
+
+    def __enter__(self) -> Sender:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        # Batches already handed over are whole and good (a bad line stops the batch it is
+        # in, not those before it): they are sent before the thread ends.
+        self._queue.put(None)
+        self._thread.join()
+        if kind is None and self.failure is not None:
+            raise self.failure
+
+    def put(self, batch: Batch) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self._queue.put(batch)
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self.failure is None:
+                try:
+                    self._send(batch)
+                except LoadStopped as exc:
+                    self.failure = exc
+                except Exception as exc:  # the node unreachable: reported like a refusal
+                    self.failure = LoadStopped(str(exc), self.done_line)
+
+    def _send(self, batch: Batch) -> None:
+        from kvs.client import KvsError
+        from kvs.client.operations import calls
+
+        try:
+            results = self.client.call(calls.batch_body(batch.body()))
+            for key, meta in batch.metadata:
+                self.client.set_metadata(key, **meta)
+        except KvsError as exc:
+            index = exc.body.get("index") if isinstance(exc.body, dict) else None
+            where = f"line {batch.lines[index]}: " if isinstance(index, int) else ""
+            status = f"{exc.status} " if exc.status is not None else ""
+            raise LoadStopped(f"{where}{status}{exc.message}", self.done_line) from None
+        self.written += len(results)
+        self.progress.advance(len(results))
+        self.done_line = batch.lines[-1]
 
 
 class LoadStopped(Exception):
@@ -340,11 +378,12 @@ def _metadata(entry: dict[str, Any]) -> dict[str, Any] | None:
     return meta or None
 
 
-def _stopped(args: argparse.Namespace, why: str, done_line: int, written: int, bar: Any) -> int:
-    bar.finish()
+def _stopped(args: argparse.Namespace, why: str, sender: Sender) -> int:
+    sender.progress.finish()
+    done = sender.done_line
     print(
-        f"kvs: load stopped: {why}; {written} keys written, nothing past line {done_line};"
-        f" resume with: kvs load {args.file} --from-line {done_line + 1}",
+        f"kvs: load stopped: {why}; {sender.written} keys written, nothing past line {done};"
+        f" resume with: kvs load {args.file} --from-line {done + 1}",
         file=sys.stderr,
     )
     return EXIT_ERROR
