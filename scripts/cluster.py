@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             if not 0 <= args.base_port <= 65535:
                 raise UsageError("--base-port must be between 0 and 65535")
             cluster.start(args.n, base_port=args.base_port, timeout=args.timeout)
+            token = Path(args.dir) / "data" / "node1" / "root.token"
+            if token.exists():
+                print(f'root token: {token} (export KVS_TOKEN="$(cat {token})")')
             print(f"stop it with: {Path(sys.argv[0]).name} stop --dir {args.dir}")
         elif args.command == "stop":
             cluster.stop(*args.node)

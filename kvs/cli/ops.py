@@ -229,12 +229,40 @@ def cmd_start(args: argparse.Namespace) -> int:
         return _usage(f"{instance.config}: tls_cert_file/tls_ca_file: cannot be read: {exc}")
     pid = daemon.spawn(instance)
     url = local.base_url(config)
+    _say(
+        f"started pid {pid}; waiting up to {args.timeout:g} s for {url}/health to answer as"
+        f" node {config.node_id} (log: {instance.log_file})"
+    )
     try:
         daemon.wait_ready(instance, pid, lambda: local.answers(config), args.timeout)
     except daemon.StartFailed as exc:
         return _error(f"{instance.config}: {exc}")
     print(f"started {config.node_id} (pid {pid}) on {url}; log: {instance.log_file}")
+    if config.auth_enabled:
+        print(root_token_note(config.data_path / "root.token"))
     return EXIT_OK
+
+
+def root_token_note(path: Path) -> str:
+    """Where an auth node's root token is (the first start of a new cluster writes it)."""
+    if path.exists():
+        return f'root token: {path} (export KVS_TOKEN="$(cat {path})")'
+    return (
+        f"auth is on; no root token in {path} (only a new cluster's first node writes one):"
+        " ask an admin for a token, or `kvs admin recover CONFIG` on a node's host"
+    )
+
+
+def sync_progress_text(progress: Any) -> str:
+    """A syncing node's bootstrap progress from /health's `sync` object, for people."""
+    if not isinstance(progress, dict):
+        return "syncing"
+    received = progress.get("keys_received", 0)
+    expected = progress.get("keys_expected", 0)
+    rate = progress.get("keys_per_s") or 0
+    eta = progress.get("eta_s")
+    left = f", about {eta:g} s left" if isinstance(eta, int | float) else ""
+    return f"syncing: {received:,} of {expected:,} keys received ({rate:,.0f} keys/s{left})"
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -332,11 +360,14 @@ def _answering(config_path: Path) -> str:
     except ConfigError:
         return "its config no longer loads"
     try:
-        if local.answers(config, timeout=2.0):
-            return f"ready on {local.base_url(config)}"
+        body = local.health(config, timeout=2.0)
     except (OSError, ssl.SSLError):
-        pass
-    return f"not answering on {local.base_url(config)}"
+        body = None
+    if body is None:
+        return f"not answering on {local.base_url(config)}"
+    if body.get("mode") == "syncing":
+        return f"{sync_progress_text(body.get('sync'))} on {local.base_url(config)}"
+    return f"ready on {local.base_url(config)}"
 
 
 # ---------------------------------------------------------------- argument parsing

@@ -22,7 +22,8 @@ import pytest
 import kvs
 from kvs.auth.permissions import ALL_SCOPES
 from kvs.cli import main
-from tests.support.cluster import LiveCluster, client
+from tests.support.cluster import LiveCluster, client, wait_for
+from tests.support.procs import config_value, init_config
 
 
 @pytest.fixture(scope="module")
@@ -368,3 +369,63 @@ def test_users_and_groups_by_name_and_scope_presets(live: LiveCluster, cli: Any)
     assert cli("group", "rm", "staff", *common).returncode == 0
     assert cli("group", "show", "staff", *common).returncode == 1
     assert httpx.URL(url).host == "127.0.0.1"
+
+
+# --- progress where people wait -------------------------------------------------------------
+
+
+def test_kvs_start_and_status_show_a_joining_nodes_progress(
+    live: LiveCluster, cli: Any, tmp_path: Path
+) -> None:
+    """A fourth node joins by records, paced (`sync_throttle_delay`), started with `kvs
+    start`: it says what it waits for, /health carries the bootstrap's progress, and `kvs
+    status` shows it."""
+    url, token = live.url("node1"), live.root_token()
+    batch_put(url, token, [(f"join/{i:05d}", {"i": i}) for i in range(6000)])
+    seed = live.specs["node1"].http_address
+    config = init_config(
+        tmp_path / "node4",
+        cluster_secret=live.secret(),
+        node_id="node4",
+        auth_enabled=True,
+        sync_throttle_delay="0.4s",
+        sync_snapshot_min_keys=0,
+    )
+    config.write_text(config.read_text().replace("seed_nodes: []", f'seed_nodes: ["{seed}"]'))
+    home = tmp_path / "home"
+    env = {"KVS_HOME": str(home)}
+    started = kvs_process("start", str(config), **env)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "waiting up to 60 s for http://127.0.0.1:" in started.stderr
+        assert "/health to answer as node node4" in started.stderr
+        assert "auth is on; no root token in" in started.stdout  # a joiner gets none
+        port = int(config_value(config, "port"))
+        seen: list[dict[str, Any]] = []
+
+        def progress_shown() -> bool:
+            with client() as c:
+                body = c.get(f"http://127.0.0.1:{port}/health").json()
+            if body.get("mode") == "syncing" and "sync" in body:
+                seen.append(body["sync"])
+            return bool(seen) and seen[-1]["keys_received"] > 0
+
+        wait_for("node4's /health shows its bootstrap's progress", progress_shown)
+        progress = seen[-1]
+        assert progress["keys_expected"] >= 6000 and progress["keys_per_s"] > 0
+        assert progress["eta_s"] is None or progress["eta_s"] >= 0
+        status = kvs_process("status", str(config), **env)
+        assert status.returncode == 0, status.stderr
+        # Still syncing (paced), or done by the time `kvs status` asked on a fast machine.
+        assert " keys received (" in status.stdout or "ready on" in status.stdout, status.stdout
+
+        def normal() -> bool:
+            with client() as c:
+                return c.get(f"http://127.0.0.1:{port}/health").json()["mode"] == "normal"
+
+        wait_for("node4 completes its bootstrap", normal, timeout=120)
+        with client() as c:
+            assert "sync" not in c.get(f"http://127.0.0.1:{port}/health").json()
+    finally:
+        stopped = kvs_process("stop", str(config), **env)
+        assert stopped.returncode == 0, stopped.stderr
