@@ -33,7 +33,14 @@ import kvs
 from kvs.cli import auth as cli_auth
 from kvs.cli import client as cli_client
 from kvs.cli import ops as cli_ops
-from kvs.cli.forgiving import ForgivingParser, hoist_globals, looks_like_config, show_help, suggest
+from kvs.cli.forgiving import (
+    ForgivingParser,
+    hoist_globals,
+    looks_like_config,
+    show_help,
+    suggest,
+    unknown_option,
+)
 from kvs.cli.serve import EXIT_USAGE, cmd_init, cmd_serve
 from kvs.config import DEFAULT_CONFIG_NAME
 
@@ -132,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
         argv = ["serve", *argv]
+    unknown = unknown_option(parser, argv)
+    if unknown is not None:
+        print(f"kvs: {unknown}; `kvs help {argv[0]}` lists its options", file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

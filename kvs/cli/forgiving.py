@@ -86,6 +86,22 @@ def option_strings(parser: argparse.ArgumentParser) -> set[str]:
     return found
 
 
+def unknown_option(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """`unknown option '--scoep' (did you mean '--scope'?)` for the first `--word` that no
+    command takes (nor abbreviates), before argparse reports something less to the point
+    (a required option missing); None when every one is known somewhere."""
+    known = option_strings(parser) | {"--help", "--version"}
+    for word in argv:
+        if word == "--":
+            break
+        if not word.startswith("--") or len(word) == 2:
+            continue
+        name = word.split("=", 1)[0]
+        if not any(option.startswith(name) for option in known):
+            return f"unknown option {name!r}{suggest(name, known)}"
+    return None
+
+
 def subcommand_names(parser: argparse.ArgumentParser) -> list[str]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
