@@ -21,6 +21,7 @@ PATH, N real serf agents and N real KVS nodes on loopback: join convergence and
 failure-detection time side by side (see bench_support/gossip_*.py).
 """
 
+# ruff: noqa: E402 - venv_check.ensure runs before the imports it makes possible
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import venv_check
+
+venv_check.ensure("bench.py", "httpx", "trio", "lmdb")
 
 from bench_support import metrics_cost
 from bench_support.auth_inprocess import auth_cpu_lines
