@@ -5,6 +5,10 @@
     kvs get|put|rm|ls|tree|history|watch|members|user|group|token ... [--url] [--token]
                           [--cacert]: client commands (kvs/cli/client.py); exit 1 on an
                           error answer
+    kvs get --prefix|rm --prefix|count|dump|load
+                          prefix operations, export and import (kvs/cli/bulk.py)
+    kvs shell             every client command at a prompt, or piped (kvs/cli/shell.py)
+    kvs help [COMMAND]    help; `kvs --version`; options anywhere, typos get a suggestion
     kvs start|stop|restart|status, backup, restore: operations (kvs/cli/ops.py)
     kvs join URL --token T [CONFIG], kvs audit verify, kvs admin recover [CONFIG]
                           security (kvs/cli/auth.py, kvs/cli/recover.py)
@@ -33,6 +37,7 @@ import kvs
 from kvs.cli import auth as cli_auth
 from kvs.cli import client as cli_client
 from kvs.cli import ops as cli_ops
+from kvs.cli import shell as cli_shell
 from kvs.cli.forgiving import (
     ForgivingParser,
     hoist_globals,
@@ -107,11 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     conflict.set_defaults(func=conflict_mod.run)
     cli_ops.register(sub)
     cli_auth.register(sub)
+    cli_shell.register(sub, main)
     return parser
 
 
 SUBCOMMANDS = {
     "help",
+    "shell",
     "init",
     "serve",
     "conflict",

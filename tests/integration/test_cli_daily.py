@@ -5,12 +5,16 @@ items (`_list`, the JSON 404, the reason phrase, `/kv_changes` pages)."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,6 +373,115 @@ def test_users_and_groups_by_name_and_scope_presets(live: LiveCluster, cli: Any)
     assert cli("group", "rm", "staff", *common).returncode == 0
     assert cli("group", "show", "staff", *common).returncode == 1
     assert httpx.URL(url).host == "127.0.0.1"
+
+
+# --- the shell ---------------------------------------------------------------------------
+
+
+def test_shell_reads_commands_piped_into_it(live: LiveCluster) -> None:
+    url, url2, token = live.url("node1"), live.url("node2"), live.root_token()
+    script = "\n".join(
+        [
+            "put shell/a '[1, \"one\"]'",
+            "get shell/a",
+            "# a comment, then an empty line",
+            "",
+            "gte shell/a",
+            "put shell/b/c 2",
+            "get --prefix shell",
+            "count shell",
+            f"connect {url2}",
+            "get shell/b/c --json",
+            "user show root --json",
+            "get shell/none",
+        ]
+    )
+    done = kvs_process("shell", "--url", url, "--token", token, stdin=script + "\n")
+    out = done.stdout.splitlines()
+    assert out[0].startswith("wrote shell/a (version ")
+    assert json.loads("\n".join(out[1:5])) == [1, "one"]  # printed indented
+    assert out[6:9] == ['shell/a\t[1,"one"]', "shell/b/c\t2", "2"]
+    assert out[9] == f"connected to {url2}"
+    assert done.stderr.splitlines() == [
+        "kvs: 'gte' is not a shell command (did you mean 'get'?)",
+        "kvs: 404 key not found",
+    ]
+    assert done.returncode == 1  # the last command's status
+    assert "kvs>" not in done.stdout and token not in done.stdout + done.stderr
+    leave = kvs_process("shell", "--url", url, stdin=f"auth {token}\ncount shell\nexit\nget x\n")
+    assert leave.returncode == 0 and leave.stdout.splitlines() == [
+        "token set for this session",
+        "2",
+    ]
+
+
+def test_shell_completes_commands_and_key_paths(live: LiveCluster) -> None:
+    from kvs.cli import main
+    from kvs.cli.shell import Session
+
+    url, token = live.url("node3"), live.root_token()
+    batch_put(url, token, [("tab/one", 1), ("tab/two/x", 2), ("tabby", 3)])
+    args = argparse.Namespace(url=url, token=token, cacert=None, timeout=5.0)
+    session = Session(args, main)
+    assert session.candidates([], "ge") == ["get "]
+    assert session.candidates([], "co") == ["connect ", "count "]
+    assert "tab/" in session.candidates(["get"], "ta") and "tabby" in session.candidates(
+        ["get"], "ta"
+    )
+    assert session.candidates(["get"], "tab/t") == ["tab/two/"]
+    assert session.candidates(["rm", "--prefix"], "tab/") == ["tab/one", "tab/two/"]
+    assert session.candidates(["members"], "ta") == []
+    anonymous = Session(argparse.Namespace(url=url, token=None, cacert=None, timeout=5.0), main)
+    assert anonymous.candidates(["get"], "ta") == []  # 401: nothing to offer, no error
+
+
+def test_shell_on_a_terminal_prompts_completes_and_keeps_history(
+    live: LiveCluster, tmp_path: Path
+) -> None:
+    """A real terminal (a pty): the prompt, Tab completing a command and a key path, and a
+    history file without the token."""
+    url, token = live.url("node1"), live.root_token()
+    batch_put(url, token, [("ptyzone/a", 1), ("ptyzone/b", 2)])
+    master, slave = pty.openpty()
+    home = tmp_path / "home"
+    shell = subprocess.Popen(
+        [sys.executable, "-m", "kvs", "shell", "--url", url],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, "TERM": "dumb", "KVS_HOME": str(home), "KVS_TOKEN": ""},
+        close_fds=True,
+    )
+    os.close(slave)
+
+    def read_until(needle: bytes, timeout: float = 60.0) -> bytes:
+        seen, deadline = b"", time.monotonic() + timeout
+        while needle not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+        assert needle in seen, seen
+        return seen
+
+    try:
+        assert b"kvs> " in read_until(b"kvs> ")
+        os.write(master, f"auth {token}\n".encode())
+        read_until(b"kvs> ")
+        os.write(master, b"cou\t ptyz\t\n")  # completes to `count  ptyzone/`
+        answer = read_until(b"kvs> ")
+        assert b"count  ptyzone/" in answer and b"\r\n2\r\n" in answer, answer
+        os.write(master, b"exit\n")
+        assert shell.wait(timeout=60) == 0
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+        os.close(master)
+    history = (home / "shell_history").read_text()
+    assert "count  ptyzone/" in history and token not in history
+    assert (home / "shell_history").stat().st_mode & 0o777 == 0o600
 
 
 # --- progress where people wait -------------------------------------------------------------
