@@ -99,3 +99,18 @@ def test_root_token_note(tmp_path: Path) -> None:
     note = root_token_note(path)
     assert note == f'root token: {path} (export KVS_TOKEN="$(cat {path})")'
     assert "secret" not in note
+
+
+def test_the_documented_presets_are_the_ones_expanded() -> None:
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "reference.md").read_text()
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2]
+        for line in reference.splitlines()
+        if line.startswith("| `admin` (or `all`)") or line.startswith("| `read")
+    }
+    for preset, cell in rows.items():
+        name = preset.split("`")[1]
+        assert sorted(cell.replace("`", "").replace(" ", "").split(",")) == sorted(
+            expand_scopes([name])
+        ), preset
+    assert len(rows) == 3
