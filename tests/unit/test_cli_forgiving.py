@@ -3,6 +3,7 @@ means, help, a bootstrap's progress and how `kvs status` and `kvs start` say it.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,24 @@ def test_the_documented_presets_are_the_ones_expanded() -> None:
             expand_scopes([name])
         ), preset
     assert len(rows) == 3
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_and_silent_in_a_pipe() -> None:
+    from kvs.cli.progress import Progress
+
+    terminal = _Terminal()
+    bar = Progress("loading", 200, stream=terminal)
+    bar.advance(100)
+    bar.finish()
+    text = terminal.getvalue()
+    assert text.startswith("\rloading [") and " 50% 100/200 (" in text and text.endswith("\n")
+    pipe = io.StringIO()
+    quiet = Progress("loading", 200, stream=pipe)
+    quiet.advance(200)
+    quiet.finish()
+    assert pipe.getvalue() == ""
