@@ -43,10 +43,11 @@ export function drawChart(el, series, { windowMs, unit = "" }) {
     label.textContent = `${fmt(v)}${unit}`;
     root.append(label);
   }
-  for (let m = 0; m <= windowMs / 60000; m++) {
-    const t = now - m * 60000;
+  const step = windowMs > 120000 ? 60000 : windowMs > 40000 ? 15000 : 5000;
+  for (let k = 0; k * step <= windowMs; k++) {
+    const t = now - k * step;
     const label = svg("text", { x: x(t), y: H - 6, "text-anchor": "middle", class: "axis" });
-    label.textContent = m ? `-${m}m` : "now";
+    label.textContent = k ? (step >= 60000 ? `-${(k * step) / 60000}m` : `-${(k * step) / 1000}s`) : "now";
     root.append(label);
   }
   for (const s of series) {

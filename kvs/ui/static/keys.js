@@ -166,7 +166,7 @@ async function show(detail, key, tree) {
     h("button", { type: "button", id: "delete", class: "danger", onclick: () => confirmDelete(status, key, value, detail, tree) }, "Delete"),
     ttlForm(status, key, value, detail, tree),
   );
-  clear(detail).append(
+  const parts = [
     h("h2", { id: "key-name" }, key),
     h("table", { class: "meta" }, rows.map(([k, v, id]) => h("tr", {}, h("th", {}, k), h("td", { id }, v)))),
     actions,
@@ -176,7 +176,8 @@ async function show(detail, key, tree) {
       ? h("button", { type: "button", class: "link", onclick: (e) => { pre.textContent = text; e.target.remove(); } }, `show all ${bytes(text.length)}`)
       : null,
     historyView(key, value),
-  );
+  ];
+  clear(detail).append(...parts.filter(Boolean));
 }
 
 function permissions(bits) {
@@ -184,7 +185,8 @@ function permissions(bits) {
   const who = ["owner", "group", "others"];
   const parts = who.map((w, i) => {
     const b = (bits >> (8 - 4 * i)) & 0xf;
-    const flags = `${b & 8 ? "r" : "-"}${b & 4 ? "w" : "-"}${b & 2 ? "d" : "-"}${b & 1 ? "a" : "-"}`;
+    // Create 8, Delete 4, Write 2, Read 1 (docs/security.md), shown as "cdwr".
+    const flags = `${b & 8 ? "c" : "-"}${b & 4 ? "d" : "-"}${b & 2 ? "w" : "-"}${b & 1 ? "r" : "-"}`;
     return `${w} ${flags}`;
   });
   return `0x${bits.toString(16).toUpperCase().padStart(3, "0")} (${parts.join(", ")})`;
@@ -265,7 +267,7 @@ function editor(detail, current, prefix, tree) {
       "div",
       { class: "toolbar" },
       h("button", { type: "submit", id: "save" }, current ? "Save (If-Match)" : "Create"),
-      h("button", { type: "button", onclick: () => (current ? show(detail, current.key, tree) : clear(detail)) }, "Cancel"),
+      h("button", { type: "button", id: "cancel", onclick: () => (current ? show(detail, current.key, tree) : clear(detail)) }, "Cancel"),
     ),
     current ? h("p", { class: "muted" }, `Editing version ${current.value.uuid}; the save fails with 409 if anyone wrote the key since.`) : null,
     status,

@@ -5,7 +5,7 @@ import { explain, get, getText } from "./api.js";
 import { h } from "./dom.js";
 import { drawChart } from "./chart.js";
 
-const EVERY_MS = 2000;
+const EVERY_MS = 1000;
 const WINDOW_MS = 10 * 60 * 1000;
 const history = []; // kept across visits to the page (same tab): [{t, m: Map}]
 
@@ -80,7 +80,7 @@ export function mount(main) {
   };
   main.append(
     h("h1", {}, "Metrics"),
-    h("p", { class: "muted" }, "This node's own /metrics, sampled every 2 s while the console is open in this tab (the last 10 minutes). The console's own polling counts as requests too."),
+    h("p", { class: "muted" }, "This node's own /metrics, sampled every second while the console is open in this tab (up to the last 10 minutes). The console's own polling counts as requests too."),
     h("div", { class: "charts" },
       h("section", { class: "card" }, h("h2", {}, "HTTP requests per second"), charts.requests),
       h("section", { class: "card" }, h("h2", {}, "HTTP latency (ms)"), charts.latency),
@@ -116,7 +116,9 @@ export function mount(main) {
 }
 
 function draw(charts) {
-  const opts = { windowMs: WINDOW_MS };
+  // The window grows with the samples taken (at least 20 s), up to 10 minutes.
+  const span = history.length ? Date.now() - history[0].t : 0;
+  const opts = { windowMs: Math.min(WINDOW_MS, Math.max(20000, span)) };
   drawChart(charts.requests, [
     { name: "all", cls: "s1", color: "#2563eb", points: rate("kvs_http_requests_total") },
     { name: "errors (4xx/5xx)", cls: "s3", color: "#dc2626", points: rate("kvs_http_requests_total", (l) => l.status >= "400") },
