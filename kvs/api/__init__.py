@@ -98,7 +98,11 @@ async def _authenticate(node: NodeView) -> None:
     limit; the handlers check scopes and permission bits."""
     if request.path in OPEN_PATHS or is_console_path(request.path):
         return
-    if request.path == "/" and wants_html(request.headers.get("Accept", "")):
+    if (
+        request.path == "/"
+        and request.method == "GET"
+        and wants_html(request.headers.get("Accept", ""))
+    ):
         return  # a browser at the node's root is sent to the console
     g.principal = await identify(
         node, request.headers.get("Authorization"), request.remote_addr or "unknown"

@@ -85,9 +85,10 @@ def console_blueprint(assets: dict[str, Asset]) -> Blueprint:
         response.headers.update(SECURITY_HEADERS)
         return response
 
-    @bp.route("/", methods=["GET"])
+    # Every method, so that what is not a browser's GET stays the JSON 404 it always was.
+    @bp.route("/", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def root() -> Response:
-        if not wants_html(request.headers.get("Accept", "")):
+        if request.method != "GET" or not wants_html(request.headers.get("Accept", "")):
             raise ApiError(404, "not found; the console is at /ui/")
         return redirect(UI_PREFIX + "/", 302)  # type: ignore[return-value]
 

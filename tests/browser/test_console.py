@@ -139,6 +139,8 @@ def test_login_then_cluster_page_lists_every_member_alive(console: Console) -> N
         lambda: (s := _member_states(c)) and set(s.values()) == {"alive"} and len(s) == 3 and s,
     )
     assert set(states) == set(NAMES)
+    # scripts/cluster.py start (the launcher) prints where the console is.
+    assert f"console: {c.url()}/ui/ (every node serves one)" in c.lines
     wait_until("the node's mode", lambda: c.text("#self-mode") == "normal")
     # Per-peer sync status fills in once anti-entropy ran (sync_interval 1 s).
     wait_until(
