@@ -19,8 +19,16 @@ if TYPE_CHECKING:
 def ls(node: NodeView, prefix: str) -> Response:
     limit = int_arg("limit", 100, 1000)
     include_metadata = bool_arg("include_metadata")
+    after = request.args.get("after", "")
+    if not _segment(after):
+        raise ApiError(400, "query parameter after must be one path segment (a subkey)")
     children, total = listing.list_children(
-        node.store, prefix, limit, node.clock.wall_ms(), guard.readable_by(node, g.principal)
+        node.store,
+        prefix,
+        limit,
+        node.clock.wall_ms(),
+        guard.readable_by(node, g.principal),
+        after=after,
     )
     return json_response(
         {
@@ -52,3 +60,11 @@ def tree(node: NodeView, prefix: str) -> Response:
     body["total"] = total
     body["truncated"] = total > len(records)
     return json_response(body)
+
+
+def _segment(text: str) -> bool:
+    """Whether `text` could be a key's path segment (or is empty): no slash, no control
+    character, no lone surrogate, at most 1024 bytes."""
+    if any(ch == "/" or ch < " " or "\ud800" <= ch <= "\udfff" for ch in text):
+        return False
+    return len(text.encode()) <= 1024
