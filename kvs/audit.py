@@ -16,6 +16,15 @@ whose hash covers the last unkeyed one, so the unkeyed prefix cannot be changed 
 either. `verify` accepts unkeyed entries only as such a prefix, followed by the marker
 (or, with no key, checks an unkeyed chain as such and says what it could not check).
 
+A rotation of the cluster secret (docs/operations.md) rekeys the chain: when a node's first
+secret changes (a SIGHUP, or a start with a new first secret while the log's newest entry
+verifies under another secret of the keyring), it appends a REKEY entry under the new key
+whose target holds the LEDGER digest of every entry before it (SHA3-512 chained over their
+stored bytes). `verify` with a keyring checks each entry under whichever of its secrets it
+was written with; entries under a secret no longer in the keyring are accepted only as a
+prefix that a REKEY entry (keyed under a secret in the keyring) covers by its digest, so
+they cannot be edited afterwards either.
+
 The log is local to each node (its own LMDB environment, `<data_dir>/audit`): every node
 records what it accepted and which logins failed there; it is not replicated.
 
@@ -47,6 +56,8 @@ _SEQ = struct.Struct(">Q")
 AUDIT_DIR = "audit"
 AUDIT_PURPOSE = "audit-chain"  # the purpose of the key derived from the cluster secret
 MARKER = "audit.keyed"  # the entry that seals an unkeyed prefix: keyed from here on
+REKEY = "audit.rekeyed"  # the entry that switches the chain to a new key (a rotation)
+LEDGER = "sha3-512:"  # a REKEY entry's target: this prefix, then the digest of all before it
 # The store's system record saying this node has kept a keyed log (kvs/node.py sets it): it
 # then never seals unkeyed entries again -- someone else wrote them.
 AUDIT_KEYED = "audit_keyed"
@@ -92,6 +103,16 @@ def chain_hash(previous: bytes, fields: list[Any], key: bytes | None = None) -> 
     return hmac.digest(key, data, "sha3_512")
 
 
+def ledger_step(digest: bytes, raw: bytes) -> bytes:
+    """The running digest of the log's stored bytes that a REKEY entry records."""
+    return hashlib.sha3_512(digest + raw).digest()
+
+
+def audit_keys(secrets: tuple[str, ...]) -> tuple[bytes, ...]:
+    """The keyring's audit keys, the first secret's first (it writes; all verify)."""
+    return tuple(k for k in (audit_key(s) for s in secrets) if k is not None)
+
+
 def _decode(raw: bytes) -> Entry:
     seq, ts, node, action, user, target, detail, digest = msgpack.unpackb(raw, raw=False)
     return Entry(seq, ts, node, action, user, target, detail, digest)
@@ -105,6 +126,7 @@ def _encode(entry: Entry) -> bytes:
 class _Pending:
     fields: tuple[int, str, str, str, str, str]
     done: trio.Event = field(default_factory=trio.Event)
+    rekey: bytes | None = None  # a REKEY entry: hashed, with all after it, under this key
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +139,7 @@ class Verification:
     keyed: bool = False  # the key was given, and the entries it covers verify under it
     unkeyed_entries: int = 0  # entries written before the chain was keyed (a sealed prefix)
     needs_key: bool = False  # verified without the key, and keyed entries follow
+    earlier_key_entries: int = 0  # under a secret not in the keyring, covered by a REKEY
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -125,6 +148,7 @@ class Verification:
             "last_hash": self.last_hash,
             "keyed": self.keyed,
             "unkeyed_entries": self.unkeyed_entries,
+            "earlier_key_entries": self.earlier_key_entries,
         }
         if not self.ok:
             out["first_bad_seq"] = self.first_bad
@@ -139,6 +163,7 @@ class AuditLog:
         *,
         node_id: str,
         key: bytes | None,
+        older: tuple[bytes, ...] = (),
         sync: bool = True,
         in_thread: bool = True,
     ) -> None:
@@ -147,11 +172,15 @@ class AuditLog:
             str(path), map_size=1 << 30, max_dbs=1, sync=sync, metasync=sync, mode=FILE_MODE
         )
         self.node_id = node_id
-        self.key = key
+        self.key = key  # writes
+        self.older = older  # the keyring's other secrets' keys: they verify, never write
+        self._write_key = key  # the writer's: `key` runs ahead of it while a REKEY waits
         self._in_thread = in_thread
         self._send, self._receive = trio.open_memory_channel[_Pending](65_536)
         self._seq, self._hash = 0, GENESIS
-        self.tail = "empty"  # the newest entry: "empty", "keyed", "unkeyed" or "broken"
+        # The newest entry: "empty", "keyed", "older" (under a key of `older`), "unkeyed"
+        # or "broken".
+        self.tail = "empty"
         with self.env.begin() as txn:
             cursor = txn.cursor()
             if cursor.last():
@@ -159,6 +188,10 @@ class AuditLog:
                 self._seq, self._hash = last.seq, last.hash
                 previous = _decode(cursor.value()).hash if cursor.prev() else GENESIS
                 self.tail = _kind(previous, last, key)
+                if self.tail == "broken" and any(
+                    _kind(previous, last, k) == "keyed" for k in older
+                ):
+                    self.tail = "older"
 
     def close(self) -> None:
         self.env.close()
@@ -184,6 +217,25 @@ class AuditLog:
         detail = f"entries 1-{self._seq} were written unkeyed (SHA3-512); keyed from here"
         self._write([_Pending((ts, self.node_id, MARKER, "", "", detail))])
         self.tail = "keyed"
+
+    def rekey_now(self, ts: int) -> None:
+        """Append a REKEY entry under `key` synchronously (before the writer starts)."""
+        self._write([_Pending((ts, self.node_id, REKEY, "", "", ""), rekey=self.key)])
+        self.tail = "keyed"
+
+    def set_keys(self, keys: tuple[bytes, ...], ts: int) -> bool:
+        """A reloaded keyring: its first key writes from a REKEY entry on (queued behind the
+        entries already waiting), the others verify. True if the chain is rekeyed."""
+        if not keys or self.key is None:
+            return False
+        new, self.older = keys[0], keys[1:]
+        if new == self.key:
+            return False
+        if self.key not in self.older:
+            self.older += (self.key,)  # the entries still queued are under it
+        self._send.send_nowait(_Pending((ts, self.node_id, REKEY, "", "", ""), rekey=new))
+        self.key = new
+        return True
 
     async def append(self, ts: int, action: str, user: str, target: str, detail: str = "") -> None:
         """Append one entry; returns once it is durable."""
@@ -213,23 +265,39 @@ class AuditLog:
                 item.done.set()
 
     def _write(self, batch: list[_Pending]) -> None:
-        seq, digest = self._seq, self._hash
+        seq, digest, key = self._seq, self._hash, self._write_key
         entries = []
         for item in batch:
             seq += 1
-            fields = [seq, *item.fields]
-            digest = chain_hash(digest, fields, self.key)
-            entries.append(Entry(seq, *item.fields, digest))
+            values = item.fields
+            if item.rekey is not None:
+                key = item.rekey
+                ledger = self._ledger(entries)
+                values = (*values[:4], LEDGER + ledger.hex(), f"keyed under a new key from {seq}")
+            fields = [seq, *values]
+            digest = chain_hash(digest, fields, key)
+            entries.append(Entry(seq, *values, digest))
         with self.env.begin(write=True) as txn:
             for entry in entries:
                 txn.put(_SEQ.pack(entry.seq), _encode(entry))
-        self._seq, self._hash = seq, digest
+        self._seq, self._hash, self._write_key = seq, digest, key
+
+    def _ledger(self, pending: list[Entry]) -> bytes:
+        """The LEDGER digest of the log so far and of `pending` (not yet committed)."""
+        digest = GENESIS
+        for rows in _rows(self.env, 4096):
+            for _, raw in rows:
+                digest = ledger_step(digest, raw)
+        for entry in pending:
+            digest = ledger_step(digest, _encode(entry))
+        return digest
 
     def read(self, since: int, limit: int) -> list[Entry]:
         return read_entries(self.env, since, limit)
 
     def verify(self) -> Verification:
-        return verify_env(self.env, self.key)
+        keys = () if self.key is None else (self.key, *self.older)
+        return verify_env(self.env, keys)
 
 
 def _kind(previous: bytes, entry: Entry, key: bytes | None) -> str:
@@ -241,11 +309,19 @@ def _kind(previous: bytes, entry: Entry, key: bytes | None) -> str:
     return "broken"
 
 
+def _key_of(previous: bytes, entry: Entry, keys: tuple[bytes, ...]) -> int | str:
+    """The index in `keys` of the key `entry` was written under, or "unkeyed" / "broken"."""
+    for i, key in enumerate(keys):
+        if chain_hash(previous, entry.fields(), key) == entry.hash:
+            return i
+    return _kind(previous, entry, None)
+
+
 def open_audit(
     path: Path,
     *,
     node_id: str,
-    key: bytes | None,
+    keys: tuple[bytes, ...],
     sealed_before: bool,
     now_ms: int,
     sync: bool = True,
@@ -253,12 +329,16 @@ def open_audit(
 ) -> AuditLog:
     """Open the node's log; seal an unkeyed one (once: `sealed_before` says this node's
     store remembers keying it, and then unkeyed entries at the end were not written by it)."""
-    audit = AuditLog(path, node_id=node_id, key=key, sync=sync, in_thread=in_thread)
+    key = keys[0] if keys else None
+    audit = AuditLog(path, node_id=node_id, key=key, older=keys[1:], sync=sync, in_thread=in_thread)
     if key is None:
         log.warning("no cluster_secret: the audit log's chain is not keyed")
     elif audit.tail == "unkeyed" and not sealed_before:
         audit.seal(now_ms)
         log.info("audit log: %d unkeyed entries sealed; keyed from here on", audit.head()[0] - 1)
+    elif audit.tail == "older":
+        audit.rekey_now(now_ms)
+        log.info("audit log: rekeyed under the first cluster secret from entry %d", audit.head()[0])
     elif audit.tail in ("unkeyed", "broken"):
         log.error(
             "audit log: the newest entry (%d) does not verify under this node's key "
@@ -302,20 +382,28 @@ def _rows(env: lmdb.Environment, chunk: int) -> Iterator[list[tuple[bytes, bytes
 class _Walk:
     """The verifier's state: the chain so far, and whether it is keyed from here on."""
 
-    def __init__(self, key: bytes | None) -> None:
-        self.key = key
+    def __init__(self, keys: tuple[bytes, ...]) -> None:
+        self.keys = keys
         self.previous, self.count, self.keyed, self.unkeyed = GENESIS, 0, False, 0
+        self.ledger = GENESIS  # LEDGER digest of the entries so far
+        self.current: int | None = None  # the index of the key the chain is under
+        self.foreign: list[int] = []  # a run of entries no key of ours verifies (yet)
+        self.anchor = GENESIS  # the hash before that run
+        self.earlier = 0  # such entries a REKEY entry vouched for
 
     def bad(self, seq: int, reason: str, *, needs_key: bool = False) -> Verification:
+        # Entries that verified: those before `seq` (a foreign run's start lies behind us).
+        good = self.anchor if self.foreign and seq == self.foreign[0] else self.previous
         return Verification(
             False,
-            self.count,
+            min(self.count, seq - 1),
             seq,
             reason,
-            self.previous.hex(),
+            good.hex(),
             keyed=self.keyed,
             unkeyed_entries=self.unkeyed,
             needs_key=needs_key,
+            earlier_key_entries=self.earlier,
         )
 
     def step(self, key_bytes: bytes, raw: bytes) -> Verification | None:
@@ -327,37 +415,68 @@ class _Walk:
             return self.bad(expected, "entry does not decode")
         if entry.seq != expected or key_bytes != _SEQ.pack(entry.seq):
             return self.bad(expected, f"entry {expected} is missing or out of order")
-        kind = _kind(self.previous, entry, self.key)
-        if kind == "broken" and self.key is None and not self.keyed:
+        kind = _key_of(self.previous, entry, self.keys)
+        failed = self._judge(entry, kind)
+        if failed is not None:
+            return failed
+        self.previous, self.count = entry.hash, entry.seq
+        self.ledger = ledger_step(self.ledger, raw)
+        return None
+
+    def _judge(self, entry: Entry, kind: int | str) -> Verification | None:
+        if kind == "broken" and not self.keys and not self.keyed:
             return self.bad(
                 entry.seq,
                 "does not verify without the key (a keyed chain: verify with the node's config)",
                 needs_key=True,
             )
-        if kind == "broken" or (self.keyed and kind != "keyed"):
+        if kind == "broken":
+            if not self.foreign:
+                self.anchor = self.previous
+            self.foreign.append(entry.seq)  # judged by the REKEY entry that may follow
+            return None
+        if isinstance(kind, int) and entry.action == REKEY:
+            if entry.target != LEDGER + self.ledger.hex():
+                first = self.foreign[0] if self.foreign else entry.seq
+                return self.bad(first, "the entries before a rekey do not match its digest")
+            self.earlier += len(self.foreign)
+            self.foreign, self.current, self.keyed = [], kind, True
+            return None
+        if self.foreign:
+            return self.bad(self.foreign[0], _MISMATCH)
+        if (self.keyed and kind == "unkeyed") or (
+            kind != self.current and self.current is not None
+        ):
             return self.bad(entry.seq, "hash does not match the entry and its predecessor")
-        if kind == "keyed" and not self.keyed:
+        if isinstance(kind, int) and not self.keyed:
             if entry.seq != 1 and entry.action != MARKER:
                 return self.bad(entry.seq, "keyed entries follow unkeyed ones without a seal")
-            self.keyed = True
+            self.keyed, self.current = True, kind
         if kind == "unkeyed":
             self.unkeyed += 1
-        self.previous, self.count = entry.hash, entry.seq
         return None
+
+
+_MISMATCH = (
+    "hash does not match the entry and its predecessor (edited, or written under a cluster "
+    "secret not in this keyring: verify with the config in force when it was written)"
+)
 
 
 def verify_env(
     env: lmdb.Environment,
-    key: bytes | None,
+    keys: tuple[bytes, ...],
     chunk: int = 4096,
     progress: Callable[[int], None] | None = None,
 ) -> Verification:
     """Walk the whole chain; name the first entry whose hash, number or encoding is wrong.
 
-    With `key`: entries must be keyed, but for an unkeyed prefix sealed by a MARKER. Without
-    one: an unkeyed chain is checked as such, and the first keyed entry stops the walk
-    (`needs_key`: what follows cannot be checked without the cluster secret)."""
-    walk = _Walk(key)
+    With `keys` (the keyring's): entries must be keyed under one of them, but for an unkeyed
+    prefix sealed by a MARKER and a prefix under other secrets that a REKEY entry covers. A
+    key changes only at a REKEY entry. Without keys: an unkeyed chain is checked as such,
+    and the first keyed entry stops the walk (`needs_key`: what follows cannot be checked
+    without the cluster secret)."""
+    walk = _Walk(keys)
     for rows in _rows(env, chunk):
         for key_bytes, raw in rows:
             failed = walk.step(key_bytes, raw)
@@ -365,7 +484,9 @@ def verify_env(
                 return failed
         if progress is not None:
             progress(walk.count)
-    if key is not None and walk.unkeyed and not walk.keyed:
+    if walk.foreign:
+        return walk.bad(walk.foreign[0], _MISMATCH)
+    if keys and walk.unkeyed and not walk.keyed:
         return walk.bad(
             walk.count + 1,
             "no keyed entry: a log from before keyed chains (a node seals it when it starts) "
@@ -375,18 +496,19 @@ def verify_env(
         True,
         walk.count,
         last_hash=walk.previous.hex(),
-        keyed=walk.keyed or (key is not None and walk.count == 0),
+        keyed=walk.keyed or (bool(keys) and walk.count == 0),
         unkeyed_entries=walk.unkeyed,
+        earlier_key_entries=walk.earlier,
     )
 
 
-def verify_dir(data_dir: Path, key: bytes | None) -> Verification:
+def verify_dir(data_dir: Path, keys: tuple[bytes, ...]) -> Verification:
     """Verify the log of a (running or stopped) node's data dir, read-only."""
     path = data_dir / AUDIT_DIR
     if not (path / "data.mdb").exists():
         raise FileNotFoundError(f"no audit log in {path}")
     env = lmdb.open(str(path), readonly=True, max_dbs=1)
     try:
-        return verify_env(env, key)
+        return verify_env(env, keys)
     finally:
         env.close()

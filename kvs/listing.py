@@ -60,14 +60,20 @@ def _everything(record: Record) -> bool:
 
 
 def list_children(
-    store: Store, prefix: str, limit: int, now_ms: int, visible: Visible = _everything
+    store: Store,
+    prefix: str,
+    limit: int,
+    now_ms: int,
+    visible: Visible = _everything,
+    after: str = "",
 ) -> tuple[list[Child], int]:
     """Direct children of `prefix` (sorted), up to `limit`, and the total number of children
-    (those with a live, visible key at or below them)."""
+    (those with a live, visible key at or below them). With `after`, only the children that
+    sort after that one (the next page: pass the last subkey of the previous one)."""
     start, end = _range(prefix)
     base = len(start)
     children: dict[str, Child] = {}
-    position = start
+    position = start + after
     while True:
         found = False
         for record in store.scan(position, end):
@@ -79,6 +85,13 @@ def list_children(
                 continue
             rest = record.key[base:]
             name, slash, _ = rest.partition("/")
+            if after and name.encode() <= after.encode(
+                "utf-8", "replace"
+            ):  # the last page's last child
+                if slash:
+                    position = start + name + _AFTER_SLASH
+                    break
+                continue
             child = children.setdefault(name, Child(name))
             if not slash:
                 child.record = record

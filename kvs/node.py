@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
-from kvs.audit import AUDIT_DIR, AUDIT_KEYED, AuditLog, audit_key, open_audit
+from kvs.audit import AUDIT_DIR, AUDIT_KEYED, AuditLog, audit_keys, open_audit
 from kvs.auth.service import AuthService, IssuedToken
 from kvs.backup import ROOT_TOKEN_FILE
 from kvs.backup_service import BackupService, BackupSettings
@@ -139,6 +139,10 @@ class Node:
             self.sync.set_secrets(secrets)
         if self.auth is not None:
             self.auth.set_secrets(secrets)
+        if self.audit is not None and self.audit.set_keys(
+            audit_keys(secrets), self.clock.wall_ms()
+        ):
+            log.info("audit log: rekeyed under the keyring's first secret")
         self._keyring = secrets
 
     @property
@@ -238,17 +242,17 @@ class Node:
             nonce=self._nonce,
         )
         if self.config.tamper_logging_enabled:
-            key = audit_key(self.config.primary_secret)
+            keys = audit_keys(self.config.cluster_secrets)
             self.audit = open_audit(
                 self.config.data_path / AUDIT_DIR,
                 node_id=self.node_id,
-                key=key,
+                keys=keys,
                 sealed_before=self.store.get_system(AUDIT_KEYED) is True,
                 now_ms=self.clock.wall_ms(),
                 sync=self.config.durability == "fsync",
                 in_thread=self._store_in_thread,
             )
-            if key is not None and self.store.get_system(AUDIT_KEYED) is not True:
+            if keys and self.store.get_system(AUDIT_KEYED) is not True:
                 self.store.set_system_now(AUDIT_KEYED, True)  # see kvs.audit.open_audit
             self.auth.audit_hook = self.audit_event
 

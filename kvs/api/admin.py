@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def admin_blueprint(node: NodeView) -> Blueprint:
     bp = Blueprint("admin", __name__)
-    gate = RecoveryGate(node.keyring, node.node_id)
+    gate = RecoveryGate(node.keyring, node.node_id, not_before_ms=node.clock.wall_ms())
 
     @bp.route("/api/admin/recover", methods=["POST"])
     async def recover() -> Response:

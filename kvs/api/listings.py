@@ -20,8 +20,16 @@ if TYPE_CHECKING:
 def ls(node: NodeView, prefix: str) -> Response:
     limit = int_arg("limit", 100, 1000)
     include_metadata = bool_arg("include_metadata")
+    after = request.args.get("after", "")
+    if not _segment(after):
+        raise ApiError(400, "query parameter after must be one path segment (a subkey)")
     children, total = listing.list_children(
-        node.store, prefix, limit, node.clock.wall_ms(), guard.readable_by(node, g.principal)
+        node.store,
+        prefix,
+        limit,
+        node.clock.wall_ms(),
+        guard.readable_by(node, g.principal),
+        after=after,
     )
     return json_response(
         {
@@ -40,6 +48,8 @@ def tree(node: NodeView, prefix: str) -> Response:
     if fmt not in ("json", "nested"):
         raise ApiError(400, f"query parameter format must be json or nested, got {fmt!r}")
     after = request.args.get("after", "")
+    if not all(_segment(part) for part in after.split("/")):
+        raise ApiError(400, "query parameter after must be a key (the last of a page)")
     values = bool_arg("values")  # a page of keys with their values: `kvs get --prefix`, dump
     now = node.clock.wall_ms()
     records, total = listing.list_tree(
@@ -84,3 +94,11 @@ def _with_value(record: Record) -> dict[str, Any]:
     if record.expires_at is not None:
         item["expires_at"] = record.expires_at
     return item
+
+
+def _segment(text: str) -> bool:
+    """Whether `text` could be a key's path segment (or is empty): no slash, no control
+    character, no lone surrogate, at most 1024 bytes."""
+    if any(ch == "/" or ch < " " or "\ud800" <= ch <= "\udfff" for ch in text):
+        return False
+    return len(text.encode()) <= 1024

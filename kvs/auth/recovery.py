@@ -46,11 +46,16 @@ def recover_proof(cluster_secret: str, node_id: str, now_ms: int, nonce: bytes) 
 class RecoveryGate:
     """The node's side: checks a proof and remembers the nonces it accepted."""
 
-    def __init__(self, cluster_secret: str | Sequence[str], node_id: str) -> None:
+    def __init__(
+        self, cluster_secret: str | Sequence[str], node_id: str, *, not_before_ms: int = 0
+    ) -> None:
         self._keys: tuple[bytes, ...] = ()
         self.set_secrets(cluster_secret)
         self._node_id = node_id
         self._seen: dict[str, int] = {}  # nonce -> its stamp
+        # The remembered nonces die with the process: a proof made before this gate existed
+        # (the node's start) is refused, so none captured before a restart replays after it.
+        self._not_before = not_before_ms
 
     def set_secrets(self, cluster_secret: str | Sequence[str]) -> None:
         """The keyring in force (it may be reloaded): a proof made with any of its secrets
@@ -78,6 +83,8 @@ class RecoveryGate:
             return "wrong cluster secret (or a request made for another node)"
         if abs(int(stamp) - now_ms) > RECOVER_WINDOW_MS:
             return "stale request (check this host's clock)"
+        if int(stamp) < self._not_before:
+            return "request made before this node started (replayed?)"
         self._forget_before(now_ms - 2 * RECOVER_WINDOW_MS)
         if nonce in self._seen:
             return "replayed request"

@@ -97,10 +97,10 @@ class IntermixedParser(argparse.ArgumentParser):
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from kvs import config as config_mod
-    from kvs.audit import audit_key, verify_dir
+    from kvs.audit import audit_keys, verify_dir
     from kvs.sync.witness import read_report
 
-    key = None
+    keys: tuple[bytes, ...] = ()
     data_dir = Path(args.data_dir) if args.data_dir else None
     if args.config is not None:
         try:
@@ -108,13 +108,13 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         except config_mod.ConfigError as exc:
             print(f"kvs: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        key = audit_key(config.primary_secret)
+        keys = audit_keys(config.cluster_secrets)
         data_dir = data_dir or config.data_path
     if data_dir is None:
         print("kvs: audit verify needs the node's CONFIG (or --data-dir)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = verify_dir(data_dir, key)
+        result = verify_dir(data_dir, keys)
     except FileNotFoundError as exc:
         print(f"kvs: {exc}", file=sys.stderr)
         return EXIT_USAGE

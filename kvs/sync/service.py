@@ -148,6 +148,7 @@ class SyncService:
             "inbound_connections": self.server.inbound,
             "peers": sorted(peers),
             "push_queue": {k: len(v.pending) for k, v in sorted(peers.items())},
+            "exchanges_by_peer": dict(sorted(self.anti_entropy.last_by_peer.items())),
             "counters": dict(sorted(self.counters.items())),
         }
 

@@ -29,7 +29,7 @@ ENDPOINT_WEIGHTS: dict[str, int] = {
     "kv_get": 10, "kv_put": 9, "kv_delete": 4, "ls": 5, "tree": 5, "batch": 7, "watch": 3,
     "metadata_get": 3, "metadata_put": 4, "kv_changes": 3, "history": 4, "users": 4,
     "groups": 3, "tokens": 4, "audit": 2, "backup": 1, "cluster": 4, "cluster_info": 3,
-    "bootstrap": 1, "health": 2, "unknown": 3,
+    "bootstrap": 1, "health": 2, "unknown": 3, "recover": 1,
 }
 # fmt: on
 ENDPOINT_DRAWS = {"ls": "listing", "tree": "listing", "users": "directory", "groups": "directory"}
@@ -173,6 +173,19 @@ class Endpoints(Bodies):
         method = rng.choice([b"POST"] * 4 + [b"GET"])
         body = self._json_body(rng) if rng.random() < 0.4 else b""
         return method, b"/auth/cluster-bootstrap", [], body
+
+    def _ep_recover(self, rng: random.Random, who: str, choice: str) -> Drawn:
+        """`kvs admin recover`'s door, knocked on without the secret: 401, counted."""
+        headers: Headers = []
+        stamp = rng.choice(["{{now}}", "0", "-1", "9" * 30, "²", ""])
+        nonce = rng.choice(["00" * 16, "x" * 32, "", "ab" * 40, "0" * 17])
+        tag = rng.choice(["", "0" * 64, "f" * 63, "ü" * 32, "g" * 5000])
+        value = rng.choice([f"{stamp}.{nonce}.{tag}", f"{stamp}.{nonce}", tag, "..", "."])
+        if rng.random() < 0.9:
+            headers.append((b"X-KVS-Recover-Auth", value.encode()))
+        method = rng.choice([b"POST"] * 5 + [b"GET", b"PUT"])
+        body = self._json_body(rng) if rng.random() < 0.3 else b""
+        return method, b"/api/admin/recover", headers, body
 
     def _ep_health(self, rng: random.Random, who: str, choice: str) -> Drawn:
         method = rng.choice([b"GET"] * 5 + [b"HEAD", b"POST", b"PUT", b"OPTIONS"])

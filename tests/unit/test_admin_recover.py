@@ -189,3 +189,12 @@ async def test_recovery_is_404_with_auth_off(start_node, wall) -> None:
     node = await start_node(wall_ms=wall)
     proof = recover_proof(SECRET, node.node_id, wall.now_ms, _nonce(1))
     await expect_error(await _recover(node, proof), 404)
+
+
+def test_a_proof_made_before_the_node_started_is_refused() -> None:
+    """Used nonces live in memory only: a restart forgets them, so the gate refuses proofs
+    stamped before it existed (one captured before a restart cannot be replayed after)."""
+    gate = RecoveryGate(SECRET, "n1", not_before_ms=1_000_000)
+    before = recover_proof(SECRET, "n1", 999_999, _nonce(1))
+    assert gate.check(before, 1_000_001) == "request made before this node started (replayed?)"
+    assert gate.check(recover_proof(SECRET, "n1", 1_000_000, _nonce(2)), 1_000_001) is None

@@ -282,5 +282,10 @@ async def test_tree_values_pages_with_after(client):
     )
     assert empty["keys"] == [] and empty["truncated"] is False and empty["next"] == "w"
     await expect_error(await client.get("/kv/v/_tree", query_string={"values": "maybe"}), 400)
+    for hostile in ("a\x01b", "k" * 1025, "a/" + "x" * 1025):
+        error = await expect_error(
+            await client.get("/kv/v/_tree", query_string={"values": "true", "after": hostile}), 400
+        )
+        assert "after" in error["error"]
     alias = await expect_json(await client.get("/kv/v/_list"))
     assert alias == await expect_json(await client.get("/kv/v/_ls"))

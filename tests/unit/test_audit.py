@@ -85,6 +85,7 @@ async def test_changes_and_failed_logins_are_chained_and_verify(start_node):
         "last_hash": entries[-1]["hash"],
         "keyed": True,
         "unkeyed_entries": 0,
+        "earlier_key_entries": 0,
     }
 
 
