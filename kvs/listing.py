@@ -130,17 +130,26 @@ def _sorted_json(children: dict[str, TreeNode]) -> list[dict[str, Any]]:
 
 
 def list_tree(
-    store: Store, prefix: str, depth: int, limit: int, now_ms: int, visible: Visible = _everything
+    store: Store,
+    prefix: str,
+    depth: int,
+    limit: int,
+    now_ms: int,
+    visible: Visible = _everything,
+    *,
+    after: str = "",
+    count_all: bool = True,
 ) -> tuple[list[Record], int]:
     """Live, visible keys below `prefix` at most `depth` levels down, in key order: (first
-    `limit`, total)."""
+    `limit`, total). `after`: only keys past it (a page's last key: the next page).
+    `count_all=False` stops at `limit + 1` keys (total is then at most that)."""
     if depth < 1:
         return [], 0  # nothing lies less than one level down (and the skip below needs depth >= 1)
     start, end = _range(prefix)
     base = len(start)
     keys: list[Record] = []
     total = 0
-    position = start
+    position = max(start, after + "\x00") if after else start
     while True:
         skipped = False
         for record in store.scan(position, end):
@@ -160,6 +169,8 @@ def list_tree(
             total += 1
             if len(keys) < limit:
                 keys.append(record)
+            elif not count_all:
+                return keys, total
         if not skipped:
             break
     return keys, total

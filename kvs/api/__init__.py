@@ -136,6 +136,8 @@ async def _http_error(node: NodeView, exc: HTTPException) -> Response:
             headers["Allow"] = allowed_methods(request.path[len("/kv/") :])
         elif allowed:
             headers["Allow"] = ", ".join(sorted(allowed))
+    if status == 404:  # our own words, not the framework's paragraph
+        return error_response(404, f"no such endpoint: {request.path} (see docs/reference.md)")
     return error_response(status, exc.description or exc.name, headers)
 
 

@@ -14,6 +14,7 @@ from kvs.api.requests import bool_arg, int_arg
 
 if TYPE_CHECKING:
     from kvs.api.view import NodeView
+    from kvs.model import Record
 
 
 def ls(node: NodeView, prefix: str) -> Response:
@@ -46,12 +47,29 @@ def tree(node: NodeView, prefix: str) -> Response:
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "nested"):
         raise ApiError(400, f"query parameter format must be json or nested, got {fmt!r}")
+    after = request.args.get("after", "")
+    if not all(_segment(part) for part in after.split("/")):
+        raise ApiError(400, "query parameter after must be a key (the last of a page)")
+    values = bool_arg("values")  # a page of keys with their values: `kvs get --prefix`, dump
+    now = node.clock.wall_ms()
     records, total = listing.list_tree(
-        node.store, prefix, depth, limit, node.clock.wall_ms(), guard.readable_by(node, g.principal)
+        node.store,
+        prefix,
+        depth,
+        limit,
+        now,
+        guard.readable_by(node, g.principal),
+        after=after,
+        count_all=not values,
     )
     body: dict[str, Any] = {"path": prefix}
     if fmt == "nested":
         body["children"] = listing.nest(records, prefix)
+    elif values:
+        body["keys"] = [_with_value(r) for r in records]
+        body["truncated"] = total > len(records)
+        body["next"] = records[-1].key if records else after
+        return json_response(body)
     else:
         body["keys"] = [
             {"key": r.key, "uuid": r.version.uuid, "timestamp": r.version.timestamp}
@@ -60,6 +78,22 @@ def tree(node: NodeView, prefix: str) -> Response:
     body["total"] = total
     body["truncated"] = total > len(records)
     return json_response(body)
+
+
+def _with_value(record: Record) -> dict[str, Any]:
+    """A key of a `values=true` page: its value, absolute expiry and permissions."""
+    item: dict[str, Any] = {
+        "key": record.key,
+        "uuid": record.version.uuid,
+        "timestamp": record.version.timestamp,
+        "data": record.data(),
+        "owner_uuid": record.owner,
+        "group_uuid": record.group,
+        "permissions": record.permissions,
+    }
+    if record.expires_at is not None:
+        item["expires_at"] = record.expires_at
+    return item
 
 
 def _segment(text: str) -> bool:

@@ -131,6 +131,7 @@ class Exchanger:
         """The records' part of an exchange; False if it ended early (skipped, or equal)."""
         peer = read_root(await call({"op": "root"}))
         result.peer_syncing, result.peer_stale = peer.syncing, peer.stale
+        self._health.note_peer_size(peer.size, trio.current_time())
         why = skip(peer, syncing=self._health.syncing)
         if why is not None:
             self._counters[_SKIPPED[why]] += 1
