@@ -1,0 +1,424 @@
+"""The swarm: one seed draws a whole scenario -- cluster size, timers, TTLs, a fault mix --
+runs it in the deterministic simulator with clients speaking HTTP to each node's app, and
+has the independent judge (`kvs.testing.judge`) check it. The same seed replays the same run
+(`python scripts/sim.py replay SEED`).
+
+Rule: a plan is drawn from the seed alone (`draw_plan`), before anything runs; the run draws
+from the network's seeded generator. Nothing here decides what is right: the judge does.
+
+A run: start the nodes; clients send PUT (some with a TTL, some with If-Match), DELETE,
+GET and `_batch` requests at a steady rate to random nodes while the faults play (datagram
+loss and duplication, partitions, crashes and restarts); then the faults stop, crashed nodes
+come back, the cluster must converge (one Merkle root, everyone `normal`), and the judge
+compares every replica with its model, and every key read over HTTP on every node.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from kvs.model import Record
+from kvs.node import Node
+from kvs.testing import asgi
+from kvs.testing.cluster import EPOCH_MS, SimCluster
+from kvs.testing.harness import SimulationTimeout, run_simulation
+from kvs.testing.judge import Judge
+from kvs.testing.network import SimNetwork
+
+__all__ = ["Plan", "Outcome", "draw_plan", "run_plan", "run_seed"]
+
+REQUEST_TIMEOUT = 5.0  # simulated seconds: a request not answered by then was not acknowledged
+CONVERGE_TIMEOUT = 180.0
+FAST_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # partition, crash, loss
+    at: float  # seconds after the load starts
+    length: float
+    nodes: tuple[int, ...] = ()
+    amount: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    seed: int
+    nodes: int
+    skews_ms: tuple[int, ...]
+    settings: dict[str, Any]
+    keys: int
+    rate: float  # client operations per simulated second, all clients together
+    duration: float  # simulated seconds of load
+    ttl_share: float  # share of puts with a TTL
+    max_ttl: float
+    loss: float
+    duplicate: float
+    faults: tuple[Fault, ...]
+
+    def describe(self) -> str:
+        kinds = ",".join(sorted({f.kind for f in self.faults})) or "none"
+        return (
+            f"{self.nodes} nodes, {self.keys} keys, {self.rate:g} ops/s for {self.duration:g} s,"
+            f" loss {self.loss:.2f}, faults {kinds}, tombstone_ttl"
+            f" {self.settings['tombstone_ttl']:g} s"
+        )
+
+
+def draw_plan(seed: int, *, nodes: int | None = None, reference: bool = False) -> Plan:
+    """The scenario of `seed`. `reference`: 5 nodes, shipped timers, 20 ops/s, faults on."""
+    rng = random.Random(f"kvs-swarm-plan/{seed}")
+    count = 5 if reference else (nodes or rng.choice([1, 2, 3, 3, 4, 5, 5]))
+    settings: dict[str, Any] = {"tombstone_ttl": rng.uniform(25.0, 60.0)}
+    if not reference:
+        probe = rng.choice([0.2, 0.5, 1.0])
+        settings.update(
+            probe_interval=probe,
+            probe_timeout=probe / 2,
+            gossip_interval=rng.choice([0.1, 0.2, 0.5]),
+            push_pull_interval=rng.choice([5.0, 15.0, 30.0]),
+            sync_interval=rng.choice([0.5, 2.0, 5.0, 10.0]),
+            revision_history_depth=rng.choice([0, 1, 3]),
+        )
+    duration = 30.0 if reference else rng.uniform(15.0, 40.0)
+    longest = min(8.0, settings["tombstone_ttl"] / 4)
+    faults: list[Fault] = []
+    for _ in range(rng.randint(1, 4) if count > 1 else 0):
+        kind = rng.choice(["partition", "crash", "crash", "loss"])
+        at = rng.uniform(1.0, duration - 2.0)
+        length = rng.uniform(0.5, longest)
+        if kind == "partition":
+            side = rng.sample(range(count), rng.randint(1, count - 1))
+            faults.append(Fault(kind, at, length, tuple(sorted(side))))
+        elif kind == "crash":
+            faults.append(Fault(kind, at, length, (rng.randrange(count),)))
+        else:
+            faults.append(Fault(kind, at, length, amount=rng.uniform(0.2, 0.6)))
+    if reference:
+        faults = [
+            Fault("partition", 8.0, 4.0, (0, 1)),
+            Fault("crash", 16.0, 3.0, (2,)),
+            Fault("loss", 22.0, 3.0, amount=0.3),
+        ]
+    return Plan(
+        seed=seed,
+        nodes=count,
+        skews_ms=tuple(rng.randint(-3000, 3000) for _ in range(count)),
+        settings=settings,
+        keys=rng.randint(3, 25),
+        rate=20.0 if reference else rng.uniform(5.0, 30.0),
+        duration=duration,
+        ttl_share=rng.uniform(0.0, 0.4),
+        max_ttl=rng.uniform(0.5, 8.0),
+        loss=0.05 if reference else rng.choice([0.0, 0.0, 0.02, 0.1]),
+        duplicate=0.0 if reference else rng.choice([0.0, 0.0, 0.05]),
+        faults=tuple(sorted(faults, key=lambda f: f.at)),
+    )
+
+
+@dataclass
+class Outcome:
+    seed: int
+    plan: Plan
+    violations: list[str] = field(default_factory=list)
+    simulated: float = 0.0
+    wall: float = 0.0
+    summary: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def run_seed(seed: int, *, nodes: int | None = None, reference: bool = False) -> Outcome:
+    return run_plan(draw_plan(seed, nodes=nodes, reference=reference))
+
+
+def run_plan(plan: Plan, *, wall_limit: float = 240.0) -> Outcome:
+    """Run `plan` in a fresh simulation in a temporary directory; never raises for a failure
+    of the system under test (it is in `violations`)."""
+    outcome = Outcome(plan.seed, plan)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kvs-swarm-", dir=FAST_DIR) as base:
+        run = _Run(plan, Path(base))
+        try:
+            outcome.simulated = run_simulation(
+                run.main, plan.seed, wall_limit=wall_limit, latency=0.0005, jitter=0.001
+            )
+        except SimulationTimeout as exc:
+            run.judge.fail(f"timeout: {exc}")
+        except Exception as exc:  # a crash of the run itself is a finding too
+            run.judge.fail(f"the run raised {type(exc).__name__}: {exc}")
+    outcome.wall = time.monotonic() - started
+    outcome.violations = list(run.judge.violations)
+    outcome.summary = run.judge.summary()
+    return outcome
+
+
+class _Run:
+    def __init__(self, plan: Plan, base: Path) -> None:
+        self.plan = plan
+        self.base = base
+        self.judge = Judge(
+            tombstone_ttl_ms=int(plan.settings["tombstone_ttl"] * 1000), max_clock=self._max_clock
+        )
+        self.names = [f"n{i:03d}" for i in range(plan.nodes)]
+        self.counter = 0
+        self.etags: dict[str, str] = {}  # key -> a uuid some read or write returned
+
+    async def main(self, net: SimNetwork) -> float:
+        rng = net.fork_rng()
+        async with SimCluster.open(net, self.base, **self.plan.settings) as cluster:
+            self.cluster = cluster
+            for i, name in enumerate(self.names):
+                seeds = [cluster.nodes[self.names[0]].http_address] if i else []
+                await self._start(name, seeds, self.plan.skews_ms[i])
+            try:
+                await cluster.wait_for(self._agree, timeout=60)
+            except trio.TooSlowError:
+                self.judge.fail("the cluster never formed")
+                return trio.current_time()
+            net.set_faults(loss=self.plan.loss, duplicate=self.plan.duplicate)
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._faults, net, start)
+                for i in range(4):
+                    nursery.start_soon(self._client, random.Random(rng.random()), start, i)
+            await self._settle(net)
+            return trio.current_time()
+
+    def _max_clock(self) -> int:
+        return EPOCH_MS + int(trio.current_time() * 1000) + max(self.plan.skews_ms)
+
+    # --- nodes ------------------------------------------------------------------------------
+
+    async def _start(self, name: str, seeds: list[str], skew_ms: int = 0) -> Node:
+        node = await self.cluster.start(name, seeds=seeds, skew_ms=skew_ms)
+        node.store.listeners.append(self.judge.listener(name, trio.current_time))
+        return node
+
+    async def _restart(self, name: str) -> None:
+        sim = self.cluster.nodes[name]
+        if sim.node is not None or sim.stopped is None:
+            return
+        await sim.stopped.wait()
+        seeds = [s.http_address for s in self.cluster.running()][:1]
+        await self._start(name, seeds)
+
+    def _agree(self) -> bool:
+        running = self.cluster.running()
+        if len(running) != self.plan.nodes or not self.cluster.converged():
+            return False
+        if any(s.node.sync is None or s.node.mode != "normal" for s in running):  # type: ignore[union-attr]
+            return False
+        return len({s.node.sync.tree.root for s in running}) == 1  # type: ignore[union-attr]
+
+    # --- faults -----------------------------------------------------------------------------
+
+    async def _faults(self, net: SimNetwork, start: float) -> None:
+        async with trio.open_nursery() as nursery:
+            for fault in self.plan.faults:
+                nursery.start_soon(self._fault, net, start, fault)
+
+    async def _fault(self, net: SimNetwork, start: float, fault: Fault) -> None:
+        await trio.sleep_until(start + fault.at)
+        hosts = [self.cluster.nodes[n].host for n in self.names]
+        if fault.kind == "partition":
+            side = [hosts[i] for i in fault.nodes]
+            net.partition(side, [h for h in hosts if h not in side])
+            await trio.sleep(fault.length)
+            net.heal()
+        elif fault.kind == "crash":
+            name = self.names[fault.nodes[0]]
+            if self.cluster.nodes[name].node is None:
+                return
+            self.cluster.crash(name)
+            await trio.sleep(fault.length)
+            await self._restart(name)
+        elif fault.kind == "loss":
+            net.set_faults(loss=fault.amount)
+            await trio.sleep(fault.length)
+            net.set_faults(loss=self.plan.loss)
+
+    async def _settle(self, net: SimNetwork) -> None:
+        net.heal()
+        net.set_faults(loss=0.0, duplicate=0.0)
+        for name in self.names:
+            await self._restart(name)
+        try:
+            await self.cluster.wait_for(self._agree, timeout=CONVERGE_TIMEOUT)
+        except trio.TooSlowError:
+            modes = {s.name: s.node.mode for s in self.cluster.running()}  # type: ignore[union-attr]
+            self.judge.fail(
+                f"no convergence within {CONVERGE_TIMEOUT:g} s after the faults: {modes}"
+            )
+            return
+        await self._final_check()
+
+    async def _final_check(self) -> None:
+        running = self.cluster.running()
+        max_now = max(s.node.clock.wall_ms() for s in running)  # type: ignore[union-attr]
+        for sim in running:
+            node = sim.node
+            assert node is not None
+            keys = [s.key for s in node.store.iter_summaries() if not s.key.startswith("_")]
+            records: dict[str, Record] = {r.key: r for r in node.store.get_many(keys)}
+            self.judge.check_replica(sim.name, records, node.clock.wall_ms(), max_now)
+            for key in sorted(set(self.judge.model) | set(records)):
+                await self._get(node, sim.name, key)
+
+    # --- clients ----------------------------------------------------------------------------
+
+    async def _client(self, rng: random.Random, start: float, index: int) -> None:
+        plan = self.plan
+        per_client = plan.rate / 4
+        while trio.current_time() < start + plan.duration:
+            await trio.sleep(rng.expovariate(per_client))
+            running = self.cluster.running()
+            if not running:
+                continue
+            sim = rng.choice(running)
+            node = sim.node
+            assert node is not None
+            key = f"k/{rng.randrange(plan.keys)}"
+            roll = rng.random()
+            with trio.move_on_after(REQUEST_TIMEOUT):
+                if roll < 0.35:
+                    await self._get(node, sim.name, key)
+                elif roll < 0.75:
+                    await self._put(node, sim.name, key, rng)
+                elif roll < 0.9:
+                    await self._delete(node, sim.name, key)
+                else:
+                    await self._batch(node, sim.name, rng)
+
+    def _value(self) -> bytes:
+        self.counter += 1
+        value = b'{"w":%d}' % self.counter
+        self.judge.sent(value)
+        return value
+
+    async def _call(
+        self, node: Node, name: str, method: str, path: str, **kwargs: Any
+    ) -> tuple[asgi.Response | None, tuple[int, int]]:
+        """One request; the node's clock before and after; None if the node died meanwhile."""
+        before = node.clock.wall_ms()
+        app = node.api.app  # type: ignore[attr-defined]
+        try:
+            response = await asgi.request(app, method, path, host=f"{name}:8000", **kwargs)
+        except Exception as exc:
+            if self._alive(node, name):
+                self.judge.fail(
+                    f"t={trio.current_time():.3f} {name}: {method} {path} raised {exc!r}"
+                )
+            return None, (before, before)
+        after = node.clock.wall_ms()
+        if not self._alive(node, name):
+            return None, (before, after)
+        if response.status >= 500 and response.status != 503:
+            self.judge.fail(
+                f"t={trio.current_time():.3f} {name}: {method} {path} answered"
+                f" {response.status} {response.body[:200]!r}"
+            )
+        return response, (before, after)
+
+    def _alive(self, node: Node, name: str) -> bool:
+        return self.cluster.nodes[name].node is node and node.store is not None
+
+    async def _get(self, node: Node, name: str, key: str) -> None:
+        response, clock = await self._call(node, name, "GET", f"/kv/{key}")
+        if response is None:
+            return
+        found = len(self.judge.violations)
+        if response.status == 404:
+            self.judge.served(name, key, None, None, clock, trio.current_time())
+        elif response.status == 200:
+            body = response.json()
+            data = json.dumps(body["data"], separators=(",", ":")).encode()
+            self.etags[key] = body["uuid"]
+            self.judge.served(name, key, body["uuid"], data, clock, trio.current_time())
+        else:
+            self.judge.fail(f"{name}: GET {key} answered {response.status}")
+        if len(self.judge.violations) > found and node.store is not None:
+            held = node.store.get(key)
+            self.judge.violations[-1] += (
+                f" [it holds {None if held is None else held.version.uuid}"
+                f"{' (tombstone)' if held is not None and held.deleted else ''}"
+                f" expires_at={None if held is None else held.expires_at}, clock {clock}]"
+            )
+
+    async def _put(self, node: Node, name: str, key: str, rng: random.Random) -> None:
+        value = self._value()
+        ttl = (
+            round(rng.uniform(0.2, self.plan.max_ttl), 3)
+            if rng.random() < self.plan.ttl_share
+            else None
+        )
+        headers = []
+        if_match = self.etags.get(key) if rng.random() < 0.15 else None
+        if if_match is not None:
+            headers.append(("If-Match", f'"{if_match}"'))
+        query = f"ttl={ttl}" if ttl is not None else ""
+        response, clock = await self._call(
+            node, name, "PUT", f"/kv/{key}", body=value, query=query, headers=headers
+        )
+        if response is None or response.status in (503, 409):
+            return
+        if response.status != 200:
+            self.judge.fail(f"{name}: PUT {key} answered {response.status} {response.body[:200]!r}")
+            return
+        uuid = response.json()["uuid"]
+        self.etags[key] = uuid
+        self.judge.acknowledged(
+            name,
+            key,
+            uuid,
+            value=value,
+            ttl_ms=None if ttl is None else int(ttl * 1000),
+            clock=clock,
+            if_match=if_match,
+            at=trio.current_time(),
+        )
+
+    async def _delete(self, node: Node, name: str, key: str) -> None:
+        response, _ = await self._call(node, name, "DELETE", f"/kv/{key}")
+        if response is None or response.status in (503, 404):
+            return
+        if response.status != 204:
+            self.judge.fail(f"{name}: DELETE {key} answered {response.status}")
+            return
+        self.judge.acknowledged(name, key, None, value=None, at=trio.current_time())
+
+    async def _batch(self, node: Node, name: str, rng: random.Random) -> None:
+        ops: list[dict[str, Any]] = []
+        values: dict[str, bytes] = {}
+        for key in rng.sample([f"k/{i}" for i in range(self.plan.keys)], min(3, self.plan.keys)):
+            if rng.random() < 0.8:
+                values[key] = self._value()
+                ops.append({"op": "put", "key": key, "data": json.loads(values[key])})
+            else:
+                ops.append({"op": "delete", "key": key})
+        response, _ = await self._call(
+            node, name, "POST", "/kv/_batch", body=json.dumps({"ops": ops}).encode()
+        )
+        if response is None or response.status == 503:
+            return
+        if response.status != 200:
+            self.judge.fail(f"{name}: _batch answered {response.status} {response.body[:200]!r}")
+            return
+        for result in response.json()["results"]:
+            key = result["key"]
+            if "uuid" in result:
+                self.judge.acknowledged(
+                    name, key, result["uuid"], value=values[key], at=trio.current_time()
+                )
+            elif result.get("deleted"):
+                self.judge.acknowledged(name, key, None, value=None, at=trio.current_time())
