@@ -173,6 +173,7 @@ class _Run:
         self.names = [f"n{i:03d}" for i in range(plan.nodes)]
         self.counter = 0
         self.etags: dict[str, str] = {}  # key -> a uuid some read or write returned
+        self.persisted: dict[str, int] = {}  # node -> its persisted incarnation at its crash
 
     async def main(self, net: SimNetwork) -> float:
         rng = net.fork_rng()
@@ -211,7 +212,24 @@ class _Run:
             return
         await sim.stopped.wait()
         seeds = [s.http_address for s in self.cluster.running()][:1]
-        await self._start(name, seeds)
+        node = await self._start(name, seeds)
+        # A restarted node must out-rank its previous life at once: its incarnation rises
+        # above the one it had persisted (one it had not persisted yet it refutes again).
+        assert node.membership is not None
+        own = node.membership.core.members[name].incarnation
+        if own <= self.persisted.get(name, 0):
+            self.judge.fail(
+                f"t={trio.current_time():.3f} {name} restarted with incarnation {own}, not"
+                f" above the {self.persisted[name]} it had persisted"
+            )
+
+    def _crash(self, name: str) -> None:
+        """kill -9, remembering the incarnation it had persisted."""
+        node = self.cluster.nodes[name].node
+        assert node is not None
+        stored = node.store.get_system("incarnation")
+        self.persisted[name] = stored if isinstance(stored, int) else 0
+        self.cluster.crash(name)
 
     def _agree(self) -> bool:
         running = self.cluster.running()
@@ -240,7 +258,7 @@ class _Run:
             name = self.names[fault.nodes[0]]
             if self.cluster.nodes[name].node is None:
                 return
-            self.cluster.crash(name)
+            self._crash(name)
             await trio.sleep(fault.length)
             await self._restart(name)
         elif fault.kind == "loss":
