@@ -103,6 +103,7 @@ class HostState:
     datagrams: dict[int, SimDatagramEndpoint] = field(default_factory=dict)
     listeners: dict[int, Listener] = field(default_factory=dict)
     scopes: list[trio.CancelScope] = field(default_factory=list)
+    held_until: float = 0.0  # paused (`SimNetwork.pause`): its traffic waits until then
 
     def allocate_port(self, in_use: Container[int]) -> int:
         """Deterministic ephemeral ports: count upwards, wrap, skip what is taken."""

@@ -112,8 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     again = commands.add_parser("replay", help="run one seed again, exactly")
     again.add_argument("seed", type=int)
+    for command in (run, again):
+        command.add_argument(
+            "--log-level", default="CRITICAL", help="the nodes' log level (default: CRITICAL)"
+        )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
+    # The nodes log what the faults do to them (disk errors, dead members): not findings.
+    logging.basicConfig(level=args.log_level, format="%(name)s: %(message)s")
     if args.command == "replay":
         return 0 if replay(args.seed).ok else 1
     outcomes = swarm(args.seconds, nodes=args.nodes, reference=args.reference)
