@@ -69,6 +69,16 @@ WATCHDOG_GRACE = 10.0
 """Real seconds the cancelled run has to end before the timeout is raised into its thread."""
 
 
+def _sim_clock() -> trio.testing.MockClock:
+    """MockClock at rate 0 (time moves only by jumps), read without asking the real clock:
+    Trio and the nodes read the time tens of thousands of times a simulated minute. (The
+    class is final; the instance's reading is replaced. Nothing here changes its rate.)"""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    assert clock.rate == 0
+    clock.current_time = lambda: clock._virtual_base  # type: ignore[method-assign]
+    return clock
+
+
 class SimulationTimeout(Exception):
     """A simulation ran past its limit in simulated or in real time (it never converged, or
     its clock stopped); the message says which, with the seed and the simulated time."""
@@ -142,7 +152,7 @@ def run_simulation(
     sched: int | str = f"kvs-sim-scheduler/{seed}" if scheduler_seed is None else scheduler_seed
     with reported_seed(seed), deterministic_scheduler(sched):
         # Seed first, then make the clock: Trio clocks may draw their offset from `_r`.
-        clock = trio.testing.MockClock(autojump_threshold=0)
+        clock = _sim_clock()
         net = SimNetwork(random.Random(seed), **network)
         watchdog = _Watchdog(seed, wall_limit, stall_limit, clock)
 
