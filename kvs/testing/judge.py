@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvs.model import HLC_LOGICAL_BITS, Record, Version
+from kvs.model import HLC_LOGICAL_BITS, SYSTEM_PREFIX, Record, Version
 
 __all__ = ["Judge", "Made", "rank"]
 
@@ -59,6 +59,7 @@ class Made:
     expires_at: int | None
     node: str
     previous_uuid: str | None  # the version it replaced on that node (If-Match checks)
+    owner: str = ""  # the owning user's uuid (with auth on)
 
     def gone_by(self, now_ms: int) -> bool:
         """A delete, or a value whose TTL is up by a clock reading `now_ms`."""
@@ -106,6 +107,8 @@ class Judge:
     def _committed(
         self, node: str, old: Record | None, new: Record | None, local: bool, at: float
     ) -> None:
+        if (new or old) is not None and (new or old).key.startswith(SYSTEM_PREFIX):  # type: ignore[union-attr]
+            return  # users, groups, tokens: the auth service's records, not client data
         self.changes_seen += 1
         if new is None:
             return  # tombstone GC: judged at the end (a missing key must have been collectable)
@@ -117,6 +120,7 @@ class Judge:
                 new.expires_at,
                 node,
                 None if old is None else old.version.uuid,
+                new.owner,
             )
             if new.version.uuid in self.made:
                 self.fail(f"t={at:.3f} {node}: uuid {new.version.uuid} made twice")
@@ -154,6 +158,7 @@ class Judge:
         ttl_ms: int | None = None,
         clock: tuple[int, int] = (0, 0),
         if_match: str | None = None,
+        user: str | None = None,
         at: float = 0.0,
     ) -> None:
         """A 2xx for a write of `key` on `node`; `uuid` None for a delete (its version is the
@@ -180,12 +185,33 @@ class Judge:
             self.fail(f"{what}: expires at {made.expires_at}, asked for {ttl_ms} ms from {clock}")
         if if_match is not None and made.previous_uuid != if_match:
             self.fail(f"{what}: If-Match {if_match} but it replaced {made.previous_uuid}")
+        if user is not None:
+            self._check_owner(what, made, user, clock[1])
         current = self.model.get(key)
         if current is None or rank(made.version) > rank(current.version):
             self.model[key] = made
         floor = self.own_floor.get((node, key))
         if floor is None or rank(made.version) > rank(floor.version):
             self.own_floor[(node, key)] = made
+
+    def _check_owner(self, what: str, made: Made, user: str, now_ms: int) -> None:
+        """With auth on and the default bits (0xF31: others may only read; the swarm's users
+        share no group), a user may replace or delete only a key it owns, or one that is
+        not live: the version this write replaced must not be another user's live value."""
+        previous = self.made.get(made.previous_uuid) if made.previous_uuid else None
+        if previous is None or previous.value is None:
+            return
+        if previous.expires_at is not None and previous.expires_at <= now_ms:
+            return
+        if previous.owner != user:
+            self.fail(
+                f"{what} by {user}: it replaced {previous.owner}'s live {previous.version.uuid}"
+            )
+
+    def refused_write(self, what: str, status: int, expected: tuple[int, ...]) -> None:
+        """A write that must be refused (no token, a forged one, a read-only scope)."""
+        if status not in expected and status < 500:
+            self.fail(f"{what} answered {status}, not {' or '.join(map(str, expected))}")
 
     # --- what reads answered --------------------------------------------------------------
 

@@ -15,7 +15,6 @@ compares every replica with its model, and every key read over HTTP on every nod
 
 from __future__ import annotations
 
-import json
 import random
 import tempfile
 import time
@@ -27,12 +26,12 @@ import trio
 
 from kvs.model import Record
 from kvs.node import Node
-from kvs.testing import asgi
 from kvs.testing.cluster import SimCluster
 from kvs.testing.faults import DiskFaults
 from kvs.testing.harness import SimulationTimeout, run_simulation
 from kvs.testing.judge import Judge
 from kvs.testing.network import SimNetwork
+from kvs.testing.swarm_requests import SwarmRequests
 
 __all__ = ["Plan", "Outcome", "draw_plan", "run_plan", "run_seed"]
 
@@ -71,12 +70,13 @@ class Plan:
     loss: float
     duplicate: float
     faults: tuple[Fault, ...]
+    auth: bool = False  # tokens and permission bits on every request (Principal)
 
     def describe(self) -> str:
         kinds = ",".join(sorted({f.kind for f in self.faults})) or "none"
         return (
             f"{self.nodes} nodes, {self.keys} keys, {self.rate:g} ops/s for {self.duration:g} s,"
-            f" loss {self.loss:.2f}, faults {kinds}, tombstone_ttl"
+            f" loss {self.loss:.2f}, faults {kinds},{' auth,' if self.auth else ''} tombstone_ttl"
             f" {self.settings['tombstone_ttl']:g} s"
         )
 
@@ -97,6 +97,9 @@ def draw_plan(seed: int, *, nodes: int | None = None, reference: bool = False) -
             revision_history_depth=rng.choice([0, 1, 3]),
         )
     duration = 30.0 if reference else rng.uniform(15.0, 40.0)
+    auth = not reference and rng.random() < 0.35
+    if auth:
+        settings["auth_enabled"] = True
     longest = min(8.0, settings["tombstone_ttl"] / 4)
     faults: list[Fault] = []
     kinds = list(FAULT_KINDS) if count > 1 else ["crash", "clock", "drift", "disk", "pause"]
@@ -141,6 +144,7 @@ def draw_plan(seed: int, *, nodes: int | None = None, reference: bool = False) -
         loss=0.05 if reference else rng.choice([0.0, 0.0, 0.02, 0.1]),
         duplicate=0.0 if reference else rng.choice([0.0, 0.0, 0.05]),
         faults=tuple(sorted(faults, key=lambda f: f.at)),
+        auth=auth,
     )
 
 
@@ -183,7 +187,7 @@ def run_plan(plan: Plan, *, wall_limit: float = 240.0) -> Outcome:
     return outcome
 
 
-class _Run:
+class _Run(SwarmRequests):
     def __init__(self, plan: Plan, base: Path) -> None:
         self.plan = plan
         self.base = base
@@ -197,6 +201,8 @@ class _Run:
         self.high_clock = 0
         self.disk_errors = 0  # requests answered 500 because the disk failed their commit
         self.disks: dict[str, DiskFaults] = {}
+        self.principals = []
+        self.weights = []
 
     async def main(self, net: SimNetwork) -> float:
         self.net = net
@@ -214,6 +220,11 @@ class _Run:
             except trio.TooSlowError:
                 self.judge.fail("the cluster never formed")
                 return trio.current_time()
+            if self.plan.auth:
+                first = cluster.nodes[self.names[0]].node
+                assert first is not None
+                await self.setup_auth(first, self.names[0])
+                await cluster.wait_for(self._agree, timeout=60)  # the tokens are everywhere
             net.set_faults(loss=self.plan.loss, duplicate=self.plan.duplicate)
             start = trio.current_time()
             async with trio.open_nursery() as nursery:
@@ -349,8 +360,9 @@ class _Run:
             keys = [s.key for s in node.store.iter_summaries() if not s.key.startswith("_")]
             records: dict[str, Record] = {r.key: r for r in node.store.get_many(keys)}
             self.judge.check_replica(sim.name, records, node.clock.wall_ms(), max_now)
+            who = self.principals[0] if self.principals else None  # may read every key
             for key in sorted(set(self.judge.model) | set(records)):
-                await self._get(node, sim.name, key)
+                await self._get(node, sim.name, key, who)
 
     # --- clients ----------------------------------------------------------------------------
 
@@ -367,146 +379,13 @@ class _Run:
             assert node is not None
             key = f"k/{rng.randrange(plan.keys)}"
             roll = rng.random()
+            who = self._principal(rng)
             with trio.move_on_after(REQUEST_TIMEOUT):
                 if roll < 0.35:
-                    await self._get(node, sim.name, key)
+                    await self._get(node, sim.name, key, who)
                 elif roll < 0.75:
-                    await self._put(node, sim.name, key, rng)
+                    await self._put(node, sim.name, key, rng, who)
                 elif roll < 0.9:
-                    await self._delete(node, sim.name, key)
+                    await self._delete(node, sim.name, key, who)
                 else:
-                    await self._batch(node, sim.name, rng)
-
-    def _value(self) -> bytes:
-        self.counter += 1
-        value = b'{"w":%d}' % self.counter
-        self.judge.sent(value)
-        return value
-
-    async def _call(
-        self, node: Node, name: str, method: str, path: str, **kwargs: Any
-    ) -> tuple[asgi.Response | None, tuple[int, int]]:
-        """One request; the node's clock before and after; None if the node died meanwhile."""
-        disk = self.disks[name]
-        failed_before = sum(disk.failed.values())
-        while self.net.held_until(self.cluster.nodes[name].host) > trio.current_time():
-            await trio.sleep_until(self.net.held_until(self.cluster.nodes[name].host))
-        before = node.clock.wall_ms()
-        app = node.api.app  # type: ignore[attr-defined]
-        try:
-            response = await asgi.request(app, method, path, host=f"{name}:8000", **kwargs)
-        except Exception as exc:
-            # What escapes the app, the front answers with a 500 (kvs/api/front.py): expected
-            # only when the disk failed this request's commit.
-            if sum(disk.failed.values()) > failed_before:
-                self.disk_errors += 1
-            elif self._alive(node, name):
-                self.judge.fail(
-                    f"t={trio.current_time():.3f} {name}: {method} {path} raised {exc!r}"
-                )
-            return None, (before, before)
-        after = node.clock.wall_ms()
-        if not self._alive(node, name):
-            return None, (before, after)
-        if response.status == 500 and sum(disk.failed.values()) > failed_before:
-            self.disk_errors += 1  # its commit failed: an error, never an acknowledgement
-            return None, (before, after)
-        if response.status >= 500 and response.status != 503:
-            self.judge.fail(
-                f"t={trio.current_time():.3f} {name}: {method} {path} answered"
-                f" {response.status} {response.body[:200]!r}"
-            )
-        return response, (before, after)
-
-    def _alive(self, node: Node, name: str) -> bool:
-        return self.cluster.nodes[name].node is node and node.store is not None
-
-    async def _get(self, node: Node, name: str, key: str) -> None:
-        response, clock = await self._call(node, name, "GET", f"/kv/{key}")
-        if response is None:
-            return
-        found = len(self.judge.violations)
-        if response.status == 404:
-            self.judge.served(name, key, None, None, clock, trio.current_time())
-        elif response.status == 200:
-            body = response.json()
-            data = json.dumps(body["data"], separators=(",", ":")).encode()
-            self.etags[key] = body["uuid"]
-            self.judge.served(name, key, body["uuid"], data, clock, trio.current_time())
-        else:
-            self.judge.fail(f"{name}: GET {key} answered {response.status}")
-        if len(self.judge.violations) > found and node.store is not None:
-            held = node.store.get(key)
-            self.judge.violations[-1] += (
-                f" [it holds {None if held is None else held.version.uuid}"
-                f"{' (tombstone)' if held is not None and held.deleted else ''}"
-                f" expires_at={None if held is None else held.expires_at}, clock {clock}]"
-            )
-
-    async def _put(self, node: Node, name: str, key: str, rng: random.Random) -> None:
-        value = self._value()
-        ttl = (
-            round(rng.uniform(0.2, self.plan.max_ttl), 3)
-            if rng.random() < self.plan.ttl_share
-            else None
-        )
-        headers = []
-        if_match = self.etags.get(key) if rng.random() < 0.15 else None
-        if if_match is not None:
-            headers.append(("If-Match", f'"{if_match}"'))
-        query = f"ttl={ttl}" if ttl is not None else ""
-        response, clock = await self._call(
-            node, name, "PUT", f"/kv/{key}", body=value, query=query, headers=headers
-        )
-        if response is None or response.status in (503, 409):
-            return
-        if response.status != 200:
-            self.judge.fail(f"{name}: PUT {key} answered {response.status} {response.body[:200]!r}")
-            return
-        uuid = response.json()["uuid"]
-        self.etags[key] = uuid
-        self.judge.acknowledged(
-            name,
-            key,
-            uuid,
-            value=value,
-            ttl_ms=None if ttl is None else int(ttl * 1000),
-            clock=clock,
-            if_match=if_match,
-            at=trio.current_time(),
-        )
-
-    async def _delete(self, node: Node, name: str, key: str) -> None:
-        response, _ = await self._call(node, name, "DELETE", f"/kv/{key}")
-        if response is None or response.status in (503, 404):
-            return
-        if response.status != 204:
-            self.judge.fail(f"{name}: DELETE {key} answered {response.status}")
-            return
-        self.judge.acknowledged(name, key, None, value=None, at=trio.current_time())
-
-    async def _batch(self, node: Node, name: str, rng: random.Random) -> None:
-        ops: list[dict[str, Any]] = []
-        values: dict[str, bytes] = {}
-        for key in rng.sample([f"k/{i}" for i in range(self.plan.keys)], min(3, self.plan.keys)):
-            if rng.random() < 0.8:
-                values[key] = self._value()
-                ops.append({"op": "put", "key": key, "data": json.loads(values[key])})
-            else:
-                ops.append({"op": "delete", "key": key})
-        response, _ = await self._call(
-            node, name, "POST", "/kv/_batch", body=json.dumps({"ops": ops}).encode()
-        )
-        if response is None or response.status == 503:
-            return
-        if response.status != 200:
-            self.judge.fail(f"{name}: _batch answered {response.status} {response.body[:200]!r}")
-            return
-        for result in response.json()["results"]:
-            key = result["key"]
-            if "uuid" in result:
-                self.judge.acknowledged(
-                    name, key, result["uuid"], value=values[key], at=trio.current_time()
-                )
-            elif result.get("deleted"):
-                self.judge.acknowledged(name, key, None, value=None, at=trio.current_time())
+                    await self._batch(node, sim.name, rng, who)
