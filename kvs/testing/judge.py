@@ -255,6 +255,27 @@ class Judge:
                 self.fail(f"{where} served {uuid}, older than {seen.version.uuid} ({label})")
         self.last_served[(node, key)] = made
 
+    def watched(self, node: str, event: dict[str, Any], last: dict[str, Made], at: float) -> None:
+        """One event of a watch stream on `node`; `last`: that stream's latest version by
+        key. A node applies only versions newer than what it holds (an expiry keeps its
+        version), so a stream never goes back."""
+        key, uuid = event.get("key"), event.get("uuid")
+        made = self.made.get(uuid) if isinstance(uuid, str) else None
+        if made is None or made.key != key:
+            self.fail(f"t={at:.3f} {node}: watch event for {key} at a version no client wrote")
+            return
+        before = last.get(made.key)
+        if before is not None and rank(made.version) < rank(before.version):
+            self.fail(
+                f"t={at:.3f} {node}: the watch of {made.key} went back from"
+                f" {before.version.uuid} to {made.version.uuid}"
+            )
+        if bool(event.get("deleted")) != (made.value is None) and not (
+            event.get("deleted") and made.expires_at is not None
+        ):
+            self.fail(f"t={at:.3f} {node}: watch event for {made.key} says deleted wrongly")
+        last[made.key] = made
+
     def _superseded_by_gone(self, seen: Made, now_ms: int) -> bool:
         """Whether a 404 may follow `seen`: it expired, or some version at least as new is a
         delete or an expired value."""

@@ -56,6 +56,7 @@ class SwarmRequests:
     counter: int
     etags: dict[str, str]
     disk_errors: int
+    watch_events: int
     plan: Any  # kvs.testing.swarm.Plan (not imported: swarm imports this module)
     principals: list[Principal]  # empty: auth off
     weights: list[int]
@@ -146,7 +147,7 @@ class SwarmRequests:
             return
         found = len(self.judge.violations)
         if who is not None and who.user is None:
-            if response.status != 401:  # no anonymous reads in the swarm's configuration
+            if response.status not in (401, 429):  # no anonymous reads here; 429: too many
                 self.judge.fail(f"{name}: GET {key} by {who.name} answered {response.status}")
         elif response.status == 429:
             pass
@@ -274,3 +275,47 @@ class SwarmRequests:
                 self.judge.acknowledged(
                     name, key, None, value=None, user=user, clock=clock, at=trio.current_time()
                 )
+
+    async def watch(self, name: str, until: float) -> None:
+        """A watch of every key on node `name` for the whole load, opened again after each
+        restart; every event goes to the judge (a version some client wrote, never one older
+        than an event before it on the same stream)."""
+        while trio.current_time() < until:
+            sim = self.cluster.nodes[name]
+            node = sim.node
+            app = None if node is None else node.api.app  # type: ignore[attr-defined]
+            if node is None or app is None:
+                await trio.sleep(0.5)
+                continue
+            who = self.principals[0] if self.principals else None
+            async with trio.open_nursery() as nursery:
+                stream = await asgi.open_stream(
+                    nursery,
+                    app,
+                    "/kv/_watch",
+                    headers=who.headers if who is not None else (),
+                    host=f"{name}:8000",
+                )
+                if stream.status != 200:
+                    self.judge.fail(
+                        f"t={trio.current_time():.3f} {name}: GET /kv/_watch answered"
+                        f" {stream.status} {bytes(stream.buffer)[:200]!r}"
+                    )
+                    return
+                last: dict[str, Any] = {}
+                while trio.current_time() < until and sim.node is node:
+                    await trio.sleep(0.25)
+                    self._watched(name, stream, last)
+                    if stream.ended.is_set():
+                        break
+                self._watched(name, stream, last)
+                stream.disconnect.set()
+                nursery.cancel_scope.cancel()
+                self.watch_events += len(last)
+
+    def _watched(self, name: str, stream: asgi.Stream, last: dict[str, Any]) -> None:
+        for line in stream.lines():
+            if line.startswith(b"data: "):
+                event = json.loads(line[len(b"data: ") :])
+                if "uuid" in event:
+                    self.judge.watched(name, event, last, trio.current_time())
