@@ -60,6 +60,7 @@ class Made:
     node: str
     previous_uuid: str | None  # the version it replaced on that node (If-Match checks)
     owner: str = ""  # the owning user's uuid (with auth on)
+    replaced: Record | None = None  # the record it replaced on that node, as it was there
 
     def gone_by(self, now_ms: int) -> bool:
         """A delete, or a value whose TTL is up by a clock reading `now_ms`."""
@@ -121,6 +122,7 @@ class Judge:
                 node,
                 None if old is None else old.version.uuid,
                 new.owner,
+                old,
             )
             if new.version.uuid in self.made:
                 self.fail(f"t={at:.3f} {node}: uuid {new.version.uuid} made twice")
@@ -198,7 +200,7 @@ class Judge:
         """With auth on and the default bits (0xF31: others may only read; the swarm's users
         share no group), a user may replace or delete only a key it owns, or one that is
         not live: the version this write replaced must not be another user's live value."""
-        previous = self.made.get(made.previous_uuid) if made.previous_uuid else None
+        previous = made.replaced  # as that node held it (an expiry may have reached it)
         if previous is None or previous.value is None:
             return
         if previous.expires_at is not None and previous.expires_at <= now_ms:
