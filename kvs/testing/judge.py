@@ -49,6 +49,10 @@ def _ms(v: Version) -> int:
     return v.hlc >> HLC_LOGICAL_BITS
 
 
+def _no_clock() -> int:
+    return 0
+
+
 @dataclass
 class Made:
     """One version a node's client write created, as the judge saw it committed."""
@@ -65,10 +69,6 @@ class Made:
     def gone_by(self, now_ms: int) -> bool:
         """A delete, or a value whose TTL is up by a clock reading `now_ms`."""
         return self.value is None or (self.expires_at is not None and self.expires_at <= now_ms)
-
-
-def _no_clock() -> int:
-    return 0
 
 
 @dataclass
@@ -96,14 +96,30 @@ class Judge:
 
     # --- what the stores commit -----------------------------------------------------------
 
-    def listener(self, node: str, now: Callable[[], float]) -> Callable[[list[Any]], None]:
-        """A store listener for `node` (attach it at each start)."""
+    def listener(
+        self, node: str, now: Callable[[], float], wall_ms: Callable[[], int] = _no_clock
+    ) -> Callable[[list[Any]], None]:
+        """A store listener for `node` (attach it at each start); `wall_ms`: its clock."""
 
         def on_commit(changes: list[Any]) -> None:
             for change in changes:
                 self._committed(node, change.old, change.new, change.local, now())
+                if not change.local and change.new is not None:
+                    self._too_old(node, change.old, change.new, wall_ms(), now())
 
         return on_commit
+
+    def _too_old(self, node: str, old: Record | None, new: Record, wall: int, at: float) -> None:
+        """Replicas never take a tombstone older than `tombstone_ttl` from a peer: it may
+        have been collected already, and taking it back would undo that collection."""
+        if new.value is not None or (old is not None and old.version == new.version) or not wall:
+            return
+        age = wall - _ms(new.version)
+        if age > self.tombstone_ttl_ms + 1_000:
+            self.fail(
+                f"t={at:.3f} {node}: took {new.key}'s tombstone {new.version.uuid} from a peer,"
+                f" {age} ms old (tombstone_ttl {self.tombstone_ttl_ms} ms)"
+            )
 
     def _committed(
         self, node: str, old: Record | None, new: Record | None, local: bool, at: float

@@ -257,7 +257,9 @@ class _Run(SwarmRequests):
         node = await self.cluster.start(
             name, seeds=seeds, skew_ms=skew_ms, commit_gate=self.disks[name]
         )
-        node.store.listeners.append(self.judge.listener(name, trio.current_time))
+        node.store.listeners.append(
+            self.judge.listener(name, trio.current_time, node.clock.wall_ms)
+        )
         return node
 
     async def _restart(self, name: str) -> None:

@@ -119,3 +119,17 @@ def test_at_the_end_a_lost_write_or_an_early_collection_is_found() -> None:
     judge.check_replica("b", {}, T + 11_000, T + 11_000)  # collected in time
     judge.check_replica("b", {"k": delete}, T + 5_000, T + 5_000)
     assert len(judge.violations) == count
+
+
+def test_a_tombstone_older_than_tombstone_ttl_taken_from_a_peer_is_found() -> None:
+    judge = Judge(tombstone_ttl_ms=10_000)
+    put = rec("k", version(T, "u1"))
+    old_delete = rec("k", version(T + 1, "u2"), None)
+    commit(judge, "a", None, put, True)
+    commit(judge, "a", put, old_delete, True)
+    on_b = judge.listener("b", lambda: 0.0, lambda: T + 5_000)
+    on_b([Change(put, old_delete, False)])  # 5 s old: taken as it should be
+    assert judge.violations == []
+    on_c = judge.listener("c", lambda: 0.0, lambda: T + 20_000)
+    on_c([Change(put, old_delete, False)])  # 20 s old: it may have been collected here
+    assert "tombstone" in judge.violations[-1] and "20000 ms old" in judge.violations[-1]
