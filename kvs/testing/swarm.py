@@ -72,6 +72,8 @@ class Plan:
     duplicate: float
     faults: tuple[Fault, ...]
     auth: bool = False  # tokens and permission bits on every request (Principal)
+    idle_tail: bool = True  # idle past tombstone_ttl at the end (not in the reference: its
+    # figure is the speed of the load itself)
 
     def describe(self) -> str:
         kinds = ",".join(sorted({f.kind for f in self.faults})) or "none"
@@ -146,6 +148,7 @@ def draw_plan(seed: int, *, nodes: int | None = None, reference: bool = False) -
         duplicate=0.0 if reference else rng.choice([0.0, 0.0, 0.05]),
         faults=tuple(sorted(faults, key=lambda f: f.at)),
         auth=auth,
+        idle_tail=not reference,
     )
 
 
@@ -357,6 +360,18 @@ class _Run(SwarmRequests):
             self.judge.fail(
                 f"no convergence within {CONVERGE_TIMEOUT:g} s after the faults: {modes}"
             )
+            return
+        await self._final_check()
+        if not self.plan.idle_tail:
+            return
+        # Then idle past tombstone_ttl: every tombstone of the run comes due, replicas collect
+        # them at their own clocks' pace while anti-entropy goes on between them (a replica
+        # must not take back what another collected), and the end is judged once more.
+        await trio.sleep(self.plan.settings["tombstone_ttl"] + 8.0)
+        try:
+            await self.cluster.wait_for(self._agree, timeout=CONVERGE_TIMEOUT)
+        except trio.TooSlowError:
+            self.judge.fail("replicas disagree after the tombstones were collected")
             return
         await self._final_check()
 
