@@ -184,7 +184,10 @@ def run_plan(plan: Plan, *, wall_limit: float = 240.0) -> Outcome:
         except SimulationTimeout as exc:
             run.judge.fail(f"timeout: {exc}")
         except Exception as exc:  # a crash of the run itself is a finding too
-            run.judge.fail(f"the run raised {type(exc).__name__}: {exc}")
+            leaf: BaseException = exc
+            while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+                leaf = leaf.exceptions[0]
+            run.judge.fail(f"the run raised {type(leaf).__name__}: {leaf}")
     outcome.wall = time.monotonic() - started
     outcome.violations = list(run.judge.violations)
     outcome.summary = run.judge.summary()
@@ -270,8 +273,20 @@ class _Run(SwarmRequests):
         if sim.node is not None or sim.stopped is None:
             return
         await sim.stopped.wait()
-        seeds = [s.http_address for s in self.cluster.running()][:1]
-        node = await self._start(name, seeds)
+        disk = self.disks[name]
+        while True:
+            seeds = [s.http_address for s in self.cluster.running()][:1]
+            failed_before = sum(disk.failed.values())
+            try:
+                node = await self._start(name, seeds)
+                break
+            except Exception as exc:
+                # A node that cannot persist its state at start refuses to start (its disk
+                # is failing): try again, as an operator's supervisor would.
+                if sum(disk.failed.values()) == failed_before:
+                    self.judge.fail(f"t={trio.current_time():.3f} {name} failed to start: {exc!r}")
+                    return
+                await trio.sleep(1.0)
         # A restarted node must out-rank its previous life at once: its incarnation rises
         # above the one it had persisted (one it had not persisted yet it refutes again).
         assert node.membership is not None

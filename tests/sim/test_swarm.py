@@ -30,6 +30,10 @@ REGRESSION_SEEDS = [
     # expiry's tombstone (carried from a peer whose clock was ahead): allowed, as the key
     # was not live there; the judge once read the version's owner instead of the record.
     252641411915335,
+    # Found by CI's fresh swarm: a node restarted while its disk was failing could not
+    # persist its incarnation and refused to start (as it should); the swarm now restarts
+    # it again a second later, as a supervisor would.
+    18645210589652,
 ]
 
 
