@@ -2,7 +2,7 @@
 printed with the command that replays it), the regression seeds found so far, and the
 runner's contract (the summary line, exit status, seeds that carry their options).
 
-`KVS_SWARM_SECONDS` sets the fresh swarm's wall budget (default 15 s: the whole suite must
+`KVS_SWARM_SECONDS` sets the fresh swarm's wall budget (default 12 s: the whole suite must
 stay under five minutes on 2 cores); `python scripts/sim.py swarm --seconds 600` is the long
 hunt.
 """
@@ -18,7 +18,7 @@ import pytest
 from kvs.testing.swarm import draw_plan, run_seed
 from kvs.testing.swarm_runner import compose_seed, decompose_seed, main, run_composed, swarm
 
-SWARM_SECONDS = float(os.environ.get("KVS_SWARM_SECONDS", "15"))
+SWARM_SECONDS = float(os.environ.get("KVS_SWARM_SECONDS", "12"))
 
 # Seeds that once failed (a bug or a judge too strict), kept as regression tests.
 REGRESSION_SEEDS = [
