@@ -35,7 +35,7 @@ from kvs.net.swim import incarnation_at_start
 from kvs.net.swim_settings import SwimSettings
 from kvs.net.transport import RealTransport, Transport
 from kvs.private_files import secure_dir, write_private
-from kvs.store import MAINTENANCE_BATCH, Store, StoreError, StoreSettings
+from kvs.store import MAINTENANCE_BATCH, CommitGate, Store, StoreError, StoreSettings
 from kvs.sync import SyncService, SyncSettings, bootstrap_needed
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,10 @@ class Node:
         resolve_seed: SeedResolver | None = None,
         show_root_token: Callable[[IssuedToken, str], None] | None = None,
         api: HttpService | None = None,
+        commit_gate: CommitGate | None = None,
     ) -> None:
         self.config = config
+        self._commit_gate = commit_gate  # disk faults under the store: the simulator's seam
         self.api = api
         self.node_id = config.node_id
         # A node given an rng (tests, the simulator) takes every random choice from it, nonces
@@ -176,6 +178,7 @@ class Node:
             new_uuid=self.new_uuid,
             settings=project(StoreSettings, self.config),
             in_thread=self._store_in_thread,
+            commit_gate=self._commit_gate,
         )
         store.ensure_identity(self.node_id, self.clock.wall_ms())
         return store

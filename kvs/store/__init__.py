@@ -8,6 +8,7 @@ The package's face: import from `kvs.store`, not from its modules, which may mov
       Conflict, Unchanged,
       Outcome
     Change, CommitListener      what a commit tells `Store.listeners`
+    CommitGate                  the seam for disk faults under a commit (the simulator's)
     Summary                     a record's version without its value (what sync compares)
     StoreError                  the store cannot be opened or used
     StoreSettings, READER       what a node chose for it; what a read-only tool opens it with
@@ -28,6 +29,7 @@ from kvs.store.layout import SCHEMA_VERSION, Summary, index_entries
 from kvs.store.maintenance import MAINTENANCE_BATCH
 from kvs.store.ops import (
     Change,
+    CommitGate,
     CommitListener,
     Conflict,
     Delete,
@@ -54,6 +56,7 @@ __all__ = [
     "READER",
     "SCHEMA_VERSION",
     "Change",
+    "CommitGate",
     "CommitListener",
     "Conflict",
     "Delete",

@@ -38,7 +38,7 @@ from kvs.store.layout import (
     system_key,
     unpack_value,
 )
-from kvs.store.ops import CommitListener, Identity, ReplacedListener, StoreError
+from kvs.store.ops import CommitGate, CommitListener, Identity, ReplacedListener, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class Environment:
     _new_uuid: Callable[[], str]
     _map_size: int
     _in_thread: bool
+    _commit_gate: CommitGate | None  # disk faults under each commit (the simulator's seam)
     _sync: bool
     _read_codec: RecordCodec  # reads, in the event loop
     _write_codec: RecordCodec  # the writer's transactions, maybe in a worker thread

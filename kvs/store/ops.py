@@ -109,6 +109,16 @@ class CommitListener(Protocol):
         other listeners still run)."""
 
 
+class CommitGate(Protocol):
+    """A seam under the store for disk faults (the simulator passes one in through `Node`;
+    production passes none). Called in the writer inside every write transaction, just
+    before it commits: raising OSError (EIO, ENOSPC, a failed fsync) makes the commit fail
+    as the disk would -- LMDB aborts the transaction, so nothing of it is durable or visible,
+    and its callers are answered with an error, never an acknowledgement."""
+
+    def before_commit(self, ops: int) -> None: ...
+
+
 class ReplacedListener(Protocol):
     """What `Store.replaced_listeners` holds: told that `replace_data` put a snapshot in
     place, for which no Change is published -- whoever caches what the store holds must

@@ -19,6 +19,7 @@ from kvs.clock import HybridLogicalClock
 from kvs.model import RecordCodec
 from kvs.store.jobs import WriterJob
 from kvs.store.maintenance import Maintenance
+from kvs.store.ops import CommitGate
 from kvs.store.settings import StoreSettings
 from kvs.store.writer import BATCH_SIZE_BUCKETS, Writer
 
@@ -43,6 +44,7 @@ class Store(Writer, Maintenance):
         settings: StoreSettings,
         in_thread: bool = True,
         max_pending: int = 65_536,
+        commit_gate: CommitGate | None = None,
     ) -> None:
         self.path = Path(path)
         self.settings = settings
@@ -51,6 +53,7 @@ class Store(Writer, Maintenance):
         self._new_uuid = new_uuid
         self.history_depth = settings.history_depth
         self._in_thread = in_thread
+        self._commit_gate = commit_gate
         self._sync = settings.durability == "fsync"
         self._read_codec = RecordCodec(settings.compression_level)
         self._write_codec = RecordCodec(settings.compression_level)

@@ -211,6 +211,8 @@ class Writer(DataFile):
                     for name, value in item.system.items():
                         txn.put(system_key(name), pack_value(value), db=self._system)
                 txn.put(_CLOCK_KEY, pack_value(self.clock.last), db=self._system)
+                if self._commit_gate is not None:
+                    self._commit_gate.before_commit(len(changes))  # an OSError aborts it
         except lmdb.MapFullError:
             raise _GrowMap() from None
         return changes

@@ -11,7 +11,11 @@ The deterministic simulator:
 - `sockets`: what a simulated host binds (`SimTransport`, datagram endpoints, streams);
 - `harness`: `run_simulation`, a seed in and the same run out, with limits in simulated
   and in real time;
-- `cluster`: whole KVS nodes on the simulated network (`SimCluster`).
+- `cluster`: whole KVS nodes on the simulated network (`SimCluster`);
+- `swarm` (with `swarm_requests`, `swarm_runner`): fresh seeds, each a whole scenario with
+  HTTP clients and faults (`python scripts/sim.py`); `judge`: the independent reference
+  model that checks it; `asgi`: HTTP requests through a node's app in process; `faults`:
+  disk faults under a node's store (a `kvs.store.CommitGate`).
 
 Doubles: `memory` (an in-memory stream transport for sync tests).
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,29 @@ class SimNode:
     node: Node | None = None
     skew_ms: int = 0
     stopped: trio.Event | None = None
+    drift: float = 0.0  # the wall clock runs this much fast (+) or slow (-): 0.001 = 1 ms/s
+    drift_since: float = 0.0  # simulated time the drift took effect
+    commit_gate: Any = None  # a kvs.store.CommitGate under its store (disk faults), or None
+    failures: list[Exception] = field(default_factory=list)  # see SimCluster.tolerate_failures
+
+    def wall_ms(self) -> int:
+        """This host's wall clock: the simulated epoch plus its skew, jumps and drift."""
+        now = trio.current_time()
+        return (
+            EPOCH_MS
+            + int(now * 1000)
+            + self.skew_ms
+            + int((now - self.drift_since) * self.drift * 1000)
+        )
+
+    def jump_clock(self, ms: int) -> None:
+        """The wall clock jumps by `ms` (back if negative), as after an NTP step."""
+        self.skew_ms += ms
+
+    def set_drift(self, drift: float) -> None:
+        now = trio.current_time()
+        self.skew_ms += int((now - self.drift_since) * self.drift * 1000)
+        self.drift, self.drift_since = drift, now
 
     @property
     def http_address(self) -> str:
@@ -64,6 +87,9 @@ class SimCluster:
         self.base_dir = Path(base_dir)
         self.config_overrides = config
         self.nodes: dict[str, SimNode] = {}
+        # A node whose run raises after it started (its store failed, say) crashes its host
+        # and is recorded in `SimNode.failures` instead of ending the simulation.
+        self.tolerate_failures = False
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -96,47 +122,68 @@ class SimCluster:
         values.update(self.config_overrides)
         return Config(**values)
 
-    async def start(self, name: str, *, seeds: list[str] | None = None, skew_ms: int = 0) -> Node:
-        """Start (or restart after a crash) node `name`; its host is derived from the name."""
+    async def start(
+        self,
+        name: str,
+        *,
+        seeds: list[str] | None = None,
+        skew_ms: int = 0,
+        commit_gate: Any = None,
+    ) -> Node:
+        """Start (or restart after a crash) node `name`; its host is derived from the name.
+        `skew_ms` and `commit_gate` (disk faults under its store) are taken at its first
+        start and kept across restarts."""
         sim = self.nodes.get(name)
         if sim is None:
             sim = SimNode(
                 name=name,
                 host=f"10.0.{len(self.nodes) // 250}.{len(self.nodes) % 250 + 1}",
                 skew_ms=skew_ms,
+                commit_gate=commit_gate,
             )
             self.nodes[name] = sim
         elif not self.net.is_up(sim.host):
             self.net.restart(sim.host)
         config = self._config(sim, seeds or [])
 
-        def wall_ms(skew: int = sim.skew_ms) -> int:
-            return EPOCH_MS + int(trio.current_time() * 1000) + skew
-
         async def resolve(seed: str) -> Address:
             return _resolve_seed(seed)
 
         node = Node(
             config,
-            wall_ms=wall_ms,
+            wall_ms=sim.wall_ms,
             rng=self.net.fork_rng(),
             store_in_thread=False,
             transport=self.net.transport(sim.host),
             resolve_seed=resolve,
             api=ApiServer(),
+            commit_gate=sim.commit_gate,
         )
         sim.node = node
         sim.stopped = trio.Event()
+
+        live = [False]  # set once it has started: a failure before is the caller's
 
         async def run(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
             assert sim.stopped is not None
             try:
                 with self.net.host_scope(sim.host):
                     await node.run(http=False, task_status=task_status)
+            except Exception as exc:
+                if not (self.tolerate_failures and live[0]):
+                    raise
+                # The node ended itself (a store failure is fatal on purpose): as a process
+                # that exited, it leaves the network until someone restarts it.
+                sim.failures.append(exc)
+                if sim.node is node:
+                    sim.node = None
+                if self.net.is_up(sim.host):
+                    self.net.crash(sim.host)
             finally:
                 sim.stopped.set()
 
         await self.nursery.start(run)
+        live[0] = True
         return node
 
     async def start_many(self, count: int, *, seed_index: int = 0, prefix: str = "n") -> list[str]:

@@ -9,16 +9,19 @@ each batch is sorted by task creation order and then shuffled with the module RN
 seeding `_r` fixes the order. Those are private names of `trio._core._run` (checked against
 Trio 0.35); they are touched here and nowhere else, and always restored.
 
-Every run has two limits, and either ends it with `SimulationTimeout` naming the seed:
+Every run has three limits, and each ends it with `SimulationTimeout` naming the seed:
 - a limit in simulated time (`time_limit`): a deadline on the mock clock, so a run in which
   every task waits for ever still has a timer to jump to, and ends at once;
-- a limit in real time (`wall_limit`), kept by a watchdog thread. A simulation can also stop
-  the simulated clock: tasks that stay runnable without ever sleeping (a timer re-armed at
-  "now", a retry loop without a delay) never let the mock clock jump, so no deadline in
-  simulated time can fire, and the run would spin until killed. The watchdog then cancels
-  the run from outside through its Trio token; should the run not even reach a checkpoint
-  within `WATCHDOG_GRACE`, it raises the timeout into the simulation's thread. Neither
-  needs signals, so it works in any thread and under pytest-xdist.
+- a stall limit (`stall_limit`): a simulation can stop the simulated clock -- tasks that
+  stay runnable without ever sleeping (a timer re-armed at "now", a retry loop without a
+  delay) never let the mock clock jump, so no deadline in simulated time can fire and the
+  run would spin until killed. A watchdog thread samples the mock clock; when it has not
+  moved for `stall_limit` real seconds, the run is aborted with "the simulated clock
+  stopped at T s";
+- a limit in real time (`wall_limit`) for a run that advances, but too slowly.
+The watchdog cancels the run from outside through its Trio token; should the run not even
+reach a checkpoint within `WATCHDOG_GRACE`, it raises the timeout into the simulation's
+thread. Neither needs signals, so it works in any thread and under pytest-xdist.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import math
 import os
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -40,6 +44,7 @@ from kvs.testing.network import SimNetwork
 
 __all__ = [
     "SEED_ENV",
+    "STALL_LIMIT",
     "TIME_LIMIT",
     "WALL_LIMIT",
     "SimulationTimeout",
@@ -57,8 +62,21 @@ TIME_LIMIT = 3600.0
 """Simulated seconds a run may last. The longest test scenario takes a few simulated minutes."""
 WALL_LIMIT = 240.0
 """Real seconds a run may last: under pytest-timeout's 300 s, so the harness speaks first."""
+STALL_LIMIT = 30.0
+"""Real seconds the simulated clock may stand still before the run is aborted. A long stretch
+of work at one instant (thousands of writes in one call) takes a few seconds at most."""
 WATCHDOG_GRACE = 10.0
 """Real seconds the cancelled run has to end before the timeout is raised into its thread."""
+
+
+def _sim_clock() -> trio.testing.MockClock:
+    """MockClock at rate 0 (time moves only by jumps), read without asking the real clock:
+    Trio and the nodes read the time tens of thousands of times a simulated minute. (The
+    class is final; the instance's reading is replaced. Nothing here changes its rate.)"""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    assert clock.rate == 0
+    clock.current_time = lambda: clock._virtual_base  # type: ignore[method-assign]
+    return clock
 
 
 class SimulationTimeout(Exception):
@@ -118,6 +136,7 @@ def run_simulation(
     scheduler_seed: int | None = None,
     time_limit: float | None = TIME_LIMIT,
     wall_limit: float | None = WALL_LIMIT,
+    stall_limit: float | None = STALL_LIMIT,
     **network: Any,
 ) -> T:
     """Run `await main(net)` in a fresh `trio.run` on a running `SimNetwork`, deterministically.
@@ -126,15 +145,16 @@ def run_simulation(
     holds its settings (latency, jitter, loss, duplicate, queue_size, connect_timeout, trace).
     The scheduler is seeded from `seed` too unless `scheduler_seed` is given (to ask whether a
     failure depends on task interleaving alone). The run ends with `SimulationTimeout` after
-    `time_limit` simulated or `wall_limit` real seconds (None: no such limit). Any exception
-    carries the seed as a note.
+    `time_limit` simulated or `wall_limit` real seconds, or once the simulated clock has
+    stood still for `stall_limit` real seconds (None: no such limit). Any exception carries
+    the seed as a note.
     """
     sched: int | str = f"kvs-sim-scheduler/{seed}" if scheduler_seed is None else scheduler_seed
     with reported_seed(seed), deterministic_scheduler(sched):
         # Seed first, then make the clock: Trio clocks may draw their offset from `_r`.
-        clock = trio.testing.MockClock(autojump_threshold=0)
+        clock = _sim_clock()
         net = SimNetwork(random.Random(seed), **network)
-        watchdog = _Watchdog(seed, wall_limit)
+        watchdog = _Watchdog(seed, wall_limit, stall_limit, clock)
 
         async def root() -> T:
             failure: Exception | None = None
@@ -174,9 +194,17 @@ class _Watchdog:
     reaches a checkpoint), it raises SimulationTimeout into the run's thread, as a last
     resort. A run that was cancelled and is unwinding is left to finish."""
 
-    def __init__(self, seed: int, limit: float | None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        limit: float | None,
+        stall_limit: float | None = None,
+        clock: trio.testing.MockClock | None = None,
+    ) -> None:
         self.seed = seed
         self.limit = limit
+        self.stall_limit = stall_limit if clock is not None else None
+        self.clock = clock
         self.fired = False
         self.message = ""
         self._done = threading.Event()
@@ -186,7 +214,7 @@ class _Watchdog:
     def armed(self) -> Iterator[trio.CancelScope]:
         """Inside `trio.run`: a cancel scope the watchdog cancels when the limit is up."""
         scope = trio.CancelScope()
-        if self.limit is not None:
+        if self.limit is not None or self.stall_limit is not None:
             token = trio.lowlevel.current_trio_token()
             target = threading.get_ident()
             self._thread = threading.Thread(
@@ -204,20 +232,45 @@ class _Watchdog:
         if self._thread is not None:
             self._thread.join()
 
+    def _wait_for_trouble(self) -> str | None:
+        """Block until a limit is up (its message) or the run has ended (None)."""
+        started = time.monotonic()
+        last_sim = self._sim_now()
+        moved_at = started
+        poll = 0.25 if self.stall_limit is None else min(0.25, self.stall_limit / 4)
+        while not self._done.wait(poll):
+            now = time.monotonic()
+            sim = self._sim_now()
+            if sim != last_sim:
+                last_sim, moved_at = sim, now
+            elif self.stall_limit is not None and now - moved_at >= self.stall_limit:
+                return (
+                    f"simulation with seed {self.seed}: the simulated clock stopped at"
+                    f" {sim:.3f} s and stood still for {self.stall_limit:g} real seconds (tasks"
+                    " keep running without sleeping: a timer re-armed at now, a loop without"
+                    " a delay); aborted"
+                )
+            if self.limit is not None and now - started >= self.limit:
+                return (
+                    f"simulation with seed {self.seed} still running after {self.limit:g} real"
+                    f" seconds, at {sim:.3f} simulated seconds (if that stays put from run to"
+                    " run, tasks keep running without sleeping: the simulated clock has"
+                    " stopped)"
+                )
+        return None
+
+    def _sim_now(self) -> float:
+        return 0.0 if self.clock is None else self.clock.current_time()
+
     def _watch(self, token: trio.lowlevel.TrioToken, scope: trio.CancelScope, target: int) -> None:
-        assert self.limit is not None
-        if self._done.wait(self.limit):
+        message = self._wait_for_trouble()
+        if message is None:
             return
 
         def expire() -> None:
             if not self.fired:
                 self.fired = True
-                self.message = (
-                    f"simulation with seed {self.seed} still running after {self.limit:g} real"
-                    f" seconds, at {trio.current_time():.3f} simulated seconds (if that stays"
-                    " put from run to run, tasks keep running without sleeping: the simulated"
-                    " clock has stopped)"
-                )
+                self.message = message
             scope.cancel()
 
         try:
@@ -230,8 +283,7 @@ class _Watchdog:
         # run_simulation replaces by one with this message).
         self.fired = True
         self.message = (
-            f"simulation with seed {self.seed} still running after {self.limit:g} real"
-            f" seconds, without reaching a checkpoint for {WATCHDOG_GRACE:g} s more: interrupted"
+            f"{message}; it reached no checkpoint for {WATCHDOG_GRACE:g} s more: interrupted"
         )
         if not self._done.is_set():
             ctypes.pythonapi.PyThreadState_SetAsyncExc(

@@ -130,6 +130,8 @@ class SimNetwork:
         self._wakeup = trio.Event()
         self._running = False
         self._stopped = False
+        self._stream_faults = (0.0, 0.0)  # (reset, corrupt) per stream chunk
+        self.stream_faults_done = {"reset": 0, "corrupted": 0}
         self.queue_size = queue_size
         self.connect_timeout = connect_timeout
         self.drops: dict[str, int] = {}  # datagram drops by reason, network-wide
@@ -314,6 +316,44 @@ class SimNetwork:
     def _sample_delay(self, faults: LinkFaults) -> float:
         return faults.latency + faults.jitter * self._rng.random()
 
+    def pause(self, host: str, seconds: float) -> None:
+        """The process on `host` stops for `seconds` (a GC pause, SIGSTOP, a VM migration),
+        as its peers see it: nothing it sends leaves, and nothing sent to it is read, until
+        then -- held, not lost, and delivered late in a burst. (Its own timers keep running:
+        a Trio task cannot be frozen from outside; the harness holds HTTP requests to it.)"""
+        state = self._host(host)
+        state.held_until = max(state.held_until, trio.current_time() + seconds)
+
+    def held_until(self, host: str) -> float:
+        return self._host(host).held_until
+
+    def set_stream_faults(self, *, reset: float = 0.0, corrupt: float = 0.0) -> None:
+        """Each stream chunk sent from now on resets its connection (both ends break, as on
+        a TCP RST) with probability `reset`, or arrives with one byte flipped with
+        probability `corrupt`. Zero draws nothing (replays of older seeds are unchanged)."""
+        if not (0 <= reset <= 1 and 0 <= corrupt <= 1):
+            raise ValueError("reset and corrupt are probabilities in [0, 1]")
+        self._stream_faults = (float(reset), float(corrupt))
+
+    def _stream_fault(self, end: SimStream, data: bytes) -> bytes | None:
+        """The chunk as it will arrive, or None if the connection was reset instead."""
+        reset, corrupt = self._stream_faults
+        if not (reset or corrupt) or not data:
+            return data
+        roll, where = self._rng.random(), self._rng.randrange(len(data))
+        if roll < reset:
+            self.stream_faults_done["reset"] += 1
+            conn = end._conn
+            conn.sever()
+            for side in (conn.a, conn.b):
+                side._broken = True
+                side._lot.unpark_all()
+            return None
+        if roll < reset + corrupt:
+            self.stream_faults_done["corrupted"] += 1
+            return data[:where] + bytes([data[where] ^ 0x40]) + data[where + 1 :]
+        return data
+
     # --- datagrams ----------------------------------------------------------------------------
 
     def _record(self, kind: str, src: Address, dst: Address, size: int, outcome: str) -> None:
@@ -343,7 +383,7 @@ class SimNetwork:
         elif lost:
             self._drop(sender, src, dst, len(data), "loss")
         else:
-            now = trio.current_time()
+            now = max(trio.current_time(), sender.held_until)
             copies = 2 if doubled else 1
             counters.datagrams_duplicated += copies - 1
             for delay in delays[:copies]:
@@ -365,6 +405,11 @@ class SimNetwork:
         receiver = self._hosts.get(dst[0])
         if receiver is None or not receiver.up:
             self._drop(sender, src, dst, len(data), "host-down")
+            return
+        if receiver.held_until > trio.current_time():  # paused: read when it resumes
+            self._schedule(
+                receiver.held_until, lambda: self._deliver_datagram(sender, src, dst, data)
+            )
             return
         endpoint = receiver.datagrams.get(dst[1])
         if endpoint is None:
@@ -433,11 +478,15 @@ class SimNetwork:
         self._host(end.host).counters.stream_bytes_sent += len(data)
         if conn.severed:
             return  # a silent peer: the bytes vanish, the sender's read timeout will tell
-        self._schedule(self._stream_arrival(end), lambda: peer._arrive(data))
+        arriving = self._stream_fault(end, data)
+        if arriving is None:
+            return
+        self._schedule(self._stream_arrival(end), lambda: peer._arrive(arriving))
 
     def _stream_arrival(self, end: SimStream) -> float:
         """When bytes sent now from `end` arrive: after the link delay, and never before bytes
         sent earlier (TCP delivers in order, so jitter must not reorder a stream)."""
         delay = self._sample_delay(self.link_faults(end.host, end._peer.host))
-        end._last_arrival = max(trio.current_time() + delay, end._last_arrival)
+        held = max(self._host(end.host).held_until, self._host(end._peer.host).held_until)
+        end._last_arrival = max(trio.current_time() + delay, end._last_arrival, held)
         return end._last_arrival

@@ -103,6 +103,7 @@ class HostState:
     datagrams: dict[int, SimDatagramEndpoint] = field(default_factory=dict)
     listeners: dict[int, Listener] = field(default_factory=dict)
     scopes: list[trio.CancelScope] = field(default_factory=list)
+    held_until: float = 0.0  # paused (`SimNetwork.pause`): its traffic waits until then
 
     def allocate_port(self, in_use: Container[int]) -> int:
         """Deterministic ephemeral ports: count upwards, wrap, skip what is taken."""
@@ -216,7 +217,11 @@ class SimStream(trio.abc.Stream):
             raise trio.BusyResourceError("another task is receiving on this stream")
         self._receiving = True
         try:
-            await trio.lowlevel.checkpoint()
+            # One schedule point either way: a checkpoint when there is something to return
+            # at once, else the park itself (cancellable too), not a checkpoint and then a
+            # park -- half the task steps of a simulated connection that mostly waits.
+            if self._inbox or self._eof:
+                await trio.lowlevel.checkpoint()
             while True:
                 self._check_usable()
                 if self._inbox:

@@ -138,14 +138,12 @@ class History:
             assert (key, record.version) in created_versions, f"{key}: unknown version"
         now = max(s.node.clock.wall_ms() for s in running)  # type: ignore[union-attr]
         # (b) no lost acknowledged write.
-        for key, version, expires_at in self.puts:
+        for key, version, _expires_at in self.puts:
             final = records.get(key)
             assert final is not None, f"acknowledged write of {key} vanished"
             assert final.version == version or final.version.newer_than(version), (
                 f"acknowledged write of {key} ({version}) lost to an older {final.version}"
             )
-            if final.version == version and expires_at is not None and expires_at <= now:
-                assert not final.live(now), f"{key} is served after it expired"
         # (c) no deleted key comes back unless written again after the delete.
         for key, version in self.deletes:
             final = records.get(key)
@@ -159,6 +157,31 @@ class History:
                         f"{key} came back with a version that no write made after the delete"
                     )
         return records
+
+    async def check_expired_not_served(self, cluster: SimCluster) -> int:
+        """No replica serves an acknowledged TTL version once ITS clock has passed the expiry
+        the client asked for: judged from the client's own `expires_at` and each node's wall
+        clock, through each node's HTTP app (not `Record.live`, the code under test). Returns
+        how many expired values it found still stored (not yet swept into tombstones), so a
+        test can show that the read path itself was judged."""
+        judged = 0
+        for key, version, expires_at in self.puts:
+            if expires_at is None:
+                continue
+            for sim in cluster.running():
+                node = sim.node
+                assert node is not None
+                stored = node.store.get(key)
+                if stored is None or stored.version != version:
+                    continue  # superseded (or collected): check (b) judges that
+                if node.clock.wall_ms() < expires_at:
+                    continue
+                judged += stored.value is not None  # not yet swept into a tombstone
+                response = await app_of(node).test_client().get(f"/kv/{key}")
+                assert response.status_code == 404, (
+                    f"{sim.name} serves {key} after it expired ({response.status_code})"
+                )
+        return judged
 
 
 def raw_contents(node: Node) -> dict[str, bytes]:
@@ -589,8 +612,11 @@ def test_ttl_records_expire_on_every_replica_and_sync_never_resurrects_them(
             # reaches expires_at (the skews make that up to 10 s apart in simulated time),
             # even one whose clock is so far ahead that the version arrived expired.
             await trio.sleep(0.5)  # push on write has delivered
-            for _ in range(150):
+            judged = 0
+            for step in range(150):
                 await trio.sleep(0.1)
+                if step % 5 == 0:
+                    judged += await history.check_expired_not_served(cluster)
                 for key, deadline in deadlines.items():
                     for name in holders[key]:
                         node = nodes[name]
@@ -600,7 +626,9 @@ def test_ttl_records_expire_on_every_replica_and_sync_never_resurrects_them(
                         )
             net.heal()
             await cluster.wait_for(lambda: replicas_agree(cluster), timeout=60)
+            assert judged > 0, "no expired value was ever read before the sweep took it"
             records = history.check(cluster)
+            await history.check_expired_not_served(cluster)
             for key in deadlines:
                 assert records[key].deleted, f"{key} came back after it expired"
             # ...and stays gone through many more anti-entropy rounds.
@@ -747,6 +775,7 @@ async def run_schedule(
                 await restart(cluster, name, history)
         await cluster.wait_for(lambda: replicas_agree(cluster), timeout=120)
         history.check(cluster)
+        await history.check_expired_not_served(cluster)
         for sim in cluster.running():
             assert sim.node.membership is not None  # type: ignore[union-attr]
             assert all(

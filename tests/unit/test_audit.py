@@ -4,6 +4,8 @@ without it, or checked with another, does not verify."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import struct
 
@@ -69,14 +71,20 @@ async def test_changes_and_failed_logins_are_chained_and_verify(start_node):
     # paging: since is exclusive
     page = await admin.call("GET", "/api/audit?since=2&limit=2")
     assert [e["seq"] for e in page["entries"]] == [3, 4] and page["next"] == 4
-    # the chain: each hash covers the previous one
+    # the chain: each hash covers the previous one. Computed here from the documented formula
+    # (HMAC-SHA3-512 over the previous hash and the msgpack'd fields), not with the code's own
+    # chain_hash, which a bug could have made forget the predecessor.
     previous = GENESIS
     for entry in entries:
         fields = [
             entry[k] for k in ("seq", "timestamp", "node", "action", "user", "target", "detail")
         ]
-        assert chain_hash(previous, fields, KEY).hex() == entry["hash"]
-        assert chain_hash(previous, fields).hex() != entry["hash"]  # keyed, not plain SHA3
+        packed = msgpack.packb(fields, use_bin_type=True)
+        assert KEY is not None
+        assert hmac.digest(KEY, previous + packed, "sha3_512").hex() == entry["hash"]
+        if previous != GENESIS:  # and not without its predecessor
+            assert hmac.digest(KEY, GENESIS + packed, "sha3_512").hex() != entry["hash"]
+        assert hashlib.sha3_512(previous + packed).hexdigest() != entry["hash"]  # keyed
         previous = bytes.fromhex(entry["hash"])
     verdict = await admin.call("GET", "/api/audit/verify")
     assert verdict == {

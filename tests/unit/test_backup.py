@@ -7,18 +7,22 @@ so "midnight" arrives at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import random
+import struct
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import pytest
 import trio
+import zstandard
 
 from kvs.backup import (
     BackupError,
+    Manifest,
     apply_retention,
     backup_name,
     create_backup,
@@ -116,6 +120,20 @@ async def test_writes_go_on_while_a_backup_runs(start_node, tmp_path):
     assert during[0], "the first write during the backup had to wait for the backup to end"
 
 
+def rewritten_payload(data: bytes, manifest: Manifest) -> bytes:
+    """The same backup with one byte of the LMDB copy changed and compressed again into a
+    valid zstd frame (with its own checksum), the manifest's sizes made to fit, its SHA-256
+    kept: a corruption that happened before compression, or a forgery."""
+    raw = bytearray(
+        zstandard.ZstdDecompressor().decompressobj().decompress(data[: manifest.payload_size])
+    )
+    raw[len(raw) // 2] ^= 0xFF
+    payload = zstandard.ZstdCompressor(write_checksum=True).compress(bytes(raw))
+    forged = dataclasses.replace(manifest, payload_size=len(payload))
+    body = forged.to_json()
+    return payload + body + struct.pack(">I", len(body)) + b"KVSBAK1\n"
+
+
 async def test_truncated_or_corrupted_backups_are_refused_and_the_target_untouched(
     start_node, tmp_path
 ):
@@ -123,6 +141,7 @@ async def test_truncated_or_corrupted_backups_are_refused_and_the_target_untouch
     await fill(node)
     good = (await node.backups.run_once()).path
     data = good.read_bytes()
+    manifest = read_manifest(good)
     target = tmp_path / "target"
     target.mkdir()
     (target / "keep.txt").write_text("old contents")
@@ -135,6 +154,11 @@ async def test_truncated_or_corrupted_backups_are_refused_and_the_target_untouch
         "one payload bit flipped": data[:100] + bytes([data[100] ^ 1]) + data[101:],
         "extra bytes": data + b"\0",
         "manifest altered": data.replace(b'"raw_size": ', b'"raw_size": 1', 1),
+        # zstd's frame checksum cannot see these two: only the manifest's SHA-256 can.
+        "manifest checksum altered": data.replace(
+            manifest.raw_sha256.encode(), bytes(reversed(manifest.raw_sha256.encode()))
+        ),
+        "payload rewritten in a valid frame": rewritten_payload(data, manifest),
     }
     for what, content in cases.items():
         bad = tmp_path / f"bad-{what.replace(' ', '-')}.kvsbak"

@@ -6,11 +6,15 @@ the issue: a planted "suspicion never declares dead" bug hung a test until it wa
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import trio
 
+from kvs.net.messages import State
+from kvs.net.swim import Swim
 from kvs.testing import harness
+from kvs.testing.cluster import SimCluster
 from kvs.testing.harness import SimulationTimeout, run_simulation
 from kvs.testing.network import SimNetwork
 
@@ -76,3 +80,39 @@ def test_limits_change_nothing_in_a_run_that_finishes() -> None:
         return trio.current_time()
 
     assert run_simulation(short, 1) == run_simulation(short, 1, time_limit=None, wall_limit=None)
+
+
+def test_a_stalled_clock_is_aborted_after_the_stall_limit_not_the_wall_limit() -> None:
+    async def spinning(net: SimNetwork) -> None:
+        await trio.sleep(2.5)
+        while True:
+            await trio.sleep(0)  # runnable for ever: the mock clock never jumps again
+
+    started = time.monotonic()
+    with pytest.raises(SimulationTimeout, match=r"clock stopped at 2\.500 s") as caught:
+        run_simulation(spinning, 5, stall_limit=1.0, wall_limit=200)
+    assert time.monotonic() - started < 20
+    assert "aborted" in str(caught.value)
+    assert any("KVS_SIM_SEED=5" in note for note in caught.value.__notes__)
+
+
+def test_a_planted_suspicion_that_never_declares_dead_is_aborted_not_hung(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's hang, planted in the real SWIM core: a suspicion whose time is up is never
+    ended, so its deadline stays in the past, the membership driver sleeps until it (that is,
+    not at all) and the mock clock stops. The stall limit ends the run with a clear error."""
+    monkeypatch.setattr(Swim, "_declare_dead", lambda self, node_id, incarnation, now: None)
+
+    async def scenario(net: SimNetwork) -> None:
+        async with SimCluster.open(net, tmp_path) as cluster:
+            names = await cluster.start_many(3)
+            await cluster.wait_for(cluster.converged, timeout=30)
+            cluster.crash(names[2])
+            await cluster.wait_for(lambda: cluster.all_see(names[2], State.DEAD), timeout=60)
+
+    started = time.monotonic()
+    with pytest.raises(SimulationTimeout, match=r"simulated clock stopped at") as caught:
+        run_simulation(scenario, 9, stall_limit=2.0, latency=0.0005)
+    assert time.monotonic() - started < 60
+    assert any("KVS_SIM_SEED=9" in note for note in caught.value.__notes__)

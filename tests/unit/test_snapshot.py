@@ -153,6 +153,30 @@ async def test_a_copy_holding_an_invalid_record_is_refused(tmp_path: Path) -> No
         assert b.worker.counters["snapshot_failures"] == 1 and b.store.count() == 0
 
 
+async def test_a_copy_whose_summaries_differ_from_its_records_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The records (and so the Merkle root) are right, but one entry of the summaries index
+    anti-entropy lists is not what its record gives: only the index-vs-records check sees it."""
+    transport = MemoryTransport()
+    async with (
+        open_replica(tmp_path, name="a", transport=transport, serve=True) as a,
+        open_replica(tmp_path, name="b", transport=transport, sync_snapshot_min_keys=1) as b,
+    ):
+        await fill(a, 50)
+        with a.store.env.begin(write=True, db=a.store._buckets) as txn:
+            bucket_key, summary = next(iter(txn.cursor()))
+            txn.put(bucket_key, summary[:-1] + bytes([summary[-1] ^ 1]))
+        b.worker.syncing = True
+        with pytest.raises(Exception, match="snapshot"):
+            await b.worker.exchange(A)
+        assert "summaries do not match" in caplog.text
+        assert b.worker.counters["snapshot_failures"] == 1 and b.store.count() == 0
+        assert b.worker.counters["snapshots"] == 0
+        result = await b.worker.exchange(A)  # by records now
+        assert result.fetched == 50 and b.store.count() == 50
+
+
 async def _fake_peer(server: trio.abc.Stream, frames_to_send: list[Any]) -> None:
     frames = await FrameStream.server(
         server, derive_key(SECRET, "sync"), purpose="sync", nonce=b"s" * 16
