@@ -18,7 +18,7 @@ from kvs.api.batch import batch_body_limit
 from kvs.api.changes import changes_blueprint
 from kvs.api.cluster import cluster_blueprint
 from kvs.api.console import console_blueprint, is_console_path, load_assets, wants_html
-from kvs.api.errors import ApiError, error_response
+from kvs.api.errors import ApiError, error_response, not_durable
 from kvs.api.guard import identify, require_scope
 from kvs.api.history import history_blueprint
 from kvs.api.instruments import make_registry
@@ -31,6 +31,7 @@ from kvs.api.tokens import tokens_blueprint
 from kvs.api.watch import WatchRoutes
 from kvs.auth.permissions import READ_SCOPE
 from kvs.model import InvalidKey, validate_key
+from kvs.store import StoreError
 from kvs.watch import WatchHub
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ def create_app(node: NodeView, stats: HttpStats) -> QuartTrio:
     registry, http_metrics = make_registry(node, hub, stats)
     app.register_blueprint(metrics_blueprint(registry))
     app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(StoreError, _store_failed)
     app.register_error_handler(HTTPException, partial(_http_error, node))
     app.register_error_handler(Exception, partial(_unexpected, stats))
     app.asgi_app = KeyRoutes(app.asgi_app, node)  # type: ignore[method-assign]
@@ -113,6 +115,11 @@ async def _authenticate(node: NodeView) -> None:
 
 async def _api_error(exc: ApiError) -> Response:
     return error_response(exc.status, exc.message, exc.headers, **exc.extra)
+
+
+async def _store_failed(exc: StoreError) -> Response:
+    """The disk refused a commit (the writer logged it): 503, never acknowledged."""
+    return await _api_error(not_durable(exc))
 
 
 async def _http_error(node: NodeView, exc: HTTPException) -> Response:

@@ -7,6 +7,7 @@ from typing import Any
 from quart import Response
 
 from kvs.model import canonical_json
+from kvs.store import StoreError
 
 
 class ApiError(Exception):
@@ -20,6 +21,17 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
         self.extra = extra
+
+
+def not_durable(exc: StoreError) -> ApiError:
+    """A write the store could not commit (a disk error: EIO, ENOSPC, a failed fsync): nothing
+    of it was made durable or visible, so nothing is acknowledged. 503: the client may retry
+    (here, or on another node) once the disk is back."""
+    return ApiError(
+        503,
+        f"the write was not made durable ({exc}); nothing was written: retry later",
+        {"Retry-After": "1"},
+    )
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

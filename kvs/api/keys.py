@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 from kvs.api.answers import stored_value_json
 from kvs.api.bodies import parse_json_document
-from kvs.api.errors import ApiError
+from kvs.api.errors import ApiError, not_durable
 from kvs.api.guard import (
     client_of_scope,
     identify,
@@ -34,7 +34,7 @@ from kvs.auth.permissions import (
     WRITE_SCOPE,
     Principal,
 )
-from kvs.store import Conflict, Delete, NotFound, Put, Written
+from kvs.store import Conflict, Delete, NotFound, Put, StoreError, Written
 
 if TYPE_CHECKING:
     from kvs.api.view import NodeView
@@ -63,7 +63,10 @@ class KeyRoutes:
         if rest in ("_batch", "") or last in _PASS_THROUGH or (slash and last in _METADATA):
             return await self.app(scope, receive, send)
         try:
-            status, headers, body = await self._handle(scope, receive, rest)
+            try:
+                status, headers, body = await self._handle(scope, receive, rest)
+            except StoreError as failed:
+                raise not_durable(failed) from None
         except ApiError as exc:
             payload = {"error": exc.message, **exc.extra}
             body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
