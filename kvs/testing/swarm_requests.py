@@ -115,11 +115,9 @@ class SwarmRequests:
         try:
             response = await asgi.request(app, method, path, host=f"{name}:8000", **kwargs)
         except Exception as exc:
-            # What escapes the app, the front answers with a 500 (kvs/api/front.py): expected
-            # only when the disk failed this request's commit.
-            if sum(disk.failed.values()) > failed_before:
-                self.disk_errors += 1
-            elif self._alive(node, name):
+            # What escapes the app, the front answers with a 500 (kvs/api/front.py): a bug,
+            # whatever the disk did (a refused commit is the app's 503).
+            if self._alive(node, name):
                 self.judge.fail(
                     f"t={trio.current_time():.3f} {name}: {method} {path} raised {exc!r}"
                 )
@@ -127,8 +125,8 @@ class SwarmRequests:
         after = node.clock.wall_ms()
         if not self._alive(node, name):
             return None, (before, after)
-        if response.status == 500 and sum(disk.failed.values()) > failed_before:
-            self.disk_errors += 1  # its commit failed: an error, never an acknowledgement
+        if response.status == 503 and sum(disk.failed.values()) > failed_before:
+            self.disk_errors += 1  # its commit failed: a 503, never an acknowledgement
             return None, (before, after)
         if response.status >= 500 and response.status != 503:
             self.judge.fail(
