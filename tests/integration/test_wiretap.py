@@ -120,6 +120,13 @@ def test_a_wiretap_between_real_nodes_reads_nothing_and_its_replays_are_refused(
 
             wait_for("the markers replicate to every node", replicated, 60)
             time.sleep(TAP_SECONDS)
+            # Anti-entropy opens a sync connection every sync_interval (5 s): have one whole.
+            sync_ports = {s.sync_port for s in specs}
+            wait_for(
+                "a sync connection captured from its first byte",
+                lambda: any(c.server[1] in sync_ports for c in tap.whole_connections()),
+                60,
+            )
         datagrams = [d for d in tap.datagrams if d.dst[1] in node_ports]
         conns = [c for c in tap.connections.values() if c.server[1] in node_ports]
         assert len(datagrams) > 20 and conns, (len(datagrams), len(conns))
@@ -161,7 +168,6 @@ def test_a_wiretap_between_real_nodes_reads_nothing_and_its_replays_are_refused(
             print("replayed", len(datagrams), "datagrams,", len(sessions), "sessions:", diff)
         replays = grown(before, after, "gossip.dropped_replay")
         assert replays + grown(before, after, "gossip.dropped_stale") == len(datagrams) > 0
-        sync_ports = {s.sync_port for s in specs}
         assert replays > 0 and any(c.server[1] in sync_ports for c in sessions)
         streams = grown(before, after, "gossip.stream_dropped_auth")
         assert streams + grown(before, after, "sync.dropped_auth") == len(sessions)
