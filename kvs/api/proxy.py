@@ -1,0 +1,227 @@
+"""Between an HTTP worker process and its node: what a worker answers itself, and how it
+passes everything else to the node over the node's private Unix socket.
+
+Rule: a worker answers itself only reads that need nothing but the store (`served_locally`);
+every write, and everything that needs the node's memory (watch streams, metrics, cluster
+state, the audit chain, accounts, backups, the HLC's open millisecond behind `/kv_changes`),
+is streamed to the node unchanged, with the real client's address in `CLIENT_HEADER`. The
+node believes that header only on its Unix-socket listener (`ForwardedClient`), which only
+processes of its own user can reach (the socket is 0600): rate limits, the failed-login
+budget and the audit log see the real client, whichever process it reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import orjson
+import trio
+
+from kvs.api.watch import is_watch_path
+from kvs.auth.service import AuthError, AuthService
+
+log = logging.getLogger("kvs.http")
+
+CLIENT_HEADER = b"x-kvs-client"
+WORKER_HEADER = b"kvs-worker"  # on every answer a worker sends: which process served it
+# Never passed on either way (RFC 9110 §7.6.1): they describe one connection, not the message.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        CLIENT_HEADER,
+    }
+)
+_LOCAL_PREFIXES = ("/kv/", "/api/data/")
+_NODE_ONLY_SUFFIXES = ("/_watch",)
+CONNECT_TIMEOUT = 5.0
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def served_locally(method: str, path: str) -> bool:
+    """Whether a worker answers this request from the store itself: GET/HEAD of a key, its
+    metadata, `_ls`, `_tree` and `/api/data/<key>/history`; never a watch stream."""
+    if method not in ("GET", "HEAD"):
+        return False
+    if path in ("/kv", "/kv/"):
+        return True
+    return path.startswith(_LOCAL_PREFIXES) and not is_watch_path(path)
+
+
+class ForwardedClient:
+    """The node's side of the Unix socket: takes the client's address from CLIENT_HEADER
+    (a worker always sets it) and passes the request on as if it came from that client."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            client: tuple[str, int] = ("unknown", 0)
+            kept = []
+            for name, value in scope["headers"]:
+                if name == CLIENT_HEADER:
+                    host, _, port = value.decode("latin-1").rpartition(":")
+                    client = (host or "unknown", int(port) if port.isdigit() else 0)
+                else:
+                    kept.append((name, value))
+            scope = {**scope, "headers": kept, "client": client}
+        await self.app(scope, receive, send)
+
+
+class WorkerRouter:
+    """A worker's app: each request is answered by `local` (the node's own API app over the
+    worker's store) or streamed to the node by `proxy`. `follow` runs first (the store
+    catches up with the node: kvs/store/follower.py)."""
+
+    def __init__(
+        self,
+        local: Any,
+        proxy: NodeProxy,
+        auth: AuthService,
+        follow: Callable[[], None],
+        index: int,
+    ) -> None:
+        self.local = local
+        self.proxy = proxy
+        self.auth = auth
+        self.follow = follow
+        self.tag = str(index).encode()
+        self.counters = {"local": 0, "proxied": 0, "proxy_failed": 0}
+        # A client's request budget is counted where all its requests pass: the node.
+        self._rate_limited = auth.limiter is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.local(scope, receive, send)
+            return
+
+        async def tagged(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message["headers"], (WORKER_HEADER, self.tag)]}
+            await send(message)
+
+        if self._local(scope):
+            self.counters["local"] += 1
+            await self.local(scope, receive, tagged)
+        else:
+            self.counters["proxied"] += 1
+            await self.proxy(scope, receive, tagged)
+
+    def _local(self, scope: Scope) -> bool:
+        if self._rate_limited or not served_locally(scope["method"], scope["path"]):
+            return False
+        self.follow()
+        if not self.auth.enabled:
+            return True
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+        try:  # cached: the local app's own check then costs a dictionary look-up
+            self.auth.authenticate(authorization)
+        except AuthError:
+            return False  # a failed login is the node's to count, limit and audit
+        return True
+
+
+class NodeProxy:
+    """Streams a request to the node over its Unix socket and the answer back (a watch
+    stream flows as the node sends it). A node that cannot be reached is a 503."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=socket_path, retries=1),
+            timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+        self.failures = 0
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = self._request(scope, receive)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            self.failures += 1
+            log.warning("cannot reach the node to pass a request on: %s", type(exc).__name__)
+            await _send_error(send, 503, "the node is not answering; retry shortly")
+            return
+        try:
+            headers = [
+                (k.lower(), v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP
+            ]
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+                with contextlib.suppress(httpx.HTTPError):  # the node stopped mid-stream
+                    async for chunk in response.aiter_raw():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+
+    def _request(self, scope: Scope, receive: Receive) -> httpx.Request:
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
+        client = scope.get("client") or ("unknown", 0)
+        headers.append((CLIENT_HEADER, f"{client[0]}:{client[1]}".encode("latin-1")))
+        has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+        url = httpx.URL("http://kvs-node").copy_with(raw_path=target)
+        content = _body(receive) if has_body else b""
+        return self.client.build_request(scope["method"], url, headers=headers, content=content)
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise httpx.ReadError("the client left before sending its body")
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body", False):
+            return
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    """A client that leaves ends the stream from the node (a watch, say) at once."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = orjson.dumps({"error": message})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
