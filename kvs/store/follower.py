@@ -25,6 +25,7 @@ last saw" could miss a revocation that arrived from another node.
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import os
 import struct
@@ -36,6 +37,8 @@ import lmdb
 from kvs.model import SYSTEM_PREFIX
 from kvs.store.ops import Change
 from kvs.store.store import Store
+
+log = logging.getLogger(__name__)
 
 BEACON_FILE = "workers.gen"
 _WORDS = struct.Struct("<QQ")  # system generation, data generation
@@ -108,6 +111,9 @@ class _FollowedEnv:
         except lmdb.MapResizedError:
             self._env.set_mapsize(0)  # 0: take the size the file's writer set
             self._stats["map_followed"] += 1
+            log.info(
+                "the node grew the LMDB map to %d MiB; following", self.info()["map_size"] >> 20
+            )
             return self._env.begin(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -70,7 +70,9 @@ class Live:
         self, method: str, path: str, token: str | None = None, **kwargs: Any
     ) -> httpx.Response:
         """One request on a new connection (so the kernel picks the process anew)."""
-        headers = {"Authorization": f"Bearer {token or self.token}", **kwargs.pop("headers", {})}
+        headers = dict(kwargs.pop("headers", {}))
+        if token or self.token:
+            headers["Authorization"] = f"Bearer {token or self.token}"
         with httpx.Client(timeout=30.0, trust_env=False) as client:
             return client.request(method, f"{self.url}{path}", headers=headers, **kwargs)
 
@@ -288,3 +290,25 @@ def _exchange(host: str, port: int, request: str) -> int:
         while chunk := sock.recv(65536):
             answer += chunk
     return int(answer.split(b" ", 2)[1]) if answer else 0
+
+
+def test_workers_follow_the_map_as_the_node_grows_it(tmp_path: Path) -> None:
+    """The node doubles a full LMDB map; a worker's next read adopts the new size (its
+    transaction is refused with MapResizedError once) and sees every acknowledged write."""
+    config = init_config(tmp_path, http_workers=2, lmdb_map_size="1MiB")
+    with running(config) as proc:
+        node = Live(proc, "", "")
+        wanted = {"node", "1"}
+        wait_for("both processes serving", lambda: node.served_by(20) >= wanted)
+        pad = os.urandom(40_000).hex()  # values over 256 bytes are compressed: no repeats
+        served = set()
+        for i in range(50):  # 4 MB of values (2 MB compressed): the map doubles
+            assert node.call("PUT", f"/kv/big/{i}", json={"i": i, "pad": pad}).status_code == 200
+            for _ in range(2):
+                got = node.call("GET", f"/kv/big/{i}")
+                assert got.status_code == 200 and got.json()["data"]["i"] == i, got.text[:200]
+                served.add(got.headers.get("kvs-worker", "node"))
+        assert served == wanted
+        assert "LMDB map full" in proc.stderr()
+        assert "worker[1] kvs.store.follower: the node grew the LMDB map" in proc.stderr()
+        assert "Traceback" not in proc.stderr()
