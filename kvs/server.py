@@ -84,7 +84,7 @@ class ApiServer:
         """Serve with worker processes (kvs/api/workers.py has the contract): the app on the
         private Unix socket for them, the port shared with them, the pool supervised."""
         c = node.config
-        assert self.front is not None
+        assert self.front is not None and self.app is not None
         beacon = Beacon.create(c.data_path)
         beacon.follow_store(node.store)
         socket_path = c.data_path / WORKERS_SOCKET
@@ -104,7 +104,7 @@ class ApiServer:
                 await nursery.start(
                     partial(
                         serve_http,
-                        ForwardedClient(self.front),
+                        ForwardedClient(self.front, self.app.extensions["kvs.http_metrics"]),
                         private,
                         http_limits(c),
                         HttpStats(),

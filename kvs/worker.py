@@ -29,7 +29,7 @@ from kvs.api import create_app
 from kvs.api.batch import batch_body_limit
 from kvs.api.front import HttpFront
 from kvs.api.listener import HttpStats, serve_http
-from kvs.api.proxy import NodeProxy, WorkerRouter
+from kvs.api.proxy import NodeProxy, WorkerRouter, report_metrics
 from kvs.auth.service import AuthService, IssuedToken
 from kvs.backup_service import BackupService, BackupSettings
 from kvs.clock import HybridLogicalClock, system_wall_ms
@@ -113,6 +113,7 @@ async def serve_worker(config: Config, index: int) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, view.stopping, nursery.cancel_scope)
             nursery.start_soon(_watch_parent, view.stopping)
+            nursery.start_soon(report_metrics, proxy, index, app.extensions["kvs.http_metrics"])
             await nursery.start(
                 lambda task_status: serve_http(
                     front,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ import httpx
 import orjson
 import trio
 
+from kvs.api.instruments import LATENCY_BUCKETS, HttpMetrics
 from kvs.api.watch import is_watch_path
 from kvs.auth.service import AuthError, AuthService
 
@@ -44,6 +46,9 @@ _HOP_BY_HOP = frozenset(
 _LOCAL_PREFIXES = ("/kv/", "/api/data/")
 _NODE_ONLY_SUFFIXES = ("/_watch",)
 CONNECT_TIMEOUT = 5.0
+REPORT_PATH = "/_workers/metrics"  # answered on the node's Unix socket only
+REPORT_INTERVAL = 1.0
+MAX_REPORT = 4 * 1024 * 1024
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -62,12 +67,23 @@ def served_locally(method: str, path: str) -> bool:
 
 class ForwardedClient:
     """The node's side of the Unix socket: takes the client's address from CLIENT_HEADER
-    (a worker always sets it) and passes the request on as if it came from that client."""
+    (a worker always sets it) and passes the request on as if it came from that client.
+    A worker's own report of its request counters (`REPORT_PATH`) goes to `metrics`."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, metrics: HttpMetrics) -> None:
         self.app = app
+        self.metrics = metrics
+        self.refused_reports = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == REPORT_PATH
+            and scope["method"] == "POST"
+            and all(name != CLIENT_HEADER for name, _ in scope["headers"])
+        ):  # a worker's own request (one it passes on for a client always names the client)
+            await self._report(receive, send)
+            return
         if scope["type"] == "http":
             client: tuple[str, int] = ("unknown", 0)
             kept = []
@@ -79,6 +95,56 @@ class ForwardedClient:
                     kept.append((name, value))
             scope = {**scope, "headers": kept, "client": client}
         await self.app(scope, receive, send)
+
+    async def _report(self, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > MAX_REPORT or not message.get("more_body", False):
+                break
+        try:
+            index, pid, rows = _check_report(body)
+        except (ValueError, TypeError, orjson.JSONDecodeError):
+            self.refused_reports += 1
+            await _send_error(send, 400, "not a worker's report")
+            return
+        self.metrics.absorb(index, pid, rows)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _check_report(body: bytes) -> tuple[int, int, list[list[Any]]]:
+    """{"index", "pid", "rows": [[route, method, status, count, sum, buckets], ...]}."""
+    if len(body) > MAX_REPORT:
+        raise ValueError("too large")
+    report = orjson.loads(body)
+    index, pid, rows = report["index"], report["pid"], report["rows"]
+    if not (type(index) is int and type(pid) is int and isinstance(rows, list)):
+        raise ValueError("bad report")
+    for row in rows:
+        route, method, status, count, total, buckets = row
+        if not (
+            isinstance(route, str)
+            and isinstance(method, str)
+            and type(status) is int
+            and type(count) is int
+            and isinstance(total, int | float)
+            and isinstance(buckets, list)
+            and len(buckets) == len(LATENCY_BUCKETS) + 1
+            and all(type(b) is int for b in buckets)
+        ):
+            raise ValueError("bad row")
+    return index, pid, rows
+
+
+async def report_metrics(proxy: NodeProxy, index: int, metrics: HttpMetrics) -> None:
+    """A worker's task: its request counters to the node every REPORT_INTERVAL."""
+    while True:
+        await trio.sleep(REPORT_INTERVAL)
+        body = orjson.dumps({"index": index, "pid": os.getpid(), "rows": metrics.rows()})
+        with contextlib.suppress(httpx.HTTPError):  # the node is stopping: next time
+            await proxy.client.post("http://kvs-node" + REPORT_PATH, content=body)
 
 
 class WorkerRouter:

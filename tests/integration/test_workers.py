@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.procs import KvsProcess, assert_clean_stderr, config_value, init_config, running
 
@@ -238,8 +239,14 @@ def test_hostile_requests_on_the_proxy_path_get_4xx_and_workers_survive(live: Li
                 assert 400 <= status < 500, (request, status)
         with socket.create_connection((host, port), timeout=30) as sock:
             sock.sendall(partial.encode())
+    # The workers' report of their counters is taken on the node's Unix socket only.
+    forged_report = {"index": 1, "pid": 1, "rows": [["/kv/{key}", "GET", 200, 10**9, 0, []]]}
+    for _ in range(10):
+        refused = live.call("POST", "/_workers/metrics", json=forged_report)
+        assert refused.status_code == 404, refused.text
+    assert "1e+09" not in live.call("GET", "/metrics").text
     assert children(live.proc.pid) == before  # no worker died
-    assert live.call("GET", "/kv/rw/1").status_code == 200
+    assert live.call("GET", "/health").status_code == 200
     assert "Traceback" not in live.proc.stderr()
 
 
@@ -282,12 +289,15 @@ def test_a_worker_killed_under_load_is_restarted(live: Live) -> None:
 
 
 def _exchange(host: str, port: int, request: str) -> int:
-    """Send one raw request, half-close, read the answer to its end: its status."""
+    """Send one raw request and read its answer (without half-closing: a client that closes
+    its side may be taken as gone before a passed-on answer comes back): its status."""
     with socket.create_connection((host, port), timeout=30) as sock:
         sock.sendall(request.encode("latin-1"))
-        sock.shutdown(socket.SHUT_WR)
         answer = b""
-        while chunk := sock.recv(65536):
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
             answer += chunk
     return int(answer.split(b" ", 2)[1]) if answer else 0
 
@@ -312,3 +322,34 @@ def test_workers_follow_the_map_as_the_node_grows_it(tmp_path: Path) -> None:
         assert "LMDB map full" in proc.stderr()
         assert "worker[1] kvs.store.follower: the node grew the LMDB map" in proc.stderr()
         assert "Traceback" not in proc.stderr()
+
+
+def test_metrics_sum_every_process(live: Live) -> None:
+    """GET /metrics (answered by the node) counts the reads the workers answered too: they
+    report their counters to the node every second."""
+
+    def gets_counted() -> float:
+        text = live.call("GET", "/metrics").text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = sample.labels
+                if (
+                    sample.name == "kvs_http_requests_total"
+                    and labels.get("route") == "/kv/{key}"
+                    and labels.get("method") == "GET"
+                    and labels.get("status") == "200"
+                ):
+                    return sample.value
+        return 0.0
+
+    assert live.call("PUT", "/kv/metered", json=1).status_code == 200
+    time.sleep(1.5)  # the workers' last reports are in
+    before = gets_counted()
+    served = set()
+    for _ in range(60):
+        got = live.call("GET", "/kv/metered")
+        assert got.status_code == 200
+        served.add(got.headers.get("kvs-worker", "node"))
+    assert len(served) >= 2, served
+    wait_for("every GET counted", lambda: gets_counted() >= before + 60, 15.0)
+    assert gets_counted() == before + 60
