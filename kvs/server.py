@@ -94,6 +94,7 @@ class ApiServer:
             stopping=node.stopping,
             grace=STOP_GRACE,
             after_exit=lambda: node.store.env.reader_check(),
+            keyring=lambda: node.keyring,
         )
         private = listener_config(c)
         private.bind = [f"unix:{socket_path}"]

@@ -18,8 +18,11 @@ The contract, in order (kvs/server.py follows it):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
 import pickle
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -34,7 +37,8 @@ log = logging.getLogger("kvs.workers")
 
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
-STEADY_AFTER = 60.0  # up this long: the next restart starts again from FIRST_BACKOFF
+STEADY_AFTER = 60.0
+KEYRING_POLL = 1.0  # up this long: the next restart starts again from FIRST_BACKOFF
 _LEVELS = {
     name: getattr(logging, name) for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 }
@@ -51,14 +55,21 @@ class WorkerPool:
         stopping: trio.Event,
         grace: float,
         after_exit: Callable[[], None] = lambda: None,
+        keyring: Callable[[], tuple[str, ...]] | None = None,
     ) -> None:
         self.config = config
+        self.keyring = keyring  # the node's keyring in force (a SIGHUP reload changes it)
+        self._retiring: set[int] = set()  # pids stopped on purpose (a reload), not failed
         self.count = count
         self.stopping = stopping
         self.grace = grace
         self.after_exit = after_exit  # the node frees dead readers' LMDB slots here
         self.pids: dict[int, int] = {}
         self.restarts = 0
+        self._set_payload(config)
+
+    def _set_payload(self, config: Config) -> None:
+        self.config = config
         payload = pickle.dumps(config)
         self._payload = len(payload).to_bytes(8, "big") + payload
 
@@ -75,16 +86,40 @@ class WorkerPool:
         async with trio.open_nursery() as nursery:
             for index in range(1, self.count):
                 nursery.start_soon(self._keep, index)
+            if self.keyring is not None:
+                nursery.start_soon(self._follow_keyring, self.keyring)
             task_status.started()
+            await self.stopping.wait()
+            nursery.cancel_scope.deadline = trio.current_time() + self.grace + 5.0
+
+    async def _follow_keyring(self, keyring: Callable[[], tuple[str, ...]]) -> None:
+        """A reloaded keyring (SIGHUP) reaches the workers by a restart with the new one,
+        each finishing what it answers first: within KEYRING_POLL, a secret removed from
+        the keyring signs nothing any process accepts."""
+        while not self.stopping.is_set():
+            with trio.move_on_after(KEYRING_POLL):
+                await self.stopping.wait()
+            secrets = keyring()
+            if secrets == self.config.cluster_secrets:
+                continue
+            self._set_payload(dataclasses.replace(self.config, cluster_secret=list(secrets)))
+            log.info("keyring reloaded: restarting the HTTP workers with it")
+            for pid in list(self.pids.values()):
+                self._retiring.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
     async def _keep(self, index: int) -> None:
         backoff = FIRST_BACKOFF
         while not self.stopping.is_set():
             started = trio.current_time()
-            status = await self._run_once(index)
+            status, pid = await self._run_once(index)
             self.after_exit()
             if self.stopping.is_set():
                 return
+            if pid in self._retiring:
+                self._retiring.discard(pid)
+                continue  # stopped for a reload: started again at once
             if trio.current_time() - started >= STEADY_AFTER:
                 backoff = FIRST_BACKOFF
             self.restarts += 1
@@ -98,8 +133,8 @@ class WorkerPool:
                 await self.stopping.wait()
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    async def _run_once(self, index: int) -> int | None:
-        """Run one worker process until it exits or the node stops; its exit status."""
+    async def _run_once(self, index: int) -> tuple[int | None, int | None]:
+        """Run one worker process until it exits or the node stops: its exit status, pid."""
         try:
             process = await trio.lowlevel.open_process(
                 self.argv(index),
@@ -109,7 +144,7 @@ class WorkerPool:
             )
         except OSError as exc:
             log.error("cannot start worker[%d]: %s", index, exc)
-            return None
+            return None, None
         self.pids[index] = process.pid
         try:
             assert process.stdin is not None and process.stderr is not None
@@ -130,7 +165,7 @@ class WorkerPool:
                 process.kill()  # cancelled: no grace
                 with trio.CancelScope(shield=True):
                     await process.wait()
-        return process.returncode
+        return process.returncode, process.pid
 
     async def _stop_when_stopping(self, process: trio.Process) -> None:
         await self.stopping.wait()
