@@ -22,7 +22,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.procs import KvsProcess, assert_clean_stderr, config_value, init_config, running
+from tests.support.procs import (
+    KvsProcess,
+    assert_clean_stderr,
+    config_value,
+    init_config,
+    running,
+    set_keys,
+)
 
 TIMEOUT = 60.0
 WORKERS = 3
@@ -353,3 +360,30 @@ def test_metrics_sum_every_process(live: Live) -> None:
     assert len(served) >= 2, served
     wait_for("every GET counted", lambda: gets_counted() >= before + 60, 15.0)
     assert gets_counted() == before + 60
+
+
+def test_workers_follow_a_reloaded_keyring(tmp_path: Path) -> None:
+    """`kvs reload` (SIGHUP) with a new keyring: the workers are restarted with it, so a
+    token signed under a secret taken out of the keyring is refused by every process."""
+    config = init_config(tmp_path, auth_enabled=True, http_workers=2)
+    with running(config) as proc:
+        token = (tmp_path / "data" / "root.token").read_text().strip()
+        node = Live(proc, token, "")
+        wanted = {"node", "1"}
+        wait_for("both processes serving", lambda: node.served_by(20) >= wanted)
+        assert node.call("PUT", "/kv/key", json=1).status_code == 200
+        set_keys(config, cluster_secret=["a-new-secret-of-enough-length-0123456789"])
+        proc.send_signal(signal.SIGHUP)
+
+        def refused_everywhere() -> bool:
+            answers = [node.call("GET", "/kv/key") for _ in range(20)]
+            statuses = {a.status_code for a in answers}
+            # 429 once the failed logins pass the client's budget: refused all the same
+            return (
+                statuses <= {401, 429}
+                and {a.headers.get("kvs-worker", "node") for a in answers} >= wanted
+            )
+
+        wait_for("the old secret's token refused by every process", refused_everywhere)
+        assert "keyring reloaded: restarting the HTTP workers" in proc.stderr()
+        assert "exited (status" not in proc.stderr()  # a reload is not a failure
