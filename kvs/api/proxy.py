@@ -34,6 +34,7 @@ WORKER_HEADER = b"kvs-worker"  # on every answer a worker sends: which process s
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
+        b"expect",  # 100-continue was the worker's to answer
         b"keep-alive",
         b"proxy-connection",
         b"te",
