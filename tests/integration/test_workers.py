@@ -384,6 +384,10 @@ def test_workers_follow_a_reloaded_keyring(tmp_path: Path) -> None:
                 and {a.headers.get("kvs-worker", "node") for a in answers} >= wanted
             )
 
-        wait_for("the old secret's token refused by every process", refused_everywhere)
-        assert "keyring reloaded: restarting the HTTP workers" in proc.stderr()
-        assert "exited (status" not in proc.stderr()  # a reload is not a failure
+        try:
+            wait_for("the old secret's token refused by every process", refused_everywhere)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the node's log:\n{proc.stderr()}") from None
+        log = proc.stderr()
+        assert "keyring reloaded: restarting the HTTP workers" in log, log
+        assert "exited (status" not in log, log  # a reload is not a failure
