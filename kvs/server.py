@@ -26,13 +26,11 @@ from kvs.api import create_app
 from kvs.api.batch import batch_body_limit
 from kvs.api.front import HttpFront
 from kvs.api.listener import FrontConfig, HttpLimits, HttpStats, serve_http
-from kvs.api.proxy import ForwardedClient
-from kvs.api.workers import WorkerPool
 from kvs.node import STOP_GRACE
-from kvs.store.follower import Beacon
 
 if TYPE_CHECKING:
     from kvs.api.view import NodeView
+    from kvs.api.workers import WorkerPool
     from kvs.config import Config
 
 log = logging.getLogger("kvs.http")
@@ -83,6 +81,11 @@ class ApiServer:
     ) -> None:
         """Serve with worker processes (kvs/api/workers.py has the contract): the app on the
         private Unix socket for them, the port shared with them, the pool supervised."""
+        # Imported here: a node without workers does not load the proxy's HTTP client.
+        from kvs.api.proxy import ForwardedClient
+        from kvs.api.workers import WorkerPool
+        from kvs.store.follower import Beacon
+
         c = node.config
         assert self.front is not None and self.app is not None
         beacon = Beacon.create(c.data_path)
