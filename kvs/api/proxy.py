@@ -220,9 +220,15 @@ class NodeProxy:
         await self.client.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = self._request(scope, receive)
+        try:
+            request = self._request(scope, receive)
+        except (httpx.InvalidURL, ValueError, UnicodeError):
+            await _send_error(send, 400, "the request target cannot be passed on")
+            return
         try:
             response = await self.client.send(request, stream=True)
+        except _ClientLeft:
+            return  # nothing to answer (the front answers 503 if its body budget was full)
         except httpx.HTTPError as exc:
             self.failures += 1
             log.warning("cannot reach the node to pass a request on: %s", type(exc).__name__)
@@ -243,14 +249,24 @@ class NodeProxy:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
                 await response.aclose()
 
     def _request(self, scope: Scope, receive: Receive) -> httpx.Request:
         target = scope.get("raw_path") or scope["path"].encode()
+        if not target.startswith(b"/"):  # absolute-form (`GET http://host/path`): the path
+            _, _, rest = target.partition(b"://")
+            target = b"/" + rest.partition(b"/")[2]
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
+        chunked = any(k == b"transfer-encoding" for k, _ in scope["headers"])
+        # With Transfer-Encoding the body's length is what its chunks say: a Content-Length
+        # beside it is dropped (RFC 9112 §6.3), and the body goes on chunked.
+        headers = [
+            (k, v)
+            for k, v in scope["headers"]
+            if k not in _HOP_BY_HOP and not (chunked and k == b"content-length")
+        ]
         client = scope.get("client") or ("unknown", 0)
         headers.append((CLIENT_HEADER, f"{client[0]}:{client[1]}".encode("latin-1")))
         has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
@@ -259,11 +275,16 @@ class NodeProxy:
         return self.client.build_request(scope["method"], url, headers=headers, content=content)
 
 
+class _ClientLeft(Exception):
+    """The client went away (or its body would pass the body budget) before its body was
+    whole: nothing is passed on."""
+
+
 async def _body(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            raise httpx.ReadError("the client left before sending its body")
+            raise _ClientLeft()
         if message.get("body"):
             yield message["body"]
         if not message.get("more_body", False):
