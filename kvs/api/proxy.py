@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -221,18 +221,25 @@ class NodeProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            request = self._request(scope, receive)
+            # The body whole first (the worker's front holds it to the body budget): the
+            # node sees a request only once complete, at socket speed, so a slow client
+            # holds no connection of the node's, and an early answer (413) is never lost.
+            body = await _read_body(receive) if _has_body(scope) else b""
+        except _ClientLeft:
+            return  # nothing to answer (the front answers 503 if its body budget was full)
+        try:
+            request = self._request(scope, body)
         except (httpx.InvalidURL, ValueError, UnicodeError):
             await _send_error(send, 400, "the request target cannot be passed on")
             return
         try:
             response = await self.client.send(request, stream=True)
-        except _ClientLeft:
-            return  # nothing to answer (the front answers 503 if its body budget was full)
         except httpx.HTTPError as exc:
             self.failures += 1
             log.warning("cannot reach the node to pass a request on: %s", type(exc).__name__)
-            await _send_error(send, 503, "the node is not answering; retry shortly")
+            await _send_error(
+                send, 503, "the node is not answering; retry shortly", {b"retry-after": b"1"}
+            )
             return
         try:
             headers = [
@@ -252,27 +259,25 @@ class NodeProxy:
             with trio.CancelScope(shield=True), contextlib.suppress(httpx.HTTPError):
                 await response.aclose()
 
-    def _request(self, scope: Scope, receive: Receive) -> httpx.Request:
+    def _request(self, scope: Scope, body: bytes) -> httpx.Request:
         target = scope.get("raw_path") or scope["path"].encode()
         if not target.startswith(b"/"):  # absolute-form (`GET http://host/path`): the path
             _, _, rest = target.partition(b"://")
             target = b"/" + rest.partition(b"/")[2]
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        chunked = any(k == b"transfer-encoding" for k, _ in scope["headers"])
-        # With Transfer-Encoding the body's length is what its chunks say: a Content-Length
-        # beside it is dropped (RFC 9112 §6.3), and the body goes on chunked.
+        # The body goes whole, with its own Content-Length (set by httpx).
         headers = [
-            (k, v)
-            for k, v in scope["headers"]
-            if k not in _HOP_BY_HOP and not (chunked and k == b"content-length")
+            (k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP and k != b"content-length"
         ]
         client = scope.get("client") or ("unknown", 0)
         headers.append((CLIENT_HEADER, f"{client[0]}:{client[1]}".encode("latin-1")))
-        has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
         url = httpx.URL("http://kvs-node").copy_with(raw_path=target)
-        content = _body(receive) if has_body else b""
-        return self.client.build_request(scope["method"], url, headers=headers, content=content)
+        return self.client.build_request(scope["method"], url, headers=headers, content=body)
+
+
+def _has_body(scope: Scope) -> bool:
+    return any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
 
 
 class _ClientLeft(Exception):
@@ -280,15 +285,15 @@ class _ClientLeft(Exception):
     whole: nothing is passed on."""
 
 
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
     while True:
         message = await receive()
         if message["type"] != "http.request":
             raise _ClientLeft()
-        if message.get("body"):
-            yield message["body"]
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            return
+            return b"".join(chunks)
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
@@ -300,7 +305,9 @@ async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> No
             return
 
 
-async def _send_error(send: Send, status: int, message: str) -> None:
+async def _send_error(
+    send: Send, status: int, message: str, extra: dict[bytes, bytes] | None = None
+) -> None:
     body = orjson.dumps({"error": message})
     await send(
         {
@@ -309,6 +316,7 @@ async def _send_error(send: Send, status: int, message: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", b"%d" % len(body)),
+                *(extra or {}).items(),
             ],
         }
     )
