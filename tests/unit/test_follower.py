@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import orjson
 import pytest
 import trio
 
-from kvs.api.proxy import served_locally
+from kvs.api.instruments import LATENCY_BUCKETS, HttpMetrics
+from kvs.api.proxy import CLIENT_HEADER, MAX_REPORT, REPORT_PATH, ForwardedClient, served_locally
 from kvs.clock import HybridLogicalClock
 from kvs.config import ConfigError, from_mapping
 from kvs.store import Delete, Put, Store
@@ -101,3 +103,70 @@ async def test_the_store_moves_the_beacon_on_system_changes_only(tmp_path: Path)
 )
 def test_what_a_worker_answers_itself(method: str, path: str, local: bool) -> None:
     assert served_locally(method, path) is local
+
+
+class _Recorder:
+    """An ASGI app that records the scope it was given and answers 200."""
+
+    def __init__(self) -> None:
+        self.scopes: list[dict[str, object]] = []
+
+    async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
+        self.scopes.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+
+async def _call(app: object, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+    sent: list[dict[str, object]] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    await app(scope, receive, send)  # type: ignore[operator]
+    return int(sent[0]["status"])  # type: ignore[arg-type]
+
+
+async def test_the_node_believes_a_workers_client_header_and_takes_only_sound_reports() -> None:
+    """The node's side of its Unix socket: the client a worker names becomes the request's
+    client; a worker's counters report is checked, and one that is malformed is refused
+    (400) and counted, never absorbed; a passed-on request can never be a report."""
+    metrics = HttpMetrics()
+    inner = _Recorder()
+    node = ForwardedClient(inner, metrics)
+    status = await _call(node, "/kv/a", [(CLIENT_HEADER, b"10.1.2.3:4567")], b"")
+    assert status == 200 and inner.scopes[-1]["client"] == ("10.1.2.3", 4567)
+    assert all(k != CLIENT_HEADER for k, _ in inner.scopes[-1]["headers"])  # type: ignore[attr-defined]
+    await _call(node, "/kv/a", [(CLIENT_HEADER, b"garbage")], b"")
+    assert inner.scopes[-1]["client"] == ("unknown", 0)
+
+    row = ["/kv/{key}", "GET", 200, 5, 0.01, [5] + [0] * len(LATENCY_BUCKETS)]
+    good = orjson.dumps({"index": 1, "pid": 42, "rows": [row]})
+    assert await _call(node, REPORT_PATH, [], good) == 204
+    bad_bodies = [
+        b"not json",
+        b"[]",
+        orjson.dumps({"index": "1", "pid": 42, "rows": []}),
+        orjson.dumps({"index": 1, "pid": 42, "rows": [row[:5]]}),
+        orjson.dumps({"index": 1, "pid": 42, "rows": [[*row[:5], [1, 2]]]}),
+        orjson.dumps({"index": 1, "pid": 42, "rows": [[*row[:3], "5", *row[4:]]]}),
+        b"{" * (MAX_REPORT + 10),
+    ]
+    for body in bad_bodies:
+        assert await _call(node, REPORT_PATH, [], body) == 400
+    assert node.refused_reports == len(bad_bodies)
+    # A report passed on for a client (it names one) reaches the app, not the metrics.
+    calls = len(inner.scopes)
+    await _call(node, REPORT_PATH, [(CLIENT_HEADER, b"1.2.3.4:5")], good)
+    assert len(inner.scopes) == calls + 1
+    totals = {(r, m, s): v[0] for (r, m, s), v in metrics._totals().items()}
+    assert totals == {("/kv/{key}", "GET", 200): 5}
+    # A restarted worker (new pid): what the old one counted is kept.
+    again = orjson.dumps({"index": 1, "pid": 43, "rows": [[*row[:3], 2, *row[4:]]]})
+    assert await _call(node, REPORT_PATH, [], again) == 204
+    assert metrics._totals()[("/kv/{key}", "GET", 200)][0] == 7
