@@ -4,7 +4,8 @@ passes everything else to the node over the node's private Unix socket.
 Rule: a worker answers itself only reads that need nothing but the store (`served_locally`);
 every write, and everything that needs the node's memory (watch streams, metrics, cluster
 state, the audit chain, accounts, backups, the HLC's open millisecond behind `/kv_changes`),
-is streamed to the node unchanged, with the real client's address in `CLIENT_HEADER`. The
+is passed to the node unchanged (its body read whole first, its answer streamed back),
+with the real client's address in `CLIENT_HEADER`. The
 node believes that header only on its Unix-socket listener (`ForwardedClient`), which only
 processes of its own user can reach (the socket is 0600): rate limits, the failed-login
 budget and the audit log see the real client, whichever process it reached.
@@ -25,6 +26,7 @@ import trio
 from kvs.api.instruments import LATENCY_BUCKETS, HttpMetrics
 from kvs.api.watch import is_watch_path
 from kvs.auth.service import AuthError, AuthService
+from kvs.logs import LogLimiter
 
 log = logging.getLogger("kvs.http")
 
@@ -205,8 +207,8 @@ class WorkerRouter:
 
 
 class NodeProxy:
-    """Streams a request to the node over its Unix socket and the answer back (a watch
-    stream flows as the node sends it). A node that cannot be reached is a 503."""
+    """Passes a request to the node over its Unix socket and streams the answer back (a
+    watch stream flows as the node sends it). A node that cannot be reached is a 503."""
 
     def __init__(self, socket_path: str) -> None:
         self.client = httpx.AsyncClient(
@@ -215,6 +217,7 @@ class NodeProxy:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
         self.failures = 0
+        self._limiter = LogLimiter(log, burst=5)  # a node that is down fails every request
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -236,7 +239,12 @@ class NodeProxy:
             response = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             self.failures += 1
-            log.warning("cannot reach the node to pass a request on: %s", type(exc).__name__)
+            self._limiter.log(
+                logging.WARNING,
+                "proxy",
+                "cannot reach the node to pass a request on: %s",
+                type(exc).__name__,
+            )
             await _send_error(
                 send, 503, "the node is not answering; retry shortly", {b"retry-after": b"1"}
             )
