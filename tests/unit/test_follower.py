@@ -5,7 +5,9 @@ its workers (kvs/store/follower.py), and which requests a worker answers itself
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -17,6 +19,7 @@ from kvs.clock import HybridLogicalClock
 from kvs.config import ConfigError, from_mapping
 from kvs.store import Delete, Put, Store
 from kvs.store.follower import BEACON_FILE, Beacon
+from tests.support.api import app_of
 from tests.support.config import ManualWallClock, store_settings
 
 
@@ -170,3 +173,17 @@ async def test_the_node_believes_a_workers_client_header_and_takes_only_sound_re
     again = orjson.dumps({"index": 1, "pid": 43, "rows": [[*row[:3], 2, *row[4:]]]})
     assert await _call(node, REPORT_PATH, [], again) == 204
     assert metrics._totals()[("/kv/{key}", "GET", 200)][0] == 7
+
+
+async def test_a_node_driven_in_process_starts_no_workers(
+    start_node: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Tests and the simulator drive the node's app in process (no socket): `http_workers`
+    changes nothing there -- no process, no Unix socket, no beacon."""
+    node = await start_node(http_workers=3)
+    client = app_of(node).test_client()
+    assert (await client.put("/kv/a", json={"x": 1})).status_code == 200
+    assert (await (await client.get("/kv/a")).get_json())["data"] == {"x": 1}
+    assert node.api.workers is None
+    data = tmp_path / "data"
+    assert not (data / "workers.sock").exists() and not (data / BEACON_FILE).exists()
