@@ -391,3 +391,47 @@ def test_workers_follow_a_reloaded_keyring(tmp_path: Path) -> None:
         log = proc.stderr()
         assert "keyring reloaded: restarting the HTTP workers" in log, log
         assert "exited (status" not in log, log  # a reload is not a failure
+
+
+def test_node_killed_under_load_loses_no_acknowledged_write_and_leaves_no_worker(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the node while clients write through every process: its workers stop by
+    themselves (no orphan keeps the port or serves stale reads), and after a restart every
+    write that was acknowledged, through whichever process, is there."""
+    config = init_config(tmp_path, http_workers=3)
+    acknowledged: dict[str, int] = {}
+    with running(config) as proc:
+        node = Live(proc, "", "")
+        wait_for("every process serving", lambda: len(node.served_by(30)) == 3)
+        workers = children(proc.pid)
+        stop = threading.Event()
+
+        def write(t: int) -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                key = f"k/{t}/{i % 40}"
+                try:
+                    if node.call("PUT", f"/kv/{key}", json={"i": i}).status_code == 200:
+                        acknowledged[key] = i
+                except httpx.TransportError:
+                    pass  # in flight when the node died: not acknowledged
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for("writes acknowledged", lambda: len(acknowledged) > 60)
+            proc.kill()
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(TIMEOUT)
+        wait_for("no worker outlives its node", lambda: not any(alive(p) for p in workers), 30.0)
+    with running(config) as proc:
+        node = Live(proc, "", "")
+        for key, i in sorted(acknowledged.items()):
+            got = node.call("GET", f"/kv/{key}")
+            # ... or superseded by that thread's later write, in flight when the node died
+            assert got.status_code == 200 and got.json()["data"]["i"] >= i, (key, got.text)
