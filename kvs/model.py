@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import msgpack
 import orjson
@@ -142,6 +142,22 @@ def canonical_json(value: Any, *, may_hold_floats: bool = True) -> bytes:
         # this call (a batch holds up to 1,000) is copied to its exact size.
         return fast if len(fast) < 1024 else memoryview(fast).tobytes()
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class Filed(Protocol):
+    """What the read rule needs of a record: a Record, or a RecordHead of a listing."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def owner(self) -> str: ...
+
+    @property
+    def group(self) -> str: ...
+
+    @property
+    def permissions(self) -> int: ...
 
 
 # Version and Record are immutable by convention, not `frozen`: a frozen dataclass costs
@@ -315,6 +331,42 @@ class RecordCodec:
         # Positional: keyword arguments cost a quarter more, and this runs for every read.
         version = Version(hlc, joined, origin, uid)
         return Record(key, value, version, expires_at, owner, group, perms, created)
+
+    @staticmethod
+    def decode_head(raw: bytes) -> RecordHead:
+        """What a listing filters on (key, liveness, owner, group, bits), without the value
+        or the version: a third of `decode`'s cost (a 99,000-child `_ls` decodes each child
+        to count it). Raises ValueError as `decode` does for the fields it reads."""
+        try:
+            fields = msgpack.unpackb(raw, raw=False)
+        except ValueError as exc:
+            raise ValueError(f"record is not valid msgpack: {exc}") from None
+        if not isinstance(fields, list) or len(fields) != 13 or fields[0] != _FORMAT:
+            raise ValueError("unknown record format")
+        head = RecordHead(
+            fields[1], fields[2] is None, fields[8], fields[9], fields[10], fields[11]
+        )
+        if not all(map(isinstance, head, _HEAD_TYPES)):
+            raise ValueError("record has a field of the wrong type")
+        return head
+
+
+class RecordHead(NamedTuple):
+    """A record's key, whether it is a tombstone, its expiry and its owner, group and
+    permission bits: what `live` and the read rule (kvs/auth/permissions.py) look at."""
+
+    key: str
+    deleted: bool
+    expires_at: int | None
+    owner: str
+    group: str
+    permissions: int
+
+    def live(self, now_ms: int) -> bool:
+        return not self.deleted and (self.expires_at is None or self.expires_at > now_ms)
+
+
+_HEAD_TYPES = (str, bool, (int, type(None)), str, str, int)
 
 
 def parse_duration(value: Any, *, what: str = "duration") -> float:

@@ -6,6 +6,7 @@
     python scripts/bench.py gossip         # membership: simulator figures, then real serf vs KVS
     python scripts/bench.py replication    # replication lag, anti-entropy cost, bootstrap
     python scripts/bench.py backup         # backup of a 1M-key store: time, size, PUTs during it
+    python scripts/bench.py load           # `kvs load` of 100,000 keys vs `_batch` alone
 
 `http` measures, in one run and on this machine, a bare Hypercorn-on-Trio app (the
 ceiling of the stack the node is built on), a real KVS node (`python -m kvs CONFIG`) and,
@@ -20,6 +21,7 @@ PATH, N real serf agents and N real KVS nodes on loopback: join convergence and
 failure-detection time side by side (see bench_support/gossip_*.py).
 """
 
+# ruff: noqa: E402 - venv_check.ensure runs before the imports it makes possible
 from __future__ import annotations
 
 import argparse
@@ -42,10 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import venv_check
+
+venv_check.ensure("bench.py", "httpx", "trio", "lmdb")
+
 from bench_support import metrics_cost
 from bench_support.auth_inprocess import auth_cpu_lines
 from bench_support.backup import add_arguments as _add_backup_args
 from bench_support.backup import cmd_backup
+from bench_support.cli_load import add_arguments as _add_load_args
+from bench_support.cli_load import cmd_load
 from bench_support.gossip_report import GossipReport
 from bench_support.gossip_report import render as render_gossip
 from bench_support.gossip_report import report_json as gossip_json
@@ -844,6 +852,11 @@ COMMANDS: dict[str, Command] = {
         "backup of a 1M-key store: time, file vs LMDB size, PUT throughput during vs before",
         _add_backup_args,
         cmd_backup,
+    ),
+    "load": Command(
+        "kvs load of 100,000 keys vs the _batch endpoint's own rate (target >= 0.8x)",
+        _add_load_args,
+        cmd_load,
     ),
     "setup": Command(
         "install wrk, etcd-server and serf with apt-get (root)", _add_setup_args, cmd_setup

@@ -20,26 +20,22 @@ Node 1 has no seed: if it is restarted alone, the others find it again through t
 periodic reconnection to dead members (seconds), and it finds them the same way.
 
 Exit status: 0 done, 1 failed (the message says why), 2 bad usage, 3 `status`: not all up.
-Needs only the standard library and httpx; run it with the project's Python (the venv).
+Runs with any Python 3.11: it re-runs itself with the checkout's .venv when the modules it
+needs are missing (scripts/venv_check.py), or says in one line how to make the venv.
 The library behind it is kvs/testing/launcher.py (`Cluster(Path(dir)).start(3, base_port=0)`,
 used by the tests and the benchmarks).
 """
 
+# ruff: noqa: E402 - venv_check.ensure runs before the imports it makes possible
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-try:
-    import httpx  # noqa: F401 - the launcher needs it; say so before any traceback
-except ImportError:  # pragma: no cover - a plain `python3` outside the venv
-    sys.exit("cluster.py: needs httpx; run it with the project's venv: .venv/bin/python")
+import venv_check
 
-try:
-    import kvs  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+venv_check.ensure("cluster.py", "httpx", "trio", "yaml")
 
 from kvs.testing.launcher import (
     DEFAULT_BASE_PORT,
@@ -108,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             if not 0 <= args.base_port <= 65535:
                 raise UsageError("--base-port must be between 0 and 65535")
             cluster.start(args.n, base_port=args.base_port, timeout=args.timeout)
+            token = Path(args.dir) / "data" / "node1" / "root.token"
+            if token.exists():
+                print(f'root token: {token} (export KVS_TOKEN="$(cat {token})")')
             print(f"stop it with: {Path(sys.argv[0]).name} stop --dir {args.dir}")
         elif args.command == "stop":
             cluster.stop(*args.node)

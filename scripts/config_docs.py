@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import venv_check  # noqa: E402
+
+venv_check.ensure("config_docs.py", "yaml")
 
 from kvs.config import settings_table  # noqa: E402
 

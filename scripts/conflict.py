@@ -8,15 +8,14 @@ The same as `kvs conflict DIR1 DIR2`; see kvs/conflict.py. Start both nodes as o
 afterwards: once they have synced, both hold the printed winner.
 """
 
+# ruff: noqa: E402 - venv_check.ensure runs before the imports it makes possible
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-try:
-    import kvs  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import venv_check
+
+venv_check.ensure("conflict.py", "lmdb", "msgpack", "zstandard")
 
 from kvs.conflict import main
 

@@ -10,9 +10,14 @@ options after the subcommand are the fuzzer's own (`--help` lists them); `tests/
 runs the same fuzzers for about 15 s each. The fuzzers live in kvs/testing/.
 """
 
+# ruff: noqa: E402 - venv_check.ensure runs before the imports it makes possible
 from __future__ import annotations
 
 import sys
+
+import venv_check
+
+venv_check.ensure("fuzz.py", "trio", "hypercorn", "lmdb")
 
 from kvs.testing import fuzz_http, fuzz_wire
 

@@ -17,6 +17,7 @@ from kvs.api.backup import backup_blueprint
 from kvs.api.batch import batch_body_limit
 from kvs.api.changes import changes_blueprint
 from kvs.api.cluster import cluster_blueprint
+from kvs.api.console import console_blueprint, is_console_path, load_assets, wants_html
 from kvs.api.errors import ApiError, error_response
 from kvs.api.guard import identify, require_scope
 from kvs.api.history import history_blueprint
@@ -61,6 +62,8 @@ def create_app(node: NodeView, stats: HttpStats) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint(node))
+    # The console (kvs/ui/static/): public files, served without a token.
+    app.register_blueprint(console_blueprint(load_assets()))
     app.before_request(partial(_authenticate, node))
     # Watch and metrics (issue 6): the hub follows the store's commits; the metrics
     # middleware sits outermost so it counts every request, fast path included.
@@ -94,8 +97,14 @@ BLUEPRINTS = (
 async def _authenticate(node: NodeView) -> None:
     """Every request but the open ones: who is calling (401 for a bad token), and the rate
     limit; the handlers check scopes and permission bits."""
-    if request.path in OPEN_PATHS:
+    if request.path in OPEN_PATHS or is_console_path(request.path):
         return
+    if (
+        request.path == "/"
+        and request.method == "GET"
+        and wants_html(request.headers.get("Accept", ""))
+    ):
+        return  # a browser at the node's root is sent to the console
     g.principal = await identify(
         node, request.headers.get("Authorization"), request.remote_addr or "unknown"
     )
@@ -128,6 +137,8 @@ async def _http_error(node: NodeView, exc: HTTPException) -> Response:
             headers["Allow"] = allowed_methods(request.path[len("/kv/") :])
         elif allowed:
             headers["Allow"] = ", ".join(sorted(allowed))
+    if status == 404:  # our own words, not the framework's paragraph
+        return error_response(404, f"no such endpoint: {request.path} (see docs/reference.md)")
     return error_response(status, exc.description or exc.name, headers)
 
 

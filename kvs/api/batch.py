@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 MAX_BATCH_OPS = 1000
 MIN_BATCH_BODY = 32 * 1024 * 1024
-_PUT_FIELDS = frozenset({"op", "key", "data", "ttl"})
+_PUT_FIELDS = frozenset({"op", "key", "data", "ttl", "expires_at"})
 _DELETE_FIELDS = frozenset({"op", "key"})
 
 
@@ -118,6 +118,15 @@ def _store_op(config: Config, index: int, op: Any, now: int) -> Put | Delete:
             f"op {index}: data is {len(value)} bytes; the limit is {config.max_json_size}",
             index=index,
         )
+    expires_at = op.get("expires_at")  # absolute ms, as `kvs dump` writes it (`kvs load`)
+    if expires_at is not None:
+        if "ttl" in op or isinstance(expires_at, bool) or not isinstance(expires_at, int):
+            raise ApiError(
+                400, f"op {index}: expires_at must be an integer (ms), without ttl", index=index
+            )
+        if not now < expires_at < 2**47:
+            raise ApiError(400, f"op {index}: expires_at must be in the future", index=index)
+        return Put(key, value, expires_at)
     try:
         ttl = parse_ttl(op.get("ttl"))
     except ApiError as exc:

@@ -29,22 +29,27 @@ def changes_blueprint(node: NodeView) -> Blueprint:
         # The current millisecond is still open: a write may land in it after this read, and
         # `since` is exclusive, so listing it now would skip that write for good. Hold it back.
         open_ms = max(node.clock.wall_ms(), hlc_ms(node.clock.last))
-        page, more = _page(node.store, since, limit, open_ms)
-        # Filtered after paging: `next` and `more` follow what was scanned, hidden entries
-        # included, so a page may be short (even empty, with `more`) but a caller paging on
-        # `next` always gets past keys it may not read (and users, groups and tokens).
         readable = guard.readable_by(node, g.principal)
-        changes = [
-            {
-                "key": r.key,
-                "uuid": r.version.uuid,
-                "timestamp": r.version.timestamp,
-                "deleted": r.deleted,
-            }
-            for r in page
-            if readable(r)
-        ]
-        next_since = page[-1].version.timestamp if page else since
+        next_since = since
+        # Filtered after paging: `next` and `more` follow what was scanned, hidden entries
+        # included, so a caller paging on `next` always gets past keys it may not read (and
+        # users, groups and tokens). A page is never empty while more follow: pages that
+        # held only hidden entries are skipped here, not handed to the caller.
+        while True:
+            page, more = _page(node.store, next_since, limit, open_ms)
+            changes = [
+                {
+                    "key": r.key,
+                    "uuid": r.version.uuid,
+                    "timestamp": r.version.timestamp,
+                    "deleted": r.deleted,
+                }
+                for r in page
+                if readable(r)
+            ]
+            next_since = page[-1].version.timestamp if page else next_since
+            if changes or not more:
+                break
         return json_response({"changes": changes, "next": next_since, "more": more})
 
     return bp

@@ -21,7 +21,7 @@ from kvs.auth.permissions import (
     may_read,
 )
 from kvs.auth.service import AuthError
-from kvs.model import Record
+from kvs.model import Filed, Record
 
 if TYPE_CHECKING:
     from kvs.api.view import NodeView
@@ -77,12 +77,12 @@ def require_bit(node: NodeView, principal: Principal, record: Record, bit: int) 
             raise api_error(exc) from None
 
 
-def readable_by(node: NodeView, principal: Principal) -> Callable[[Record], bool]:
+def readable_by(node: NodeView, principal: Principal) -> Callable[[Filed], bool]:
     """The read rule bound to one caller: the filter of listings, change feeds and watches
     (what it refuses is left out, as if it did not exist)."""
     enabled = node.auth.enabled
 
-    def readable(record: Record) -> bool:
+    def readable(record: Filed) -> bool:
         return may_read(principal, enabled, record)
 
     return readable

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 Scope = dict[str, Any]
 _JSON = (b"content-type", b"application/json")
-_PASS_THROUGH = ("_ls", "_tree")
+_PASS_THROUGH = ("_ls", "_list", "_tree")  # `_list`: the Go KVS's alias of `_ls`
 _METADATA = ("metadata", "_metadata")  # /kv/{key}/metadata: kvs/api/security.py
 
 

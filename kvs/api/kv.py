@@ -18,13 +18,14 @@ if TYPE_CHECKING:
     from kvs.api.view import NodeView
 
 KEY_METHODS = "GET, HEAD, PUT, DELETE"
+LISTINGS = ("_ls", "_list", "_tree")  # `_list`: the Go KVS's alias of `_ls`
 
 
 def allowed_methods(rest: str) -> str:
     """The `Allow` header for `/kv/{rest}`, the same whether the router or a handler refuses."""
     if rest == "_batch":
         return "POST"
-    if rest.rpartition("/")[2] in ("_ls", "_tree"):
+    if rest.rpartition("/")[2] in LISTINGS:
         return "GET, HEAD"
     return KEY_METHODS
 
@@ -51,13 +52,13 @@ def kv_blueprint(node: NodeView) -> Blueprint:
                 )
             return await batch(node)
         prefix, _, last = rest.rpartition("/")
-        if last not in ("_ls", "_tree"):
+        if last not in LISTINGS:
             raise ApiError(404, "not found")  # unreachable behind KeyRoutes
         if method not in ("GET", "HEAD"):
             raise ApiError(405, f"use GET for {last}", headers={"Allow": allowed_methods(rest)})
         if prefix:
             check_key(prefix)
         guard.require_scope(node, g.principal, READ_SCOPE)
-        return ls(node, prefix) if last == "_ls" else tree(node, prefix)
+        return tree(node, prefix) if last == "_tree" else ls(node, prefix)
 
     return bp

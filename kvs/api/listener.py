@@ -38,6 +38,7 @@ import math
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from itertools import chain
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -185,6 +186,20 @@ class _Http11Only(H11Protocol):
         if check_target(event.target) is not None:
             raise _BadTarget(check_target(event.target))
         # An `Upgrade: h2c` header is ignored: the request is answered over HTTP/1.1.
+
+    async def _send_h11_event(self, event: Any) -> None:
+        """Every status line with its reason phrase (`HTTP/1.1 404 Not Found`): Hypercorn
+        sends none, which some clients and proxies print as an empty reason."""
+        if isinstance(event, h11.Response | h11.InformationalResponse) and not event.reason:
+            try:
+                reason = HTTPStatus(event.status_code).phrase.encode("ascii")
+            except ValueError:
+                reason = b""
+            if reason:
+                event = type(event)(
+                    status_code=event.status_code, headers=event.headers.raw_items(), reason=reason
+                )
+        await super()._send_h11_event(event)
 
     async def _send_error_response(self, status_code: int) -> None:
         """The parser's own answer to a malformed request. h11 hints 501 for a transfer

@@ -21,6 +21,7 @@ Scope = dict[str, Any]
 ROUTE_KEY = "kvs.route"
 _KV_ENDPOINTS = {
     "_ls": "/kv/{prefix}/_ls",
+    "_list": "/kv/{prefix}/_ls",
     "_tree": "/kv/{prefix}/_tree",
     "_watch": "/kv/{prefix}/_watch",
     "metadata": "/kv/{key}/metadata",

@@ -26,6 +26,10 @@ def ops_blueprint(node: NodeView) -> Blueprint:
         }
         if node.cluster is not None:
             body["members_alive"] = node.cluster.alive_count()
+            if body["mode"] == "syncing":  # a joining node's bootstrap, as far as it knows
+                progress = node.cluster.sync_stats().get("bootstrap")
+                if progress is not None:
+                    body["sync"] = progress
         return json_response(body)
 
     return bp

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvs.model import SYSTEM_PREFIX, Record
+from kvs.model import SYSTEM_PREFIX, Filed
 
 CREATE, DELETE, WRITE, READ = 8, 4, 2, 1
 BIT_NAMES = {CREATE: "create", DELETE: "delete", WRITE: "write", READ: "read"}
@@ -72,7 +72,7 @@ def allows(principal: Principal, owner: str, group: str, permissions: int, bit: 
     return bool(nibble(principal, owner, group, permissions) & bit)
 
 
-def may_read(principal: Principal, auth_enabled: bool, record: Record) -> bool:
+def may_read(principal: Principal, auth_enabled: bool, record: Filed) -> bool:
     """Whether `principal` may see `record`'s key at all: its value, and that it exists.
 
     `record` is what the store holds for the key: a live version, an expired one or a

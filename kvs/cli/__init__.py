@@ -5,6 +5,10 @@
     kvs get|put|rm|ls|tree|history|watch|members|user|group|token ... [--url] [--token]
                           [--cacert]: client commands (kvs/cli/client.py); exit 1 on an
                           error answer
+    kvs get --prefix|rm --prefix|count|dump|load
+                          prefix operations, export and import (kvs/cli/bulk.py)
+    kvs shell             every client command at a prompt, or piped (kvs/cli/shell.py)
+    kvs help [COMMAND]    help; `kvs --version`; options anywhere, typos get a suggestion
     kvs start|stop|restart|status, backup, restore: operations (kvs/cli/ops.py)
     kvs join URL --token T [CONFIG], kvs audit verify, kvs admin recover [CONFIG]
                           security (kvs/cli/auth.py, kvs/cli/recover.py)
@@ -29,9 +33,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+import kvs
 from kvs.cli import auth as cli_auth
 from kvs.cli import client as cli_client
 from kvs.cli import ops as cli_ops
+from kvs.cli import shell as cli_shell
+from kvs.cli.forgiving import (
+    ForgivingParser,
+    hoist_globals,
+    looks_like_config,
+    show_help,
+    suggest,
+    unknown_option,
+)
 from kvs.cli.serve import EXIT_USAGE, cmd_init, cmd_serve
 from kvs.config import DEFAULT_CONFIG_NAME
 
@@ -62,13 +76,15 @@ The client commands read $KVS_URL, $KVS_TOKEN and $KVS_CACERT when --url, --toke
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ForgivingParser(
         prog="kvs",
         description="KVS: a distributed key-value store for JSON documents",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"kvs {kvs.__version__}")
     sub = parser.add_subparsers(dest="command")
+    sub.add_parser("help", help="show help: kvs help [COMMAND [ACTION]]")
     init = sub.add_parser("init", help="write a commented default config")
     init.add_argument("path", nargs="?", help=f"where to write it (default {DEFAULT_CONFIG_NAME})")
     init.add_argument(
@@ -96,10 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     conflict.set_defaults(func=conflict_mod.run)
     cli_ops.register(sub)
     cli_auth.register(sub)
+    cli_shell.register(sub, main)
     return parser
 
 
 SUBCOMMANDS = {
+    "help",
+    "shell",
     "init",
     "serve",
     "conflict",
@@ -110,11 +129,27 @@ SUBCOMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # `kvs` and `kvs CONFIG.yaml` run a node, as in the Go KVS.
+    argv = hoist_globals(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] == "help":
+        return show_help(parser, argv[1:])
+    # `kvs` and `kvs CONFIG.yaml` run a node, as in the Go KVS; a bare word that is no
+    # file is a mistyped command.
+    word = argv[0] if argv else "-"
+    if word not in SUBCOMMANDS and not word.startswith("-") and not looks_like_config(word):
+        hint = suggest(word, SUBCOMMANDS)
+        print(
+            f"kvs: unknown command {word!r}{hint}; `kvs help` lists the commands"
+            " (a config file needs its extension: config.yaml)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
         argv = ["serve", *argv]
-    parser = build_parser()
+    unknown = unknown_option(parser, argv)
+    if unknown is not None:
+        print(f"kvs: {unknown}; `kvs help {argv[0]}` lists its options", file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kvs.cli.recover import register_admin
-from kvs.client.env import TOKEN_ENV
+from kvs.client.env import TOKEN_ENV, TOKEN_HINT
 
 SUBCOMMANDS = {"audit", "join", "admin"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -200,7 +200,8 @@ def cmd_join(args: argparse.Namespace) -> int:
             message = response.json().get("error", response.text)
         except ValueError:
             message = response.text[:200]
-        print(f"kvs: {url} refused: {response.status_code} {message}", file=sys.stderr)
+        hint = f" ({TOKEN_HINT})" if response.status_code == 401 else ""
+        print(f"kvs: {url} refused: {response.status_code} {message}{hint}", file=sys.stderr)
         return EXIT_FAILED
     answer = response.json()
     try:

@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kvs.client.env import CACERT_ENV, DEFAULT_URL, TOKEN_ENV, URL_ENV
+from kvs.cli import bulk, names
+from kvs.cli.usage import UsageError
+from kvs.client.env import CACERT_ENV, DEFAULT_URL, TOKEN_ENV, TOKEN_HINT, URL_ENV
 
 if TYPE_CHECKING:
     from kvs.client import Client
@@ -46,13 +48,12 @@ COMMANDS = (
     "user",
     "group",
     "token",
+    "count",
+    "dump",
+    "load",
 )
 
 Handler = Callable[["Client", argparse.Namespace], int]
-
-
-class UsageError(Exception):
-    """Bad input found after argparse (a JSON argument that is not JSON): exit status 2."""
 
 
 def positive_seconds(text: str) -> float:
@@ -117,15 +118,19 @@ def register(subparsers: Any) -> None:
         parser.set_defaults(func=lambda args: run(handler, args))
         return parser
 
-    p = add("get", cmd_get, "print a key's value")
+    p = add("get", cmd_get, "print a key's value (--prefix: every key below, with values)")
     p.add_argument("key")
+    p.add_argument("--prefix", action="store_true", help="KEY is a prefix: every key below it")
+    p.add_argument("--limit", type=_positive_int, help="with --prefix: at most this many keys")
     p = add("put", cmd_put, "write a key (JSON argument, or - to read stdin)")
     p.add_argument("key")
     p.add_argument("value", metavar="JSON", help="a JSON document, or - to read it from stdin")
     p.add_argument("--ttl", help="expire after this long (30s, 5m, 1h, 7d or seconds)")
     p.add_argument("--if-match", metavar="UUID", help="write only if this is the current version")
-    p = add("rm", cmd_rm, "delete a key")
+    p = add("rm", cmd_rm, "delete a key (--prefix: every key below it)")
     p.add_argument("key")
+    p.add_argument("--prefix", action="store_true", help="KEY is a prefix: delete every key below")
+    p.add_argument("--yes", action="store_true", help="with --prefix: do not ask")
     p = add("ls", cmd_ls, "list the direct children of a prefix")
     p.add_argument("prefix", nargs="?", default="")
     p.add_argument("--limit", type=_positive_int)
@@ -142,6 +147,7 @@ def register(subparsers: Any) -> None:
         help="first replay changes after this millisecond timestamp or event id",
     )
     add("members", cmd_members, "show a node's member table")
+    bulk.register(add, _positive_int)
     _register_admin(subparsers, common)
 
 
@@ -159,38 +165,45 @@ def _register_admin(subparsers: Any, common: argparse.ArgumentParser) -> None:
     users = group("user", "manage users (needs an admin token)")
     p = add(users, "create", cmd_user_create, "create a user")
     p.add_argument("nickname")
-    p.add_argument("--group", action="append", dest="groups", metavar="UUID")
+    p.add_argument("--group", action="append", dest="groups", metavar="NAME|UUID")
     add(users, "list", cmd_user_list, "list users")
     p = add(users, "show", cmd_user_show, "show one user")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
     p = add(users, "update", cmd_user_update, "change a user")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
     p.add_argument("--nickname")
-    p.add_argument("--group", action="append", dest="groups", metavar="UUID")
+    p.add_argument("--group", action="append", dest="groups", metavar="NAME|UUID")
     p = add(users, "rm", cmd_user_rm, "delete a user (and its tokens)")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
 
     groups = group("group", "manage groups (needs an admin token)")
     p = add(groups, "create", cmd_group_create, "create a group")
     p.add_argument("groupname")
-    p.add_argument("--member", action="append", dest="members", metavar="UUID")
+    p.add_argument("--member", action="append", dest="members", metavar="NAME|UUID")
     add(groups, "list", cmd_group_list, "list groups")
     p = add(groups, "show", cmd_group_show, "show one group")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
     p = add(groups, "update", cmd_group_update, "change a group")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
     p.add_argument("--groupname")
-    p.add_argument("--member", action="append", dest="members", metavar="UUID")
+    p.add_argument("--member", action="append", dest="members", metavar="NAME|UUID")
     p = add(groups, "rm", cmd_group_rm, "delete a group")
-    p.add_argument("uuid")
+    p.add_argument("uuid", metavar="NAME|UUID")
 
     tokens = group("token", "manage API tokens")
     p = add(tokens, "create", cmd_token_create, "issue a token for a user")
-    p.add_argument("user_uuid")
-    p.add_argument("--scope", action="append", dest="scopes", required=True, metavar="SCOPE")
+    p.add_argument("user_uuid", metavar="USER", help="the user's nickname or UUID")
+    p.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        required=True,
+        metavar="SCOPE",
+        help="a scope, or a preset: admin (every scope), read-write (read, write, delete), read",
+    )
     p.add_argument("--expires-in", help="lifetime (1h, 30m or seconds; default 1h)")
     p = add(tokens, "list", cmd_token_list, "list tokens (without their secrets)")
-    p.add_argument("--user", metavar="UUID", help="only this user's tokens")
+    p.add_argument("--user", metavar="USER", help="only this user's tokens (nickname or UUID)")
     p = add(tokens, "revoke", cmd_token_revoke, "revoke a token everywhere")
     p.add_argument("id")
 
@@ -219,17 +232,25 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
             return handler(client, args)
     except UsageError as exc:
         return _usage(str(exc))
+    except names.NameError_ as exc:
+        return _error(str(exc))
     except WatchEnded as exc:
         resume = f" (resume with --since {exc.last_id})" if exc.last_id else ""
         return _error(f"{exc.message}{resume}")
     except KvsError as exc:
-        prefix = f"{exc.status} " if exc.status is not None else ""
-        return _error(f"{prefix}{exc.message}")
+        return _error(error_text(exc))
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:  # `kvs tree | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return EXIT_OK
+
+
+def error_text(exc: Any) -> str:
+    """A KvsError for people: `404 key not found`; a 401 says how to pass a token."""
+    prefix = f"{exc.status} " if exc.status is not None else ""
+    hint = f" ({TOKEN_HINT})" if exc.status == 401 else ""
+    return f"{prefix}{exc.message}{hint}"
 
 
 def _usage(message: str) -> int:
@@ -274,6 +295,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def cmd_get(client: Client, args: argparse.Namespace) -> int:
+    if args.prefix:
+        return bulk.cmd_get_prefix(client, args)
     value = client.get(args.key)
     if args.json:
         _print_json(
@@ -300,6 +323,8 @@ def cmd_put(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_rm(client: Client, args: argparse.Namespace) -> int:
+    if args.prefix:
+        return bulk.cmd_rm_prefix(client, args)
     client.delete(args.key)
     if args.json:
         _print_json({"key": args.key, "deleted": True})
@@ -461,9 +486,11 @@ def _show(args: argparse.Namespace, item: dict[str, Any]) -> int:
     return EXIT_OK
 
 
-def _list(args: argparse.Namespace, items: list[dict[str, Any]], columns: Sequence[str]) -> int:
-    if args.json:
-        _print_json(items)
+def _list(
+    args: argparse.Namespace, items: list[dict[str, Any]], columns: Sequence[str], kind: str
+) -> int:
+    if args.json:  # the node's own object, as documented: {"users": [...]}
+        _print_json({kind: items})
         return EXIT_OK
     rows = []
     for item in items:
@@ -481,51 +508,60 @@ def _list(args: argparse.Namespace, items: list[dict[str, Any]], columns: Sequen
 
 
 def cmd_user_create(client: Client, args: argparse.Namespace) -> int:
-    return _show(args, client.create_user(args.nickname, args.groups))
+    return _show(args, client.create_user(args.nickname, names.group_uuids(client, args.groups)))
 
 
 def cmd_user_list(client: Client, args: argparse.Namespace) -> int:
-    return _list(args, client.users(), ("uuid", "nickname", "groups"))
+    return _list(args, client.users(), ("uuid", "nickname", "groups"), "users")
 
 
 def cmd_user_show(client: Client, args: argparse.Namespace) -> int:
-    return _show(args, client.user(args.uuid))
+    return _show(args, client.user(names.user_uuid(client, args.uuid)))
 
 
 def cmd_user_update(client: Client, args: argparse.Namespace) -> int:
-    item = client.update_user(args.uuid, nickname=args.nickname, groups=args.groups)
+    groups = names.group_uuids(client, args.groups)
+    item = client.update_user(
+        names.user_uuid(client, args.uuid), nickname=args.nickname, groups=groups
+    )
     return _show(args, item)
 
 
 def cmd_user_rm(client: Client, args: argparse.Namespace) -> int:
-    client.delete_user(args.uuid)
-    return _done(args, {"uuid": args.uuid, "deleted": True}, f"deleted user {args.uuid}")
+    uuid = names.user_uuid(client, args.uuid)
+    client.delete_user(uuid)
+    return _done(args, {"uuid": uuid, "deleted": True}, f"deleted user {uuid}")
 
 
 def cmd_group_create(client: Client, args: argparse.Namespace) -> int:
-    return _show(args, client.create_group(args.groupname, args.members))
+    return _show(args, client.create_group(args.groupname, names.user_uuids(client, args.members)))
 
 
 def cmd_group_list(client: Client, args: argparse.Namespace) -> int:
-    return _list(args, client.groups(), ("uuid", "groupname", "members"))
+    return _list(args, client.groups(), ("uuid", "groupname", "members"), "groups")
 
 
 def cmd_group_show(client: Client, args: argparse.Namespace) -> int:
-    return _show(args, client.group(args.uuid))
+    return _show(args, client.group(names.group_uuid(client, args.uuid)))
 
 
 def cmd_group_update(client: Client, args: argparse.Namespace) -> int:
-    item = client.update_group(args.uuid, groupname=args.groupname, members=args.members)
+    members = names.user_uuids(client, args.members)
+    uuid = names.group_uuid(client, args.uuid)
+    item = client.update_group(uuid, groupname=args.groupname, members=members)
     return _show(args, item)
 
 
 def cmd_group_rm(client: Client, args: argparse.Namespace) -> int:
-    client.delete_group(args.uuid)
-    return _done(args, {"uuid": args.uuid, "deleted": True}, f"deleted group {args.uuid}")
+    uuid = names.group_uuid(client, args.uuid)
+    client.delete_group(uuid)
+    return _done(args, {"uuid": uuid, "deleted": True}, f"deleted group {uuid}")
 
 
 def cmd_token_create(client: Client, args: argparse.Namespace) -> int:
-    issued = client.create_token(args.user_uuid, args.scopes, expires_in=args.expires_in)
+    user = names.user_uuid(client, args.user_uuid)
+    scopes = names.expand_scopes(args.scopes)
+    issued = client.create_token(user, scopes, expires_in=args.expires_in)
     if args.json:
         _print_json(issued)
     else:
@@ -540,7 +576,8 @@ def cmd_token_create(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_token_list(client: Client, args: argparse.Namespace) -> int:
     columns = ("id", "user_uuid", "scopes", "expires_at")
-    return _list(args, client.tokens(args.user), columns)
+    user = names.user_uuid(client, args.user) if args.user else None
+    return _list(args, client.tokens(user), columns, "tokens")
 
 
 def cmd_token_revoke(client: Client, args: argparse.Namespace) -> int:

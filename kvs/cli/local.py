@@ -41,14 +41,22 @@ def trust(config: Any) -> ssl.SSLContext | bool:
     return context
 
 
-def answers(config: Any, timeout: float = 1.0) -> bool:
-    """Whether this node (not some other process on its port) answers /health."""
+def health(config: Any, timeout: float = 1.0) -> dict[str, Any] | None:
+    """This node's /health answer (not some other process's on its port), or None."""
     import httpx
 
     try:
         response = httpx.get(
             base_url(config) + "/health", timeout=timeout, verify=trust(config), trust_env=False
         )
-        return response.status_code == 200 and response.json().get("node_id") == config.node_id
-    except (httpx.HTTPError, ValueError, AttributeError, OSError):
-        return False
+        body = response.json()
+    except (httpx.HTTPError, ValueError, OSError):
+        return None
+    if response.status_code != 200 or not isinstance(body, dict):
+        return None
+    return body if body.get("node_id") == config.node_id else None
+
+
+def answers(config: Any, timeout: float = 1.0) -> bool:
+    """Whether this node (not some other process on its port) answers /health."""
+    return health(config, timeout) is not None

@@ -22,7 +22,7 @@ from typing import Any
 
 from kvs.cli import local
 from kvs.cli.client import UsageError, add_client_args, client_verify, positive_seconds
-from kvs.client.env import DEFAULT_URL, TOKEN_ENV, URL_ENV
+from kvs.client.env import DEFAULT_URL, TOKEN_ENV, TOKEN_HINT, URL_ENV
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -87,7 +87,10 @@ def _request(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any
         body = None
     if response.status_code != 200:
         message = body.get("error") if isinstance(body, dict) else None
-        return response.status_code, message or response.text.strip()[:200]
+        message = message or response.text.strip()[:200]
+        if response.status_code == 401:
+            message = f"401 {message} ({TOKEN_HINT})"
+        return response.status_code, message
     return 200, body
 
 
@@ -115,8 +118,30 @@ def cmd_backup_status(args: argparse.Namespace) -> int:
         return _usage(str(exc))
     if status != 200:
         return _error(f"GET /api/backup/status: {body}" if status else str(body))
-    print(json.dumps(body, indent=2))
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        print(format_backup_status(body))
     return EXIT_OK
+
+
+def format_backup_status(body: Any) -> str:
+    """GET /api/backup/status for people: one `name  value` line per field, times in UTC."""
+    if not isinstance(body, dict):
+        return str(body)
+    width = max((len(k) for k in body), default=0)
+    lines = []
+    for name, value in body.items():
+        if isinstance(value, list):
+            value = f"{len(value)}: " + ", ".join(
+                str(v.get("path", v) if isinstance(v, dict) else v) for v in value
+            )
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif value is None:
+            value = "-"
+        lines.append(f"{name.ljust(width)}  {value}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- restore
@@ -204,12 +229,40 @@ def cmd_start(args: argparse.Namespace) -> int:
         return _usage(f"{instance.config}: tls_cert_file/tls_ca_file: cannot be read: {exc}")
     pid = daemon.spawn(instance)
     url = local.base_url(config)
+    _say(
+        f"started pid {pid}; waiting up to {args.timeout:g} s for {url}/health to answer as"
+        f" node {config.node_id} (log: {instance.log_file})"
+    )
     try:
         daemon.wait_ready(instance, pid, lambda: local.answers(config), args.timeout)
     except daemon.StartFailed as exc:
         return _error(f"{instance.config}: {exc}")
     print(f"started {config.node_id} (pid {pid}) on {url}; log: {instance.log_file}")
+    if config.auth_enabled:
+        print(root_token_note(config.data_path / "root.token"))
     return EXIT_OK
+
+
+def root_token_note(path: Path) -> str:
+    """Where an auth node's root token is (the first start of a new cluster writes it)."""
+    if path.exists():
+        return f'root token: {path} (export KVS_TOKEN="$(cat {path})")'
+    return (
+        f"auth is on; no root token in {path} (only a new cluster's first node writes one):"
+        " ask an admin for a token, or `kvs admin recover CONFIG` on a node's host"
+    )
+
+
+def sync_progress_text(progress: Any) -> str:
+    """A syncing node's bootstrap progress from /health's `sync` object, for people."""
+    if not isinstance(progress, dict):
+        return "syncing"
+    received = progress.get("keys_received", 0)
+    expected = progress.get("keys_expected", 0)
+    rate = progress.get("keys_per_s") or 0
+    eta = progress.get("eta_s")
+    left = f", about {eta:g} s left" if isinstance(eta, int | float) else ""
+    return f"syncing: {received:,} of {expected:,} keys received ({rate:,.0f} keys/s{left})"
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -307,11 +360,14 @@ def _answering(config_path: Path) -> str:
     except ConfigError:
         return "its config no longer loads"
     try:
-        if local.answers(config, timeout=2.0):
-            return f"ready on {local.base_url(config)}"
+        body = local.health(config, timeout=2.0)
     except (OSError, ssl.SSLError):
-        pass
-    return f"not answering on {local.base_url(config)}"
+        body = None
+    if body is None:
+        return f"not answering on {local.base_url(config)}"
+    if body.get("mode") == "syncing":
+        return f"{sync_progress_text(body.get('sync'))} on {local.base_url(config)}"
+    return f"ready on {local.base_url(config)}"
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -325,8 +381,9 @@ def register(sub: Any) -> None:
     add_client_args(now, 3600.0)
     now.add_argument("-v", "--verbose", action="store_true", help="also print size and time")
     now.set_defaults(func=cmd_backup_now)
-    status = backup_sub.add_parser("status", help="the node's backup status, as JSON")
+    status = backup_sub.add_parser("status", help="the node's backup status (--json: as JSON)")
     add_client_args(status, 10.0)
+    status.add_argument("--json", action="store_true", help="print the node's JSON")
     status.set_defaults(func=cmd_backup_status)
 
     restore = sub.add_parser(

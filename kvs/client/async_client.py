@@ -100,6 +100,12 @@ class AsyncClient(ClientBase):
     ) -> dict[str, Any]:
         return await self.call(calls.tree(prefix, depth, limit, nested))
 
+    async def page(
+        self, prefix: str = "", *, after: str = "", limit: int | None = None
+    ) -> dict[str, Any]:
+        """One page of `Client.scan`: `{"keys", "truncated", "next"}` (pass `next` as after)."""
+        return await self.call(calls.page(prefix, after, limit))
+
     async def history(self, key: str) -> list[dict[str, Any]]:
         return await self.call(calls.history(key))
 

@@ -6,3 +6,5 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV = "KVS_URL"
 TOKEN_ENV = "KVS_TOKEN"
 CACERT_ENV = "KVS_CACERT"  # a PEM bundle of the CA(s) that signed an https node's certificate
+# What every 401 the CLI reports ends with.
+TOKEN_HINT = f"pass a token with --token TOKEN or ${TOKEN_ENV}"

@@ -210,6 +210,13 @@ class calls:  # noqa: N801 - a namespace of request builders, one per API operat
         return Call("GET", _prefix_path(prefix, "_tree"), _json(), params=params)
 
     @staticmethod
+    def page(prefix: str, after: str, limit: int | None) -> Call[dict[str, Any]]:
+        """One page of keys below `prefix` past `after`, with their values, expiry and
+        permissions (`_tree?values=true`): `{"keys", "truncated", "next"}`."""
+        params = _optional({"values": True, "after": after or None, "limit": limit})
+        return Call("GET", _prefix_path(prefix, "_tree"), _json(), params=params)
+
+    @staticmethod
     def history(key: str) -> Call[list[dict[str, Any]]]:
         return Call("GET", f"/api/data/{key_path(key)}/history", _field("versions", _json()))
 
@@ -232,6 +239,11 @@ class calls:  # noqa: N801 - a namespace of request builders, one per API operat
     @staticmethod
     def batch(ops: list[Mapping[str, Any]]) -> Call[list[dict[str, Any]]]:
         body = _json_body({"ops": [dict(op) for op in ops]})
+        return Call("POST", "/kv/_batch", _field("results", _json()), body=body)
+
+    @staticmethod
+    def batch_body(body: bytes) -> Call[list[dict[str, Any]]]:
+        """`batch` with a body already serialized (`{"ops": [...]}`): bulk loads."""
         return Call("POST", "/kv/_batch", _field("results", _json()), body=body)
 
     @staticmethod

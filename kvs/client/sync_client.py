@@ -101,6 +101,18 @@ class Client(ClientBase):
     ) -> dict[str, Any]:
         return self.call(calls.tree(prefix, depth, limit, nested))
 
+    def scan(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every live key below `prefix`, in key order, with its value (`data`), `uuid`,
+        `timestamp`, `expires_at` (absolute ms, if any), `owner_uuid`, `group_uuid` and
+        `permissions`; fetched a page at a time."""
+        after = ""
+        while True:
+            page = self.call(calls.page(prefix, after, page_size))
+            yield from page["keys"]
+            if not page.get("truncated") or not page["keys"]:
+                return
+            after = page["next"]
+
     def history(self, key: str) -> list[dict[str, Any]]:
         return self.call(calls.history(key))
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kvs.model import SYSTEM_PREFIX, Record
+from kvs.model import SYSTEM_PREFIX, Record, RecordCodec, RecordHead
 from kvs.store.environment import Environment
 from kvs.store.layout import (
     BUCKETS,
+    RAW_KEY_BYTES,
     RECORDS,
     Summary,
     bucket_of,
@@ -89,6 +90,28 @@ class Reads(Environment):
     def scan(self, start: str, end: str | None = None) -> Iterator[Record]:
         """Records with start <= key < end in key order. Re-opens the read transaction per chunk
         so a slow consumer never pins old pages for long."""
+        for chunk in self._chunks(start, end):
+            records = [self._read_codec.decode(value) for _, value in chunk]
+            records.sort(key=lambda r: r.key.encode())
+            yield from _within(records, start, end)
+
+    def scan_heads(self, start: str, end: str | None = None) -> Iterator[tuple[RecordHead, bytes]]:
+        """As `scan`, but each record as its head and its stored bytes (`decode` makes the
+        record of those a caller keeps): for listings that filter far more than they show."""
+        start_b, end_b = start.encode(), None if end is None else end.encode()
+        for chunk in self._chunks(start, end):
+            heads = [(RecordCodec.decode_head(value), value) for _, value in chunk]
+            if any(len(k) > RAW_KEY_BYTES for k, _ in chunk):  # long keys: storage order differs
+                heads.sort(key=lambda h: h[0].key.encode())
+            for head, raw in heads:
+                key_b = head.key.encode()
+                if key_b >= start_b and (end_b is None or key_b < end_b):
+                    yield head, raw
+
+    def _chunks(self, start: str, end: str | None) -> Iterator[list[tuple[bytes, bytes]]]:
+        """The stored (key, value) pairs of the range, a read transaction per chunk. A chunk
+        never splits a long-key group (whose storage order is not key order): it is sorted as
+        a whole by the caller. Its entries may lie outside [start, end): the caller checks."""
         start_b = start.encode()
         end_b = end.encode() if end is not None else None
         stop = scan_stop(end_b) if end_b is not None else None
@@ -105,20 +128,19 @@ class Reads(Environment):
                     if stop is not None and k >= stop:
                         ok = False
                         break
-                    # A chunk never splits a long-key group: it is sorted as a whole below.
                     if len(entries) >= _SCAN_CHUNK and not same_long_group(entries[-1][0], k):
                         break
                     entries.append((k, cursor.value()))
                     ok = cursor.next()
-            records = [self._read_codec.decode(value) for _, value in entries]
-            records.sort(key=lambda r: r.key.encode())
-            for record in records:
-                key_b = record.key.encode()
-                if key_b >= start_b and (end_b is None or key_b < end_b):
-                    yield record
+            if entries:
+                yield entries
             if not ok or not entries:
                 return
             position, inclusive = entries[-1][0], False
+
+    def decode(self, raw: bytes) -> Record:
+        """The record of bytes `scan_heads` gave."""
+        return self._read_codec.decode(raw)
 
     def seek(self, start: str) -> Record | None:
         """The first record whose key is >= start, or None."""
@@ -274,3 +296,11 @@ class Reads(Environment):
                 out += taken
                 size += more
         return out, len(groups)
+
+
+def _within(records: list[Record], start: str, end: str | None) -> Iterator[Record]:
+    start_b, end_b = start.encode(), None if end is None else end.encode()
+    for record in records:
+        key_b = record.key.encode()
+        if key_b >= start_b and (end_b is None or key_b < end_b):
+            yield record

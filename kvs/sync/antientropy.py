@@ -60,6 +60,9 @@ class AntiEntropy:
         self._peer_syncing: dict[str, bool] = {}  # what each peer said in our last exchange
         self._lost: set[str] = set()  # peers that died (not left) and have not come back
         self._errors = LogLimiter(log)
+        # The last exchange this node started with each peer, as the console shows it
+        # (`GET /cluster/stats`, "exchanges_by_peer"); peers that left are forgotten.
+        self.last_by_peer: dict[str, dict[str, object]] = {}
 
     def on_member_change(self, change: MemberChanged) -> None:
         """Exchange at once with a member that (re)appears, if it is ours to start."""
@@ -77,6 +80,7 @@ class AntiEntropy:
             self._lost.add(node_id)
         elif change.state is State.LEFT:
             self._lost.discard(node_id)
+            self.last_by_peer.pop(node_id, None)
 
     async def run(self) -> None:
         while True:
@@ -120,15 +124,22 @@ class AntiEntropy:
             result = await self._exchanger.run(address, node_id)
         except Exception as exc:
             self._counters["exchange_failures"] += 1
+            self._note(node_id, {"result": "failed", "error": type(exc).__name__})
             started_failed(exc, "exchange", self._counters, self._errors)
             log.debug("anti-entropy with %s failed: %s", node_id, exc)
             return
+        self._note(node_id, _outcome(result))
         self._peer_syncing[node_id] = result.peer_syncing
         if not result.skipped:
             await self.health.note_exchange()
         if self.health.syncing and self._bootstrapped_by(result):
             await self.health.finish_bootstrap()
             log.info("bootstrap complete: %d records", self._local.tree.size)
+
+    def _note(self, node_id: str, outcome: dict[str, object]) -> None:
+        self.last_by_peer[node_id] = {"at_ms": self._local.store.clock.wall_ms(), **outcome}
+        if len(self.last_by_peer) > limits.MAX_PEERS_SHOWN:  # bounded, whatever the churn
+            del self.last_by_peer[next(iter(self.last_by_peer))]
 
     def _bootstrapped_by(self, result: ExchangeResult) -> bool:
         """Whether an exchange ends our bootstrap: the peer held the cluster's data (it was
@@ -143,3 +154,22 @@ class AntiEntropy:
         if trio.current_time() - self.health.started_at < limits.BOOTSTRAP_GRACE:
             return False
         return all(self._peer_syncing.get(node_id) for node_id, _ in self.live_peers())
+
+
+def _outcome(result: ExchangeResult) -> dict[str, object]:
+    """What an exchange that ran to its end did: `equal` (nothing differed), `synced` (the
+    differing leaves were reconciled both ways) or `skipped` (the peer was stale, or
+    bootstrapping and pulling the data itself)."""
+    if result.skipped:
+        return {
+            "result": "skipped",
+            "peer_syncing": result.peer_syncing,
+            "peer_stale": result.peer_stale,
+        }
+    return {
+        "result": "equal" if result.roots_equal else "synced",
+        "roots_equal": result.roots_equal,
+        "fetched": result.fetched,
+        "pushed": result.pushed,
+        "differing_leaves": result.differing_leaves,
+    }

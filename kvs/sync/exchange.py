@@ -65,6 +65,7 @@ class ExchangeResult:
     peer_syncing: bool = False  # the peer was bootstrapping itself: it may lack the data
     peer_stale: bool = False  # the peer was cut off too long: it serves nothing
     skipped: bool = False  # nothing exchanged: the peer pulls itself, or is stale
+    roots_equal: bool | None = None  # the peer's Merkle root was ours when compared
 
 
 async def differing_leaves(tree: MerkleTree, call: Call) -> list[int]:
@@ -130,6 +131,7 @@ class Exchanger:
         """The records' part of an exchange; False if it ended early (skipped, or equal)."""
         peer = read_root(await call({"op": "root"}))
         result.peer_syncing, result.peer_stale = peer.syncing, peer.stale
+        self._health.note_peer_size(peer.size, trio.current_time())
         why = skip(peer, syncing=self._health.syncing)
         if why is not None:
             self._counters[_SKIPPED[why]] += 1
@@ -137,7 +139,8 @@ class Exchanger:
             return False
         if self._snapshot_wanted(peer) and await self._bootstrap_from_snapshot(frames):
             peer = read_root(await call({"op": "root"}))
-        if peer.root == self._local.tree.root:
+        result.roots_equal = peer.root == self._local.tree.root
+        if result.roots_equal:
             self._counters["exchanges_equal"] += 1
             return False
         leaves = await differing_leaves(self._local.tree, call)

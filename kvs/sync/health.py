@@ -40,6 +40,23 @@ def bootstrap_needed(store: Store, has_seeds: bool) -> bool:
     return has_seeds and store.count() == 0
 
 
+def bootstrap_progress(
+    keys: int, expected: int, started: float, start_keys: int, *, now: float
+) -> dict[str, object]:
+    """Keys received since `started` (our count then: `start_keys`), the rate, and the time
+    left at that rate (None until a key came)."""
+    received = max(0, keys - start_keys)
+    elapsed = max(now - started, 1e-9)
+    rate = received / elapsed
+    left = max(0, expected - keys)
+    return {
+        "keys_received": received,
+        "keys_expected": max(0, expected - start_keys),
+        "keys_per_s": round(rate, 1),
+        "eta_s": round(left / rate, 1) if rate > 0 else None,
+    }
+
+
 class Health:
     def __init__(
         self,
@@ -62,6 +79,27 @@ class Health:
         self.started_at = 0.0  # Trio time when replication started
         self.last_exchange_ms: int | None = None
         self._persisted_exchange_ms = 0
+        # A bootstrap's progress (`/health` while syncing, `kvs status`): the peer's size as
+        # it said, and our key count and Trio time when we first heard it.
+        self.expected_keys: int | None = None
+        self._progress_start: tuple[float, int] | None = None
+
+    def note_peer_size(self, size: object, now: float) -> None:
+        """While syncing: the key count a peer we bootstrap from reported."""
+        if not self.syncing or isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return
+        self.expected_keys = size
+        if self._progress_start is None:
+            self._progress_start = (now, self._store.count())
+
+    def progress(self, now: float) -> dict[str, object] | None:
+        """`{"keys_received", "keys_expected", "keys_per_s", "eta_s"}` while syncing from a
+        peer whose size we know; None otherwise."""
+        if not self.syncing or self.expected_keys is None or self._progress_start is None:
+            return None
+        return bootstrap_progress(
+            self._store.count(), self.expected_keys, *self._progress_start, now=now
+        )
 
     async def begin(self) -> None:
         """At start-up: persist a bootstrap before any record comes, and check how long ago

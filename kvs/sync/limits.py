@@ -52,6 +52,7 @@ KEEPALIVE = IDLE_TIMEOUT / 4  # an idle push connection says something this ofte
 PUSH_QUEUE_LIMIT = 10_000  # keys waiting for one peer; beyond it anti-entropy takes over
 SNAPSHOT_MAX_CARRIED = 10_000  # a joiner holding more bootstraps by records only
 PUSH_BATCH = 500
+MAX_PEERS_SHOWN = 1024  # peers whose last exchange /cluster/stats remembers
 FETCH_BATCH = p.MAX_KEYS_PER_REQUEST
 LEAF_BATCH = p.MAX_LEAVES_PER_REQUEST  # leaves listed (or taken whole) per request
 # Batches are cut by bytes too: a frame over MAX_FRAME_BYTES cannot be sent at all (and the

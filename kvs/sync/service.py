@@ -144,9 +144,11 @@ class SyncService:
             "syncing": self.syncing,
             "stale": self.stale,
             "last_exchange_ms": self.health.last_exchange_ms,
+            "bootstrap": self.health.progress(trio.current_time()),
             "inbound_connections": self.server.inbound,
             "peers": sorted(peers),
             "push_queue": {k: len(v.pending) for k, v in sorted(peers.items())},
+            "exchanges_by_peer": dict(sorted(self.anti_entropy.last_by_peer.items())),
             "counters": dict(sorted(self.counters.items())),
         }
 

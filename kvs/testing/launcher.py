@@ -352,6 +352,7 @@ class Cluster:
         )
         for spec in specs:
             self.out(f"  {spec.name:8} {spec.url:24} pid {self.pid(spec)}  log {spec.log}")
+        self.out(f"console: {specs[0].url}/ui/ (every node serves one)")
         return specs
 
     def stop(self, *which: str, timeout: float = STOP_TIMEOUT) -> dict[str, str]:

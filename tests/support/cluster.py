@@ -34,11 +34,13 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = CONVERGE_TIM
 
 
 class LiveCluster:
-    def __init__(self, directory: Path, names: tuple[str, ...] = NAMES) -> None:
+    def __init__(
+        self, directory: Path, names: tuple[str, ...] = NAMES, *, auth: bool = False
+    ) -> None:
         self.directory = directory
         self.names = names
         self.lines: list[str] = []
-        self.cluster = launcher.Cluster(directory, out=self.lines.append)
+        self.cluster = launcher.Cluster(directory, out=self.lines.append, auth=auth)
         self.specs: dict[str, Any] = {}
 
     def start(self) -> None:
@@ -56,8 +58,16 @@ class LiveCluster:
     def secret(self) -> str:
         return config_value(self.specs[self.names[0]].config, "cluster_secret")
 
+    def root_token(self) -> str:
+        token = self.cluster.root_token()
+        assert token, "an auth cluster's node 1 writes its root token on its first start"
+        return token
+
     def all_alive(self) -> bool:
+        token = self.cluster.root_token()
         with client() as c:
+            if token:
+                c.headers["Authorization"] = f"Bearer {token}"
             for name in self.names:
                 alive = launcher.alive_members(c, self.url(name))
                 if alive is None or not set(self.names) <= alive:

@@ -250,3 +250,42 @@ async def test_long_keys_list_sort_expire_and_keep_history(start_node, wall):
     await put(client, key, 2)
     history = await expect_json(await client.get(f"/api/data/{key}/history"))
     assert [v["data"] for v in history["versions"]] == [1]
+
+
+# --- _tree?values=true: the pages of `kvs get --prefix` and `kvs dump` ---------------------------
+
+
+async def test_tree_values_pages_with_after(client):
+    keys = [f"v/{i:03d}" for i in range(25)]
+    await fill(client, keys, value={"x": [1, "é"]})
+    ops = [{"op": "put", "key": "v/ttl", "data": 2, "expires_at": 2**46}]
+    await expect_json(await batch(client, ops))
+    seen, after = [], ""
+    while True:
+        page = await expect_json(
+            await client.get(
+                "/kv/v/_tree", query_string={"values": "true", "after": after, "limit": 10}
+            )
+        )
+        assert set(page) == {"path", "keys", "truncated", "next"}
+        seen += page["keys"]
+        if not page["truncated"]:
+            break
+        after = page["next"]
+    assert [k["key"] for k in seen] == [*keys, "v/ttl"]
+    assert seen[0]["data"] == {"x": [1, "é"]} and "expires_at" not in seen[0]
+    assert seen[-1]["expires_at"] == 2**46 and seen[-1]["data"] == 2
+    assert {"owner_uuid", "group_uuid", "permissions", "uuid", "timestamp"} <= set(seen[0])
+    # `after` past the range, or a value `values` does not take.
+    empty = await expect_json(
+        await client.get("/kv/v/_tree", query_string={"values": "true", "after": "w"})
+    )
+    assert empty["keys"] == [] and empty["truncated"] is False and empty["next"] == "w"
+    await expect_error(await client.get("/kv/v/_tree", query_string={"values": "maybe"}), 400)
+    for hostile in ("a\x01b", "k" * 1025, "a/" + "x" * 1025):
+        error = await expect_error(
+            await client.get("/kv/v/_tree", query_string={"values": "true", "after": hostile}), 400
+        )
+        assert "after" in error["error"]
+    alias = await expect_json(await client.get("/kv/v/_list"))
+    assert alias == await expect_json(await client.get("/kv/v/_ls"))

@@ -130,13 +130,13 @@ async def test_cli_user_group_token_commands(
     token = out.strip()
     assert len(out.splitlines()) == 1 and token.count(".") == 2  # the JWT alone on stdout
     code, out, _ = await kvs("token", "list", "--user", user, "--json", "--token", root)
-    (listed,) = json.loads(out)
+    (listed,) = json.loads(out)["tokens"]  # the documented object
     code, out, err = await kvs("get", "nothing", "--token", token)
     assert code == 1 and err.strip() == "kvs: 404 key not found"
     code, _, err = await kvs("user", "list", "--token", token)
     assert code == 1 and err.startswith("kvs: 403 ")
     code, _, err = await kvs("user", "list")
-    assert code == 1 and err.startswith("kvs: 401 ")
+    assert code == 1 and err.startswith("kvs: 401 ") and "--token TOKEN or $KVS_TOKEN" in err
     code, out, _ = await kvs("token", "revoke", listed["id"], "--token", root)
     assert code == 0 and out.strip() == f"revoked token {listed['id']}"
     code, out, _ = await kvs("user", "rm", user, "--token", root)
