@@ -12,8 +12,11 @@ whatever `HttpService` it was given. The API sees the node only through `NodeVie
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import resource
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -27,9 +30,12 @@ from kvs.node import STOP_GRACE
 
 if TYPE_CHECKING:
     from kvs.api.view import NodeView
+    from kvs.api.workers import WorkerPool
     from kvs.config import Config
 
 log = logging.getLogger("kvs.http")
+
+WORKERS_SOCKET = "workers.sock"  # in data_dir: the node's app, for its HTTP workers only
 
 
 class ApiServer:
@@ -39,6 +45,7 @@ class ApiServer:
         self.stats = HttpStats()
         self.app: QuartTrio | None = None
         self.front: HttpFront | None = None
+        self.workers: WorkerPool | None = None
 
     async def run(
         self,
@@ -57,14 +64,73 @@ class ApiServer:
         self.front = HttpFront(
             self.app, body_budget=c.http_body_budget, max_body=batch_body_limit(c), stats=self.stats
         )
+        if c.http_workers > 1:
+            await self._run_with_workers(node, task_status)
+            return
         await serve_http(
             self.front,
-            _listener_config(c),
-            _limits(c),
+            listener_config(c),
+            http_limits(c),
             self.stats,
             shutdown_trigger=node.stopping.wait,
             task_status=task_status,
         )
+
+    async def _run_with_workers(
+        self, node: NodeView, task_status: trio.TaskStatus[list[str]]
+    ) -> None:
+        """Serve with worker processes (kvs/api/workers.py has the contract): the app on the
+        private Unix socket for them, the port shared with them, the pool supervised."""
+        # Imported here: a node without workers does not load the proxy's HTTP client.
+        from kvs.api.proxy import ForwardedClient
+        from kvs.api.workers import WorkerPool
+        from kvs.store.follower import Beacon
+
+        c = node.config
+        assert self.front is not None and self.app is not None
+        beacon = Beacon.create(c.data_path)
+        beacon.follow_store(node.store)
+        socket_path = c.data_path / WORKERS_SOCKET
+        self.workers = WorkerPool(
+            c,
+            c.http_workers,
+            stopping=node.stopping,
+            grace=STOP_GRACE,
+            after_exit=lambda: node.store.env.reader_check(),
+            keyring=lambda: node.keyring,
+        )
+        private = listener_config(c)
+        private.bind = [f"unix:{socket_path}"]
+        private.umask = 0o177  # the socket: 0600, this user's processes only
+        private.certfile = private.keyfile = None
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    partial(
+                        serve_http,
+                        ForwardedClient(self.front, self.app.extensions["kvs.http_metrics"]),
+                        private,
+                        http_limits(c),
+                        HttpStats(),
+                        shutdown_trigger=node.stopping.wait,
+                    )
+                )
+                binds = await nursery.start(
+                    partial(
+                        serve_http,
+                        self.front,
+                        listener_config(c, reuse_port=True),
+                        http_limits(c),
+                        self.stats,
+                        shutdown_trigger=node.stopping.wait,
+                    )
+                )
+                await nursery.start(self.workers.run)
+                task_status.started(binds)
+        finally:
+            beacon.close(remove=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(socket_path)
 
     async def wait_idle(self) -> None:
         """Return once no request is being answered (a graceful stop waits for this)."""
@@ -72,8 +138,11 @@ class ApiServer:
             await self.front.wait_idle()
 
 
-def _listener_config(c: Config) -> FrontConfig:
+def listener_config(c: Config, *, reuse_port: bool = False) -> FrontConfig:
+    """The listener's config for the node's port; with `reuse_port`, bound with SO_REUSEPORT
+    so that the node and its HTTP workers share it."""
     hc = FrontConfig()
+    hc.workers = 2 if reuse_port else 1  # Hypercorn sets SO_REUSEPORT for more than one
     hc.stall_timeout = c.http_stall_timeout
     hc.bind = [f"{c.bind_address}:{c.port}"]
     hc.accesslog = None
@@ -84,7 +153,7 @@ def _listener_config(c: Config) -> FrontConfig:
     return hc
 
 
-def _limits(c: Config) -> HttpLimits:
+def http_limits(c: Config) -> HttpLimits:
     return HttpLimits(
         header_timeout=c.http_header_timeout,
         body_timeout=c.http_body_timeout,

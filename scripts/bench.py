@@ -69,6 +69,7 @@ from bench_support.load import (
 from bench_support.procs import (
     LOOPBACK,
     BenchError,
+    child_pids,
     cpu_mark,
     foreign_cpu,
     machine_busy,
@@ -120,6 +121,7 @@ def cmd_http(args: argparse.Namespace) -> int:
         args.skip.append("etcd")
     if args.auth:  # KVS anonymous against KVS with a token on every request, nothing else
         args.skip += ["bare-hypercorn", "etcd", "loadgen-ceiling"]
+        args.workers = []
     else:
         args.skip.append("kvs-auth")
     with tempfile.TemporaryDirectory(prefix="kvs-bench-", dir=args.tmp_dir) as tmp_name:
@@ -145,6 +147,7 @@ def cmd_http(args: argparse.Namespace) -> int:
             targets, start_failed = start_targets(report, args, tmp, servers)
             failed |= start_failed
             failed |= measure_interleaved(report, targets, args, tmp)
+            report.notes.extend(worker_scaling_lines(report, args.workers))
             if args.auth:
                 report.notes.extend(auth_cost_lines(report))
                 report.notes.extend(auth_cpu_lines())
@@ -274,6 +277,32 @@ def auth_cost_lines(report: HttpReport) -> list[str]:
     return lines
 
 
+# Issue 18's targets: throughput with 2 HTTP processes against 1, on the same machine.
+WORKER_TARGETS = {"GET": 1.5, "PUT": 1.3}
+
+
+def worker_scaling_lines(report: HttpReport, counts: list[int]) -> list[str]:
+    """Req/s with N HTTP processes against the node alone (medians of the rounds), and the
+    issue's targets for N = 2. Throughput counts every process's CPU (see process_cpu_s)."""
+    lines = []
+    for op in OPS:
+        one = report.rps("kvs", op)
+        if not one:
+            continue
+        curve = [f"1: {one:,.0f}"]
+        for n in counts:
+            rps = report.rps(f"kvs-{n}w", op)
+            if rps:
+                curve.append(f"{n}: {rps:,.0f} ({rps / one:.2f}x)")
+        line = f"http_workers scaling, {op} req/s by processes: " + "; ".join(curve)
+        two = report.rps("kvs-2w", op)
+        if two:
+            verdict = "met" if two / one >= WORKER_TARGETS[op] else "NOT met"
+            line += f" (target for 2: >= {WORKER_TARGETS[op]}x: {verdict})"
+        lines.append(line)
+    return lines
+
+
 def start_targets(
     report: HttpReport, args: argparse.Namespace, tmp: Path, servers: contextlib.ExitStack
 ) -> tuple[list[Target], bool]:
@@ -291,6 +320,10 @@ def start_targets(
         ),
         "etcd": lambda: etcd_target(tmp, sizes, args.ready_timeout),
     }
+    for n in args.workers:  # the same node with n HTTP processes (issue 18)
+        starters[f"kvs-{n}w"] = lambda n=n: kvs_target(
+            args.kvs_cmd, tmp, sizes, args.ready_timeout, cwd=REPO, http_workers=n
+        )
     targets: list[Target] = []
     failed = False
     for name, start in starters.items():
@@ -305,6 +338,10 @@ def start_targets(
             target = servers.enter_context(start())
             time.sleep(IDLE_SECONDS)
             report.idle_rss_mb[target.name] = rss_mb(target.proc.pid)
+            workers = child_pids(target.proc.pid) if target.name.startswith("kvs") else []
+            if workers:
+                each = ", ".join(f"{rss_mb(pid):.1f}" for pid in workers)
+                report.notes.append(f"{target.name}: idle RSS of each HTTP worker: {each} MB")
             target.prepare()
             targets.append(target)
             rss = report.idle_rss_mb[target.name]
@@ -746,6 +783,13 @@ def _add_http_args(p: argparse.ArgumentParser) -> None:
         help="skip a step (repeatable)",
     )
     p.add_argument("--no-etcd", action="store_true", help="same as --skip etcd")
+    p.add_argument(
+        "--workers",
+        type=_csv_ints,
+        default=[2, 4],
+        metavar="N,N",
+        help="also measure KVS with these http_workers counts (default 2,4; '' for none)",
+    )
     p.add_argument(
         "--auth",
         action="store_true",

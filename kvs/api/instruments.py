@@ -65,6 +65,33 @@ class HttpMetrics(Collector):
 
     def __init__(self) -> None:
         self._series: dict[tuple[str, str, int], list[Any]] = {}  # [count, sum, buckets]
+        # HTTP workers' own series (kvs/api/proxy.py reports them): the latest report of each
+        # running worker, and what workers that since exited had counted (so sums never fall).
+        self._workers: dict[int, tuple[int, list[list[Any]]]] = {}  # index: (pid, rows)
+        self._retired: dict[tuple[str, str, int], list[Any]] = {}
+
+    def rows(self) -> list[list[Any]]:
+        """This process's series, as a worker reports them: [route, method, status, count,
+        sum, buckets]."""
+        return [[*key, count, total, list(b)] for key, (count, total, b) in self._series.items()]
+
+    def absorb(self, index: int, pid: int, rows: list[list[Any]]) -> None:
+        """A worker's report (cumulative). A new pid for an index: the old one exited, and
+        what it counted is kept."""
+        previous = self._workers.get(index)
+        if previous is not None and previous[0] != pid:
+            _add_rows(self._retired, previous[1])
+        self._workers[index] = (pid, rows)
+
+    def _totals(self) -> dict[tuple[str, str, int], list[Any]]:
+        if not self._workers and not self._retired:
+            return self._series
+        totals: dict[tuple[str, str, int], list[Any]] = {}
+        _add_rows(totals, self.rows())
+        _add_rows(totals, [[*k, c, t, b] for k, (c, t, b) in self._retired.items()])
+        for _, rows in self._workers.values():
+            _add_rows(totals, rows)
+        return totals
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         if method not in METHODS:
@@ -88,7 +115,7 @@ class HttpMetrics(Collector):
             "Time to answer an HTTP request (for a watch stream: how long it lasted)",
             labels=labels,
         )
-        for (route, method, status), (count, total, counts) in sorted(self._series.items()):
+        for (route, method, status), (count, total, counts) in sorted(self._totals().items()):
             values = [
                 route,
                 method,
@@ -104,6 +131,16 @@ class HttpMetrics(Collector):
             latency.add_metric(values, buckets, sum_value=total)
         yield requests
         yield latency
+
+
+def _add_rows(into: dict[tuple[str, str, int], list[Any]], rows: list[list[Any]]) -> None:
+    for route, method, status, count, total, buckets in rows:
+        series = into.get((route, method, status))
+        if series is None:
+            series = into[(route, method, status)] = [0, 0.0, [0] * (len(LATENCY_BUCKETS) + 1)]
+        series[0] += count
+        series[1] += total
+        series[2] = [a + b for a, b in zip(series[2], buckets, strict=True)]
 
 
 class NodeCollector(Collector):

@@ -207,6 +207,14 @@ class Config:
         " in the kernel's backlog until one closes.",
         basic=True,
     )
+    http_workers: int = setting(
+        1,
+        r.WORKERS,
+        "HTTP processes serving the port (`SO_REUSEPORT`): 1 is the node alone; with more, the"
+        " node supervises worker processes that answer reads from the shared LMDB store and"
+        " pass everything else to the node (see [Operations](operations.md#http-workers)).",
+        example="auto",
+    )
     watch_buffer: int = setting(
         4096,
         r.integer(1, 10_000_000),

@@ -99,6 +99,16 @@ def integer(lo: int, hi: int) -> Rule:
     return Rule(parse, f"integer, {lo:_}–{hi:_}".replace("_", ","))
 
 
+def _workers(value: Any) -> int:
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_HTTP_WORKERS))
+    return integer(1, MAX_HTTP_WORKERS).parse(value)
+
+
+MAX_HTTP_WORKERS = 64
+WORKERS = Rule(_workers, f"integer, 1–{MAX_HTTP_WORKERS}, or `auto` (one per CPU)")
+
+
 def port(*, zero: bool) -> Rule:
     rule = integer(0 if zero else 1, 65535)
     return Rule(rule.parse, "port, 0–65535 (0: derived)" if zero else "port, 1–65535")

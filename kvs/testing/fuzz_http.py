@@ -209,6 +209,8 @@ def node_settings(options: Options) -> tuple[dict[str, object], Deadlines]:
     supported = supported_config_keys()
     deadlines = Deadlines()
     settings: dict[str, object] = {"tamper_logging_enabled": True, "sync_interval": 1.0}
+    if options.http_workers > 1:
+        settings["http_workers"] = options.http_workers
     if options.header_timeout is not None and "http_header_timeout" in supported:
         settings["http_header_timeout"] = options.header_timeout
         deadlines.header = options.header_timeout
@@ -340,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="not these kinds (comma list)")
     parser.add_argument("--replay", default="", help="run only these interaction indices, in order")
     parser.add_argument("--no-restart", action="store_true", help="leave a crashed node down")
+    parser.add_argument("--http-workers", type=int, default=1, help="each node's http_workers")
     parser.add_argument("--header-timeout", type=float, default=2.0)
     parser.add_argument("--body-timeout", type=float, default=3.0)
     parser.add_argument(
@@ -373,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         kinds=kinds,
         replay=_indices(args.replay) if args.replay else (),
         restart=not args.no_restart,
+        http_workers=args.http_workers,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
         assume_deadlines=_deadlines(args.judge_deadlines),

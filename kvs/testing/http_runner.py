@@ -82,6 +82,7 @@ class Options:
     rss_factor: float = 4.0
     settle_timeout: float = 20.0
     drain: float = 3.0
+    http_workers: int = 1  # each node's HTTP processes (`http_workers`)
     out: Callable[[str], None] = print
 
 

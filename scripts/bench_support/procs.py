@@ -163,10 +163,32 @@ def rss_mb(pid: int) -> float:
 
 
 def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) `pid` has used, from /proc/PID/stat."""
+    """CPU seconds (user + system, all threads) `pid` has used, from /proc/PID/stat, with
+    its children's (a node's HTTP workers: those running, and those it has reaped)."""
+    total = _own_cpu_ticks(pid, with_reaped=True)
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += _own_cpu_ticks(child)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_ticks(pid: int, *, with_reaped: bool = False) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rpartition(")")[2].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks + (int(fields[13]) + int(fields[14]) if with_reaped else 0)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of `pid` (a node's HTTP workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(fields[1]) == pid and fields[0] != "Z":
+                    found.append(int(entry.name))
+    return sorted(found)
 
 
 def _cpu_times() -> tuple[int, int]:

@@ -25,6 +25,7 @@ from bench_support.procs import (
     LOOPBACK,
     BenchError,
     Proc,
+    child_pids,
     http_json,
     http_request,
     spawned,
@@ -168,7 +169,9 @@ def bare_target(argv_prefix: Sequence[str], tmp: Path, timeout: float) -> Iterat
 # ---------------------------------------------------------------- KVS
 
 
-def write_kvs_config(path: Path, data_dir: Path, *, auth: bool = False) -> int:
+def write_kvs_config(
+    path: Path, data_dir: Path, *, auth: bool = False, http_workers: int = 1
+) -> int:
     """Write a node config on fresh loopback ports; return its HTTP port.
 
     YAML by hand: every value is a plain scalar, and JSON strings are valid YAML."""
@@ -183,6 +186,7 @@ def write_kvs_config(path: Path, data_dir: Path, *, auth: bool = False) -> int:
         f'cluster_secret: "{secrets.token_hex(24)}"',
         f"auth_enabled: {'true' if auth else 'false'}",  # the root token: data_dir/root.token
         "log_level: warning",
+        f"http_workers: {http_workers}",
     ]
     path.write_text("\n".join(lines) + "\n")
     return port
@@ -190,15 +194,28 @@ def write_kvs_config(path: Path, data_dir: Path, *, auth: bool = False) -> int:
 
 @contextlib.contextmanager
 def kvs_node(
-    kvs_cmd: str, home: Path, timeout: float, *, cwd: Path | None = None, auth: bool = False
+    kvs_cmd: str,
+    home: Path,
+    timeout: float,
+    *,
+    cwd: Path | None = None,
+    auth: bool = False,
+    http_workers: int = 1,
 ) -> Iterator[Proc]:
-    """A KVS node on an empty store under `home`, ready (GET /health 200) when yielded."""
+    """A KVS node on an empty store under `home`, ready (GET /health 200) when yielded; with
+    `http_workers` > 1, once its workers serve too."""
     home.mkdir(parents=True)
     config = home / "config.yaml"
-    port = write_kvs_config(config, home / "data", auth=auth)
+    port = write_kvs_config(config, home / "data", auth=auth, http_workers=http_workers)
     argv = [*shlex.split(kvs_cmd), str(config)]
     with spawned(f"kvs ({home.name})", argv, port, home / "node.log", cwd=cwd) as proc:
         wait_ready(proc, "/health", timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while len(child_pids(proc.pid)) < http_workers - 1:
+            if time.monotonic() > deadline:
+                raise BenchError(f"kvs ({home.name}): its HTTP workers did not start")
+            time.sleep(0.1)
+        time.sleep(1.0 if http_workers > 1 else 0)  # the workers bind the port after start
         yield proc
 
 
@@ -226,10 +243,14 @@ def kvs_target(
     *,
     cwd: Path | None = None,
     auth: bool = False,
+    http_workers: int = 1,
 ) -> Iterator[Target]:
-    """KVS; with `auth`, a node with auth on and the root token on every request."""
-    name = "kvs-auth" if auth else "kvs"
-    with kvs_node(kvs_cmd, tmp / name, timeout, cwd=cwd, auth=auth) as proc:
+    """KVS; with `auth`, a node with auth on and the root token on every request; with
+    `http_workers` > 1, a node with that many HTTP processes (target `kvs-Nw`)."""
+    name = "kvs-auth" if auth else "kvs" if http_workers == 1 else f"kvs-{http_workers}w"
+    with kvs_node(
+        kvs_cmd, tmp / name, timeout, cwd=cwd, auth=auth, http_workers=http_workers
+    ) as proc:
         port = proc.port
         headers: dict[str, str] = {}
         if auth:

@@ -38,3 +38,25 @@ def test_hostile_http_traffic_never_takes_a_node_down(tmp_path: Path) -> None:
     )
     assert report.interactions > 50, report.text()  # it really ran
     assert report.ok, f"KVS_FUZZ_SEED={seed}\n" + report.text()
+
+
+@pytest.mark.timing
+def test_hostile_http_traffic_through_http_workers(tmp_path: Path) -> None:
+    """The same, against nodes that each serve with two HTTP processes (`http_workers: 2`):
+    every request a worker passes on to its node is judged like one the node took itself."""
+    raw = os.environ.get("KVS_FUZZ_SEED")
+    seed = int(raw) if raw else random.SystemRandom().randrange(2**63)
+    print(f"KVS_FUZZ_SEED={seed} (http_workers: 2)")
+    report = fuzz_http.run(
+        fuzz_http.Options(
+            seconds=FUZZ_SECONDS,
+            seed=seed,
+            nodes=2,
+            workers=8,
+            drain=2.0,
+            http_workers=2,
+            directory=tmp_path / "cluster",
+        )
+    )
+    assert report.interactions > 50, report.text()
+    assert report.ok, f"KVS_FUZZ_SEED={seed} (http_workers: 2)\n" + report.text()
