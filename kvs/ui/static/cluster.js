@@ -80,8 +80,18 @@ function drawSummary(el, health, stats) {
     card("Merkle root", sync ? sync.root.slice(0, 16) : "n/a", "self-root"),
     card("Last exchange", sync ? ago(sync.last_exchange_ms) : "n/a", "self-last-exchange"),
   );
+  if (health.sync) el.append(card("Bootstrap", syncText(health.sync), "self-sync"));
   const mode = el.querySelector("#self-mode");
   mode.className = `value mode-${health.mode}`;
+}
+
+// A syncing node's bootstrap progress (/health's `sync`): keys received of those expected
+// (the peer's Merkle size, tombstones included: an estimate), rate and time left.
+function syncText(p) {
+  const of = p.keys_expected ? ` of ~${p.keys_expected.toLocaleString()}` : "";
+  const rate = p.keys_per_s ? `, ${Math.round(p.keys_per_s).toLocaleString()} keys/s` : "";
+  const left = p.eta_s != null ? `, ${duration(p.eta_s)} left` : "";
+  return `${p.keys_received.toLocaleString()}${of}${rate}${left}`;
 }
 
 function exchangeText(ex) {
