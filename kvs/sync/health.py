@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import trio
 
-from kvs.store import Store
+from kvs.store import Store, StoreError
 from kvs.sync.limits import SyncSettings
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,16 @@ class Health:
         self.last_exchange_ms = now
         every = min(60_000, self._settings.tombstone_ttl_ms // 10)
         if now - self._persisted_exchange_ms >= every:
-            self._persisted_exchange_ms = now
-            await self._store.put_system(LAST_EXCHANGE, now)
+            try:
+                await self._store.put_system(LAST_EXCHANGE, now)
+            except StoreError as exc:
+                # Bookkeeping, not a client's write: a disk error here must not end the
+                # node (that downtime could outlast tombstone_ttl and make it stale). The
+                # next exchange tries again; a restart meanwhile reads an older time.
+                self._counters["last_exchange_not_persisted"] += 1
+                log.warning("could not persist the last exchange time: %s", exc)
+            else:
+                self._persisted_exchange_ms = now
         if alone:
             self._counters["alone_ticks"] += 1
 

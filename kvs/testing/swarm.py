@@ -369,6 +369,10 @@ class _Run(SwarmRequests):
             self.disks[sim.name].rate = fault.amount
             await trio.sleep(fault.length)
             self.disks[sim.name].rate = 0.0
+            # A node its store failure ended is started again by its supervisor (systemd)
+            # once the disk is back, not only when the run settles: a downtime longer than
+            # tombstone_ttl would rightly leave it stale.
+            await self._restart(sim.name)
 
     async def _settle(self, net: SimNetwork) -> None:
         net.heal()

@@ -34,6 +34,12 @@ REGRESSION_SEEDS = [
     # persist its incarnation and refused to start (as it should); the swarm now restarts
     # it again a second later, as a supervisor would.
     18645210589652,
+    # A disk error while anti-entropy persisted the last exchange's time ended the node; the
+    # swarm restarted it only when the run settled, past tombstone_ttl, so it came back
+    # stale. Now the write is retried at the next exchange, and the swarm restarts a node
+    # its disk ended once the disk is back (reference scenario, 2026-12-04).
+    4695653489795782,
+    4644453139794808,
 ]
 
 
