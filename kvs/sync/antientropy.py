@@ -58,6 +58,7 @@ class AntiEntropy:
         self._kick = trio.Event()
         self._urgent: list[str] = []  # exchange with these at once
         self._peer_syncing: dict[str, bool] = {}  # what each peer said in our last exchange
+        self._peer_stale: dict[str, bool] = {}
         self._lost: set[str] = set()  # peers that died (not left) and have not come back
         self._errors = LogLimiter(log)
         # The last exchange this node started with each peer, as the console shows it
@@ -130,8 +131,14 @@ class AntiEntropy:
             return
         self._note(node_id, _outcome(result))
         self._peer_syncing[node_id] = result.peer_syncing
+        self._peer_stale[node_id] = result.peer_stale
         if not result.skipped:
             await self.health.note_exchange()
+        elif self._only_stale_peers() and not self._lost and not self.health.syncing:
+            # Every live peer is stale (out of replication until re-bootstrapped): we are
+            # the part of the cluster that is in step, as a node alone is -- without this a
+            # stale peer would make its healthy partner stale too, in time.
+            await self.health.note_exchange(alone=True)
         if self.health.syncing and self._bootstrapped_by(result):
             await self.health.finish_bootstrap()
             log.info("bootstrap complete: %d records", self._local.tree.size)
@@ -140,6 +147,11 @@ class AntiEntropy:
         self.last_by_peer[node_id] = {"at_ms": self._local.store.clock.wall_ms(), **outcome}
         if len(self.last_by_peer) > limits.MAX_PEERS_SHOWN:  # bounded, whatever the churn
             del self.last_by_peer[next(iter(self.last_by_peer))]
+
+    def _only_stale_peers(self) -> bool:
+        """Whether every live peer said, in our last exchange with it, that it is stale."""
+        peers = self.live_peers()
+        return bool(peers) and all(self._peer_stale.get(node_id) for node_id, _ in peers)
 
     def _bootstrapped_by(self, result: ExchangeResult) -> bool:
         """Whether an exchange ends our bootstrap: the peer held the cluster's data (it was

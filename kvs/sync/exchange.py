@@ -119,6 +119,11 @@ class Exchanger:
                     await self.witness.exchange(call, node_id)
                 except PEER_ERRORS:
                     self._counters["audit_heads_failed"] += 1
+            if not result.skipped:
+                try:  # last: a peer of an older release refuses it, ending only this session
+                    await call({"op": "done"})
+                except PEER_ERRORS:
+                    self._counters["done_refused"] += 1
         if not full:
             return result
         result.bytes_in, result.bytes_out = stream.bytes_in, stream.bytes_out

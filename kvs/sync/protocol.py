@@ -10,6 +10,8 @@ Requests travel as msgpack maps over an authenticated `FrameStream` (purpose "sy
     {"op": "push", "records": [encoded, ...], "durable": bool}  -> {"applied": int}
     {"op": "snapshot", "format": {...}}          -> a stream of frames (kvs/sync/snapshot.py)
     {"op": "audit", ...}                         -> audit chain heads (kvs/sync/witness.py)
+    {"op": "done"}                               -> {}: the exchange reconciled (or found the
+                                                    roots equal); the server is in step too
 
 A push is answered once its records are committed, or with "durable": false (the push
 link, where anti-entropy is the safety net) once they are validated and queued for the

@@ -237,6 +237,12 @@ class SyncServer:
                 reply = {"refused": "audit log off"}
             else:
                 reply = await self.witness.answer(request)
+        elif op == "done":
+            # The peer compared its tree with ours and reconciled both ways (or found them
+            # equal): we are in step with the cluster as much as it is, so a node that only
+            # serves exchanges (its own failed or were cut short) does not go stale.
+            await self.health.note_exchange()
+            reply = {}
         elif op == "push":
             ops = self.intake.merges(p.parse_records(request.get("records")))
             if request.get("durable") is False and defer is not None:

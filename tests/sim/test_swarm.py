@@ -40,6 +40,12 @@ REGRESSION_SEEDS = [
     # its disk ended once the disk is back (reference scenario, 2026-12-04).
     4695653489795782,
     4644453139794808,
+    # A node whose own exchanges were cut short by restarts went stale though its peer
+    # exchanged with it every few seconds, then its healthy peer, having only a stale
+    # peer, went stale too: now a completed exchange counts on both sides ("done"), and a
+    # node whose every live peer is stale is in step on its own (10-minute swarm).
+    260791147016263,
+    22132758718082,
 ]
 
 
