@@ -63,13 +63,15 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
-def _int(value: Any, lo: int = 0, hi: int = _U63) -> int:
+def bounded_int(value: Any, lo: int = 0, hi: int = _U63) -> int:
+    """`value` if it is an int (not a bool) within lo..hi, else ProtocolError("shape")."""
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ProtocolError("shape")
     return value
 
 
-def _list(value: Any, limit: int) -> list[Any]:
+def bounded_list(value: Any, limit: int) -> list[Any]:
+    """`value` if it is a list of at most `limit` items, else ProtocolError("shape")."""
     if not isinstance(value, list) or len(value) > limit:
         raise ProtocolError("shape")
     return value
@@ -83,21 +85,24 @@ def request_op(request: Any) -> str:
 
 def parse_nodes(request: dict[str, Any], depth: int) -> list[tuple[int, int]]:
     nodes = []
-    for item in _list(request.get("nodes"), MAX_NODES_PER_REQUEST):
-        pair = _list(item, 2)
+    for item in bounded_list(request.get("nodes"), MAX_NODES_PER_REQUEST):
+        pair = bounded_list(item, 2)
         if len(pair) != 2:
             raise ProtocolError("shape")
-        level = _int(pair[0], 0, depth - 1)
-        nodes.append((level, _int(pair[1], 0, 16**level - 1)))
+        level = bounded_int(pair[0], 0, depth - 1)
+        nodes.append((level, bounded_int(pair[1], 0, 16**level - 1)))
     return nodes
 
 
 def parse_leaves(request: dict[str, Any], leaves: int) -> list[int]:
-    return [_int(x, 0, leaves - 1) for x in _list(request.get("leaves"), MAX_LEAVES_PER_REQUEST)]
+    return [
+        bounded_int(x, 0, leaves - 1)
+        for x in bounded_list(request.get("leaves"), MAX_LEAVES_PER_REQUEST)
+    ]
 
 
 def parse_keys(request: dict[str, Any]) -> list[str]:
-    keys = _list(request.get("keys"), MAX_KEYS_PER_REQUEST)
+    keys = bounded_list(request.get("keys"), MAX_KEYS_PER_REQUEST)
     if not all(isinstance(k, str) and 0 < len(k) <= MAX_KEY_BYTES for k in keys):
         raise ProtocolError("shape")
     return keys
@@ -117,7 +122,7 @@ def _id(value: Any) -> str:
 
 
 def parse_records(value: Any, limit: int = MAX_RECORDS_PER_PUSH) -> list[bytes]:
-    records = _list(value, limit)
+    records = bounded_list(value, limit)
     if not all(isinstance(r, bytes) for r in records):
         raise ProtocolError("shape")
     return records
@@ -128,12 +133,12 @@ def encode_hash(value: int) -> bytes:
 
 
 def decode_hashes(reply: Any, count: int) -> list[list[int]]:
-    groups = _list(reply.get("hashes") if isinstance(reply, dict) else None, count)
+    groups = bounded_list(reply.get("hashes") if isinstance(reply, dict) else None, count)
     if len(groups) != count:
         raise ProtocolError("shape")
     out = []
     for group in groups:
-        hashes = _list(group, 16)
+        hashes = bounded_list(group, 16)
         if len(hashes) != 16 or not all(isinstance(h, bytes) and len(h) == 16 for h in hashes):
             raise ProtocolError("shape")
         out.append([int.from_bytes(h, "big") for h in hashes])
@@ -144,24 +149,24 @@ def decode_count(reply: Any, requested: int, *, at_least: int = 1) -> int:
     """How many of the `requested` leaves or keys a reply covers: at least one (unless the
     caller allows 0), so that a client asking again for the rest always makes progress."""
     count = reply.get("count") if isinstance(reply, dict) else None
-    return _int(count, min(at_least, requested), requested)
+    return bounded_int(count, min(at_least, requested), requested)
 
 
 encode_summary = summary_fields  # on the wire as in the bucket index (kvs/store/layout.py)
 
 
 def decode_summaries(reply: Any, limit: int) -> list[Summary]:
-    entries = _list(reply.get("entries") if isinstance(reply, dict) else None, limit)
+    entries = bounded_list(reply.get("entries") if isinstance(reply, dict) else None, limit)
     out = []
     for entry in entries:
-        fields = _list(entry, 7)
+        fields = bounded_list(entry, 7)
         if len(fields) != 7:
             raise ProtocolError("shape")
         key, hlc, joined, origin, uid, deleted, expires_at = fields
         if not isinstance(deleted, bool):
             raise ProtocolError("shape")
-        version = Version(_int(hlc), _int(joined), _id(origin), _id(uid))
-        expires = None if expires_at is None else _int(expires_at)
+        version = Version(bounded_int(hlc), bounded_int(joined), _id(origin), _id(uid))
+        expires = None if expires_at is None else bounded_int(expires_at)
         out.append(Summary(_key(key), version, deleted, expires))
     return out
 

@@ -39,7 +39,7 @@ import lmdb
 
 from kvs.store import Store
 from kvs.store.layout import DATA_FILE, MAX_DBS, system_entries, unpack_value
-from kvs.sync.protocol import ProtocolError
+from kvs.sync.protocol import ProtocolError, bounded_int, bounded_list
 
 log = logging.getLogger(__name__)
 
@@ -136,19 +136,11 @@ def remember(
 
 
 def _count(value: Any) -> int:
-    if type(value) is not int or not 0 <= value <= MAX_COUNT:
-        raise ProtocolError("shape")
-    return value
+    return bounded_int(value, 0, MAX_COUNT)
 
 
 def _hash(value: Any) -> bytes:
     if not isinstance(value, bytes) or len(value) != HASH_BYTES:
-        raise ProtocolError("shape")
-    return value
-
-
-def _list(value: Any, limit: int) -> list[Any]:
-    if not isinstance(value, list) or len(value) > limit:
         raise ProtocolError("shape")
     return value
 
@@ -164,15 +156,15 @@ def parse_heads(message: Any, *, reply: bool) -> Heads:
     head = _hash(message.get("head"))
     at: list[int] = []
     answers: dict[int, bytes | None] = {}
-    for item in _list(message.get("at"), MAX_CHECKPOINTS):
+    for item in bounded_list(message.get("at"), MAX_CHECKPOINTS):
         if not reply:
             at.append(_count(item))
             continue
-        pair = _list(item, 2)
+        pair = bounded_list(item, 2)
         if len(pair) != 2:
             raise ProtocolError("shape")
         answers[_count(pair[0])] = None if pair[1] is None else _hash(pair[1])
-    noticed = _list(message.get("noticed"), 2)
+    noticed = bounded_list(message.get("noticed"), 2)
     if len(noticed) != 2 or not isinstance(noticed[1], str):
         raise ProtocolError("shape")
     return Heads(node, count, head, at, answers, _count(noticed[0]), _printable(noticed[1]))
