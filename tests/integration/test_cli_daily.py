@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import os
 import pty
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,9 @@ import pytest
 import kvs
 from kvs.auth.permissions import ALL_SCOPES
 from kvs.cli import main
+from tests.support.cli import in_process_cli
 from tests.support.cluster import LiveCluster, client, wait_for
-from tests.support.procs import config_value, init_config
+from tests.support.procs import config_value, init_config, run_kvs
 
 
 @pytest.fixture(scope="module")
@@ -41,48 +40,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
     cluster.assert_clean_logs()
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
     """`kvs ...` in this process (stdin is not a terminal, nor are stdout and stderr)."""
-    monkeypatch.delenv("KVS_URL", raising=False)
-    monkeypatch.delenv("KVS_TOKEN", raising=False)
-
-    def run(*args: str, stdin: str = "", **env: str) -> Result:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        capsys.readouterr()
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse: usage, --help, --version
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        for name in env:
-            monkeypatch.delenv(name)
-        return Result(code, out, err)
-
-    return run
+    return in_process_cli(capsys, monkeypatch)
 
 
 def kvs_process(
     *args: str, stdin: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kvs", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        env={**os.environ, "KVS_URL": "", "KVS_TOKEN": "", **env},
-    )
+    return run_kvs(*args, timeout=120, stdin=stdin, env={"KVS_URL": "", "KVS_TOKEN": "", **env})
 
 
 def batch_put(url: str, token: str, items: list[tuple[str, Any]]) -> None:
@@ -416,7 +383,6 @@ def test_shell_reads_commands_piped_into_it(live: LiveCluster) -> None:
 
 
 def test_shell_completes_commands_and_key_paths(live: LiveCluster) -> None:
-    from kvs.cli import main
     from kvs.cli.shell import Session
 
     url, token = live.url("node3"), live.root_token()

@@ -4,9 +4,7 @@ node 1, and /metrics on both nodes moving with that traffic."""
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -14,15 +12,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvs.cli import main
+from tests.support.cli import in_process_cli
 from tests.support.cluster import LiveCluster, wait_for
+from tests.support.procs import run_kvs
 
 LINE_TIMEOUT = 30.0  # generous: a loaded 2-core machine
 
@@ -38,47 +36,15 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
     live.assert_clean_logs()
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
     """The `kvs` command run in this process (a process per call took a second each on a
     loaded machine); `kvs()` below runs the real process where that is the point."""
-    monkeypatch.delenv("KVS_URL", raising=False)
-    monkeypatch.delenv("KVS_TOKEN", raising=False)
-
-    def run(*args: str, stdin: str | None = None, **env: str) -> Result:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
-        capsys.readouterr()
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse: bad usage
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        for name in env:
-            monkeypatch.delenv(name)
-        return Result(code, out, err)
-
-    return run
+    return in_process_cli(capsys, monkeypatch)
 
 
 def kvs(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kvs", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        env={**os.environ, "KVS_URL": "", "KVS_TOKEN": "", **env},
-    )
+    return run_kvs(*args, timeout=60, stdin=stdin, env={"KVS_URL": "", "KVS_TOKEN": "", **env})
 
 
 def test_key_commands_and_exit_statuses(pair: LiveCluster, cli: Any) -> None:

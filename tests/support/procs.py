@@ -38,15 +38,17 @@ KVS_SCRIPT = Path(sys.executable).with_name("kvs")  # the console script pip ins
 
 def run_kvs(
     *args: str,
-    cwd: Path | str,
+    cwd: Path | str | None = None,
     timeout: float = EXIT_TIMEOUT,
     console_script: bool = False,
     env: dict[str, str | None] | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a `kvs` command to completion (init, or a node expected to fail at start-up).
 
     `python -m kvs` by default; `console_script=True` runs the installed `kvs` script.
-    `env` changes the environment (a None value removes that variable)."""
+    `env` changes the environment (a None value removes that variable); `stdin` is fed to
+    the command (otherwise it reads an empty, closed standard input)."""
     command = [str(KVS_SCRIPT)] if console_script else KVS
     environment = None
     if env is not None:
@@ -62,7 +64,8 @@ def run_kvs(
         capture_output=True,
         text=True,
         timeout=timeout,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
         env=environment,
     )
 
