@@ -7,7 +7,8 @@ file. A read that may be long (a scan, a full listing) re-opens one per chunk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from kvs.model import SYSTEM_PREFIX, Record, RecordCodec, RecordHead
 from kvs.store.environment import Environment
@@ -32,6 +33,7 @@ from kvs.store.layout import (
 )
 
 _SCAN_CHUNK = 256
+T = TypeVar("T")
 
 
 class Reads(Environment):
@@ -92,21 +94,14 @@ class Reads(Environment):
         so a slow consumer never pins old pages for long."""
         for chunk in self._chunks(start, end):
             records = [self._read_codec.decode(value) for _, value in chunk]
-            records.sort(key=lambda r: r.key.encode())
-            yield from _within(records, start, end)
+            yield from _in_order_within(chunk, records, lambda r: r.key, start, end)
 
     def scan_heads(self, start: str, end: str | None = None) -> Iterator[tuple[RecordHead, bytes]]:
         """As `scan`, but each record as its head and its stored bytes (`decode` makes the
         record of those a caller keeps): for listings that filter far more than they show."""
-        start_b, end_b = start.encode(), None if end is None else end.encode()
         for chunk in self._chunks(start, end):
             heads = [(RecordCodec.decode_head(value), value) for _, value in chunk]
-            if any(len(k) > RAW_KEY_BYTES for k, _ in chunk):  # long keys: storage order differs
-                heads.sort(key=lambda h: h[0].key.encode())
-            for head, raw in heads:
-                key_b = head.key.encode()
-                if key_b >= start_b and (end_b is None or key_b < end_b):
-                    yield head, raw
+            yield from _in_order_within(chunk, heads, lambda h: h[0].key, start, end)
 
     def _chunks(self, start: str, end: str | None) -> Iterator[list[tuple[bytes, bytes]]]:
         """The stored (key, value) pairs of the range, a read transaction per chunk. A chunk
@@ -298,9 +293,19 @@ class Reads(Environment):
         return out, len(groups)
 
 
-def _within(records: list[Record], start: str, end: str | None) -> Iterator[Record]:
+def _in_order_within(
+    chunk: list[tuple[bytes, bytes]],
+    items: list[T],
+    key: Callable[[T], str],
+    start: str,
+    end: str | None,
+) -> Iterator[T]:
+    """`items` (one per entry of `chunk`) in key order, those with start <= key < end. Only a
+    chunk holding long keys needs sorting: for the others storage order is key order."""
+    if any(len(k) > RAW_KEY_BYTES for k, _ in chunk):
+        items = sorted(items, key=lambda item: key(item).encode())
     start_b, end_b = start.encode(), None if end is None else end.encode()
-    for record in records:
-        key_b = record.key.encode()
+    for item in items:
+        key_b = key(item).encode()
         if key_b >= start_b and (end_b is None or key_b < end_b):
-            yield record
+            yield item
