@@ -160,7 +160,7 @@ class NodeCollector(Collector):
         info.add_metric([], {"node_id": node.node_id})
         yield info
         mode = GaugeMetricFamily("kvs_node_mode", "1 for the mode the node is in", labels=["mode"])
-        for name in ("normal", "read-only", "syncing"):
+        for name in ("normal", "read-only", "syncing", "stale"):
             mode.add_metric([name], 1.0 if node.mode == name else 0.0)
         yield mode
         yield GaugeMetricFamily("kvs_uptime_seconds", "Seconds since start", node.uptime_s())

@@ -19,6 +19,7 @@ async def test_counters_follow_traffic(nursery: trio.Nursery, tmp_path: Path) ->
     before = await scrape(url)
     assert value(before, "kvs_node_info", node_id="node") == 1
     assert value(before, "kvs_node_mode", mode="normal") == 1
+    assert value(before, "kvs_node_mode", mode="stale") == 0  # every mode has its series
     async with AsyncClient(url) as kvs:
         for i in range(3):
             await kvs.put(f"m/{i}", i)
