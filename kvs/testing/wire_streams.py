@@ -243,6 +243,7 @@ class StreamFuzzer:
                     "records": [self.record() for _ in range(rng.randint(1, 6))],
                     "durable": rng.random() < 0.5,
                 },
+                {"op": "done"},  # the end of an exchange: counts it for the server too
             ]
         )
         return mutate(base, rng) if rng.random() < 0.6 else base
