@@ -13,28 +13,20 @@ import trio
 
 from kvs.node import Node
 from kvs.server import ApiServer
+from kvs.testing.faults import DiskFaults
 from tests.support.api import app_of
 from tests.support.config import make_config
 
 
-class FailingDisk:
-    def __init__(self) -> None:
-        self.error: int | None = None
-
-    def before_commit(self, ops: int) -> None:
-        if self.error is not None:
-            raise OSError(self.error, "simulated disk fault")
-
-
 @pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
 async def test_a_refused_commit_is_503_and_nothing_is_written(tmp_path, nursery, code) -> None:
-    disk = FailingDisk()
+    disk = DiskFaults(random.Random(0), kinds=(code,))
     node = Node(make_config(tmp_path), api=ApiServer(), rng=random.Random(7), commit_gate=disk)
     await nursery.start(lambda task_status: node.run(http=False, task_status=task_status))
     client = app_of(node).test_client()
     assert (await client.put("/kv/before", data=b'{"a": 1}')).status_code == 200
 
-    disk.error = code
+    disk.rate = 1.0  # every commit fails
     attempts = [
         await client.put("/kv/k", data=b'{"a": 2}'),
         await client.put("/kv/before", data=b'{"a": 3}'),
@@ -53,7 +45,7 @@ async def test_a_refused_commit_is_503_and_nothing_is_written(tmp_path, nursery,
     before = await client.get("/kv/before")
     assert json.loads(await before.get_data())["data"] == {"a": 1}
 
-    disk.error = None  # the disk is back: writes work again
+    disk.rate = 0.0  # the disk is back: writes work again
     assert (await client.put("/kv/k", data=b'{"a": 4}')).status_code == 200
     with trio.fail_after(5):
         assert json.loads(await (await client.get("/kv/k")).get_data())["data"] == {"a": 4}

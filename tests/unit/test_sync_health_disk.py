@@ -13,22 +13,14 @@ import trio
 from kvs.node import Node
 from kvs.server import ApiServer
 from kvs.sync.health import LAST_EXCHANGE
+from kvs.testing.faults import DiskFaults
 from tests.support.config import make_config
-
-
-class FailingDisk:
-    def __init__(self) -> None:
-        self.failing = False
-
-    def before_commit(self, ops: int) -> None:
-        if self.failing:
-            raise OSError(errno.EIO, "simulated disk fault")
 
 
 async def test_a_failed_bookkeeping_write_is_counted_and_retried_not_fatal(
     tmp_path, nursery
 ) -> None:
-    disk = FailingDisk()
+    disk = DiskFaults(random.Random(0), kinds=(errno.EIO,))
     config = make_config(
         tmp_path, clustering_enabled=True, sync_interval=0.02, tombstone_ttl=0.5
     )  # alone: an anti-entropy tick every 20 ms; persisted every 50 ms (ttl / 10)
@@ -38,12 +30,12 @@ async def test_a_failed_bookkeeping_write_is_counted_and_retried_not_fatal(
     with trio.fail_after(30):
         while node.store.get_system(LAST_EXCHANGE) is None:
             await trio.sleep(0.01)
-        disk.failing = True
+        disk.rate = 1.0
         while counters["last_exchange_not_persisted"] < 3:
             await trio.sleep(0.01)
         assert node.store is not None and not node.stopping.is_set()  # still up
         stuck = node.store.get_system(LAST_EXCHANGE)
-        disk.failing = False
+        disk.rate = 0.0
         while node.store.get_system(LAST_EXCHANGE) == stuck:
             await trio.sleep(0.01)
     assert node.sync.stats()["stale"] is False  # type: ignore[union-attr]
