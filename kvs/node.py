@@ -35,7 +35,17 @@ from kvs.net.swim import incarnation_at_start
 from kvs.net.swim_settings import SwimSettings
 from kvs.net.transport import RealTransport, Transport
 from kvs.private_files import secure_dir, write_private
-from kvs.store import MAINTENANCE_BATCH, CommitGate, Store, StoreError, StoreSettings
+from kvs.store import (
+    MAINTENANCE_BATCH,
+    CommitGate,
+    Delete,
+    Outcome,
+    Put,
+    Store,
+    StoreError,
+    StoreSettings,
+    Written,
+)
 from kvs.sync import SyncService, SyncSettings, bootstrap_needed
 
 log = logging.getLogger(__name__)
@@ -315,6 +325,20 @@ class Node:
         """Append to the tamper-evident log (when it is on); returns once durable."""
         if self.audit is not None:
             await self.audit.append(self.clock.wall_ms(), action, user, target, detail)
+
+    async def client_write(
+        self, ops: list[Put | Delete], user: str, detail: str = ""
+    ) -> list[Outcome]:
+        """A client's puts and deletes, in one transaction; then each that took effect is
+        audited (with the log on) as `put` or `delete` by `user`. The one way the API
+        writes keys, in this process or from an HTTP worker (kvs/api/writelink.py)."""
+        outcomes = await self.store.write(list(ops))
+        if self.audit is not None:
+            for op, outcome in zip(ops, outcomes, strict=True):
+                if isinstance(outcome, Written):
+                    action = "delete" if isinstance(op, Delete) else "put"
+                    await self.audit_event(action, user, op.key, detail)
+        return outcomes
 
     async def recover_root(self, via: str) -> IssuedToken:
         """Admin recovery: a fresh root token, audited (`admin.recover`, with the token's id,

@@ -31,6 +31,7 @@ from kvs.node import STOP_GRACE
 if TYPE_CHECKING:
     from kvs.api.view import NodeView
     from kvs.api.workers import WorkerPool
+    from kvs.api.writelink import WriteLinkServer
     from kvs.config import Config
 
 log = logging.getLogger("kvs.http")
@@ -46,6 +47,7 @@ class ApiServer:
         self.app: QuartTrio | None = None
         self.front: HttpFront | None = None
         self.workers: WorkerPool | None = None
+        self.write_link: WriteLinkServer | None = None
 
     async def run(
         self,
@@ -84,6 +86,7 @@ class ApiServer:
         # Imported here: a node without workers does not load the proxy's HTTP client.
         from kvs.api.proxy import ForwardedClient
         from kvs.api.workers import WorkerPool
+        from kvs.api.writelink import WriteLinkServer
         from kvs.store.follower import Beacon
 
         c = node.config
@@ -103,30 +106,37 @@ class ApiServer:
         private.bind = [f"unix:{socket_path}"]
         private.umask = 0o177  # the socket: 0600, this user's processes only
         private.certfile = private.keyfile = None
+        self.write_link = WriteLinkServer(node)
+        self.app.extensions["kvs.metrics_registry"].register(self.write_link)
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    partial(
-                        serve_http,
-                        ForwardedClient(self.front, self.app.extensions["kvs.http_metrics"]),
-                        private,
-                        http_limits(c),
-                        HttpStats(),
-                        shutdown_trigger=node.stopping.wait,
+            # The write link outlives the rest: workers finishing their requests after
+            # `stopping` still write through it; it closes once no worker is left.
+            async with trio.open_nursery() as link:
+                await link.start(self.write_link.serve)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(
+                        partial(
+                            serve_http,
+                            ForwardedClient(self.front, self.app.extensions["kvs.http_metrics"]),
+                            private,
+                            http_limits(c),
+                            HttpStats(),
+                            shutdown_trigger=node.stopping.wait,
+                        )
                     )
-                )
-                binds = await nursery.start(
-                    partial(
-                        serve_http,
-                        self.front,
-                        listener_config(c, reuse_port=True),
-                        http_limits(c),
-                        self.stats,
-                        shutdown_trigger=node.stopping.wait,
+                    binds = await nursery.start(
+                        partial(
+                            serve_http,
+                            self.front,
+                            listener_config(c, reuse_port=True),
+                            http_limits(c),
+                            self.stats,
+                            shutdown_trigger=node.stopping.wait,
+                        )
                     )
-                )
-                await nursery.start(self.workers.run)
-                task_status.started(binds)
+                    await nursery.start(self.workers.run)
+                    task_status.started(binds)
+                link.cancel_scope.cancel()
         finally:
             beacon.close(remove=True)
             with contextlib.suppress(FileNotFoundError):

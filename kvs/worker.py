@@ -4,9 +4,10 @@
 A worker serves the node's own API app (kvs/api) on the node's HTTP port (`SO_REUSEPORT`:
 the kernel spreads connections over the node and its workers) over a `WorkerView`: the
 node's LMDB environment opened read only (`FollowerStore`, kvs/store/follower.py) and an
-`AuthService` over it. `WorkerRouter` (kvs/api/proxy.py) answers reads from the store and
-streams everything else to the node over its Unix socket, so every write still goes through
-the node's one writer. It stops on SIGTERM (finishing what it answers), and when its node
+`AuthService` over it. `WorkerRouter` (kvs/api/proxy.py) answers reads from the store, and
+single-key and `_batch` writes up to their store ops, which go to the node's one writer over
+the write link (kvs/api/writelink.py); it streams everything else to the node over its Unix
+socket. It stops on SIGTERM (finishing what it answers), and when its node
 dies.
 """
 
@@ -30,12 +31,13 @@ from kvs.api.batch import batch_body_limit
 from kvs.api.front import HttpFront
 from kvs.api.listener import HttpStats, serve_http
 from kvs.api.proxy import NodeProxy, WorkerRouter, report_metrics
+from kvs.api.writelink import WRITES_SOCKET, WriteLink
 from kvs.auth.service import AuthService, IssuedToken
 from kvs.backup_service import BackupService, BackupSettings
 from kvs.clock import HybridLogicalClock, system_wall_ms
 from kvs.config import Config, project
 from kvs.server import WORKERS_SOCKET, http_limits, listener_config
-from kvs.store import StoreSettings
+from kvs.store import Delete, Outcome, Put, StoreSettings
 from kvs.store.follower import BEACON_FILE, Beacon, FollowerStore
 
 log = logging.getLogger("kvs.worker")
@@ -45,10 +47,13 @@ class WorkerView:
     """What the API may touch of a node, in a worker (kvs/api/view.py `NodeView`). Only the
     reads `served_locally` names reach this view; the rest has no state here."""
 
-    def __init__(self, config: Config, store: FollowerStore, clock: HybridLogicalClock) -> None:
+    def __init__(
+        self, config: Config, store: FollowerStore, clock: HybridLogicalClock, link: WriteLink
+    ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
+        self.link = link
         rng = random.Random(os.urandom(16))
         self._rng = rng
         self.auth = AuthService(
@@ -69,9 +74,21 @@ class WorkerView:
 
     node_id = property(lambda self: self.config.node_id)
     keyring = property(lambda self: self.config.cluster_secrets)
-    audit = None
+    audit = None  # a worker's writes are audited by the node (`client_write`)
     cluster = None
-    mode = "normal"  # never read: /health, writes and metrics go to the node
+
+    @property
+    def mode(self) -> str:
+        """What a worker knows of its node's mode before it writes: the node checks again
+        (syncing and stale are the node's to know) and refuses through the link."""
+        return "read-only" if self.config.read_only else "normal"
+
+    async def client_write(
+        self, ops: list[Put | Delete], user: str, detail: str = ""
+    ) -> list[Outcome]:
+        """Through the node's writer (kvs/api/writelink.py); then this process's next read
+        sees the write (the node answers once it is committed)."""
+        return await self.link.client_write(ops, user, detail)
 
     @property
     def stopping(self) -> trio.Event:
@@ -101,7 +118,8 @@ async def serve_worker(config: Config, index: int) -> None:
         new_uuid=lambda: "",
         settings=project(StoreSettings, config),
     )
-    view = WorkerView(config, store, clock)
+    link = WriteLink(config.data_path / WRITES_SOCKET, config)
+    view = WorkerView(config, store, clock, link)
     stats = HttpStats()
     app = create_app(view, stats)  # type: ignore[arg-type]
     proxy = NodeProxy(str(config.data_path / WORKERS_SOCKET))
@@ -132,6 +150,7 @@ async def serve_worker(config: Config, index: int) -> None:
     finally:
         with trio.CancelScope(shield=True):
             await proxy.aclose()
+            await link.aclose()
         store.close()
         beacon.close()
 

@@ -72,6 +72,7 @@ def create_app(node: NodeView, stats: HttpStats) -> QuartTrio:
     registry, http_metrics = make_registry(node, hub, stats)
     app.register_blueprint(metrics_blueprint(registry))
     app.extensions["kvs.http_metrics"] = http_metrics  # HTTP workers report into it
+    app.extensions["kvs.metrics_registry"] = registry  # and the write link (kvs/server.py)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(StoreError, _store_failed)
     app.register_error_handler(HTTPException, partial(_http_error, node))

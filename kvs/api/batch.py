@@ -54,12 +54,7 @@ async def batch(node: NodeView) -> Response:
     store_ops = [_store_op(config, index, op, now) async for index, op in ops]
     if node.auth.enabled:
         store_ops = [_authorize(node, index, op, principal) for index, op in enumerate(store_ops)]
-    outcomes = await node.store.write(store_ops) if store_ops else []
-    if node.audit is not None:
-        for op, outcome in zip(store_ops, outcomes, strict=True):
-            if isinstance(outcome, Written):
-                action = "delete" if isinstance(op, Delete) else "put"
-                await node.audit_event(action, principal.user, op.key, "batch")
+    outcomes = await node.client_write(store_ops, principal.user, "batch") if store_ops else []
     results: list[dict[str, Any]] = []
     for op, outcome in zip(store_ops, outcomes, strict=True):
         if isinstance(op, Delete):

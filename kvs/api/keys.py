@@ -49,18 +49,26 @@ class _Disconnected(Exception):
     pass
 
 
+def key_of_path(path: str) -> str | None:
+    """The key a path names when this middleware answers it (`/kv/{key}`), or None when it
+    passes the request on (`_batch`, listings, metadata, anything not under `/kv/`)."""
+    if not path.startswith("/kv/"):
+        return None
+    rest = path[4:]
+    _, slash, last = rest.rpartition("/")
+    if rest in ("_batch", "") or last in _PASS_THROUGH or (slash and last in _METADATA):
+        return None
+    return rest
+
+
 class KeyRoutes:
     def __init__(self, app: Any, node: NodeView) -> None:
         self.app = app
         self.node = node
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        path: str = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/kv/"):
-            return await self.app(scope, receive, send)
-        rest = path[4:]
-        _, slash, last = rest.rpartition("/")
-        if rest in ("_batch", "") or last in _PASS_THROUGH or (slash and last in _METADATA):
+        rest = key_of_path(scope.get("path", "")) if scope["type"] == "http" else None
+        if rest is None:
             return await self.app(scope, receive, send)
         try:
             try:
@@ -129,7 +137,8 @@ class KeyRoutes:
         expires_at = node.clock.wall_ms() + int(ttl * 1000) if ttl else None
         require_may_put(node, principal, key)
         owner, group = new_key_owner(node, principal)
-        (outcome,) = await node.store.write([Put(key, body, expires_at, if_match, owner, group)])
+        put = Put(key, body, expires_at, if_match, owner, group)
+        (outcome,) = await node.client_write([put], principal.user)
         if isinstance(outcome, Conflict):
             message = (
                 "version conflict: If-Match does not name the current version"
@@ -141,8 +150,6 @@ class KeyRoutes:
                 current_uuid = None  # write without read: the version is not the caller's
             raise ApiError(409, message, key=key, current_uuid=current_uuid)
         assert isinstance(outcome, Written)
-        if node.audit is not None:
-            await node.audit_event("put", principal.user, key)
         v = outcome.record.version
         body = b'{"uuid":"%s","timestamp":%d}' % (v.uuid.encode(), v.timestamp)
         return 200, [_JSON, (b"etag", b'"%s"' % v.uuid.encode())], body
@@ -157,11 +164,9 @@ class KeyRoutes:
         node = self.node
         require_writable(node)
         require_may_delete(node, principal, key)  # always a token's, as in the Go KVS
-        (outcome,) = await node.store.write([Delete(key)])
+        (outcome,) = await node.client_write([Delete(key)], principal.user)
         if isinstance(outcome, NotFound):
             raise ApiError(404, "key not found", key=key)
-        if node.audit is not None:
-            await node.audit_event("delete", principal.user, key)
         return 204, [], b""
 
 

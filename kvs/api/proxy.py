@@ -1,8 +1,9 @@
 """Between an HTTP worker process and its node: what a worker answers itself, and how it
 passes everything else to the node over the node's private Unix socket.
 
-Rule: a worker answers itself only reads that need nothing but the store (`served_locally`);
-every write, and everything that needs the node's memory (watch streams, metrics, cluster
+Rule: a worker answers itself only reads that need nothing but the store, and key writes
+up to their store ops, which it sends the node over the write link (`served_locally`);
+every other write, and everything that needs the node's memory (watch streams, metrics, cluster
 state, the audit chain, accounts, backups, the HLC's open millisecond behind `/kv_changes`),
 is passed to the node unchanged (its body read whole first, its answer streamed back),
 with the real client's address in `CLIENT_HEADER`. The
@@ -24,6 +25,7 @@ import orjson
 import trio
 
 from kvs.api.instruments import LATENCY_BUCKETS, HttpMetrics
+from kvs.api.keys import key_of_path
 from kvs.api.watch import is_watch_path
 from kvs.auth.service import AuthError, AuthService
 from kvs.logs import LogLimiter
@@ -59,8 +61,13 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def served_locally(method: str, path: str) -> bool:
-    """Whether a worker answers this request from the store itself: GET/HEAD of a key, its
-    metadata, `_ls`, `_tree` and `/api/data/<key>/history`; never a watch stream."""
+    """Whether a worker answers this request itself: from the store, GET/HEAD of a key, its
+    metadata, `_ls`, `_tree` and `/api/data/<key>/history` (never a watch stream); through
+    the write link (kvs/api/writelink.py), PUT/DELETE of a key and `POST /kv/_batch`."""
+    if method in ("PUT", "DELETE"):
+        return key_of_path(path) is not None
+    if method == "POST":
+        return path == "/kv/_batch"
     if method not in ("GET", "HEAD"):
         return False
     if path in ("/kv", "/kv/"):

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from kvs.clock import HybridLogicalClock
     from kvs.config import Config
     from kvs.net.messages import MemberInfo
-    from kvs.store import Store
+    from kvs.store import Delete, Outcome, Put, Store
 
 
 class ClusterView(Protocol):
@@ -84,6 +84,12 @@ class NodeView(Protocol):
 
     async def audit_event(self, action: str, user: str, target: str, detail: str = "") -> None:
         """Append to the tamper-evident log (when it is on); returns once durable."""
+
+    async def client_write(
+        self, ops: list[Put | Delete], user: str, detail: str = ""
+    ) -> list[Outcome]:
+        """A client's puts and deletes in one transaction, each that took effect audited;
+        returns once durable (raises StoreError when the disk refused)."""
 
     async def recover_root(self, via: str) -> IssuedToken:
         """Admin recovery: a fresh root token, audited (kvs/api/admin.py checks the proof)."""

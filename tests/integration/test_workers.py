@@ -96,7 +96,9 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     directory = tmp_path_factory.mktemp("workers")
-    config = init_config(directory, auth_enabled=True, http_workers=WORKERS)
+    config = init_config(
+        directory, auth_enabled=True, http_workers=WORKERS, tamper_logging_enabled=True
+    )
     secret = config_value(config, "cluster_secret")
     with running(config) as proc:
         token = (directory / "data" / "root.token").read_text().strip()
@@ -109,6 +111,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         assert proc.stop(signal.SIGTERM, timeout=TIMEOUT) == 0
         wait_for("no worker left", lambda: not any(alive(pid) for pid in workers), 15.0)
         assert not (directory / "data" / "workers.sock").exists()
+        assert not (directory / "data" / "writes.sock").exists()
         log = proc.stderr()
         assert "worker[1] kvs.worker: serving on port" in log, log
         assert "worker[2] kvs.worker: serving on port" in log, log
@@ -134,6 +137,48 @@ def test_reads_and_writes_through_every_process(live: Live) -> None:
     assert len(writers) >= 2 and len(readers) >= 2, (writers, readers)
     listing = live.call("GET", "/kv/rw/_ls", params={"limit": 100})
     assert listing.status_code == 200 and listing.json()["total"] == 40, listing.text
+
+
+def metric(live: Live, name: str) -> float:
+    """A node's unlabelled sample `name` from GET /metrics (answered by the node)."""
+    for family in text_string_to_metric_families(live.call("GET", "/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return sample.value
+    raise AssertionError(f"no sample {name}")
+
+
+def test_key_writes_are_answered_by_workers_through_the_write_link(live: Live) -> None:
+    """PUT, DELETE and `_batch` reaching a worker are answered by it (its tag) while their
+    ops are written by the node (its write-link counter moves by one per worker write) and
+    audited there as the caller; each is read back at once on a new connection."""
+    before = metric(live, "kvs_write_link_frames_total")
+    by_workers = 0
+    for i in range(20):
+        put = live.call("PUT", f"/kv/link/{i}", json={"i": i})
+        assert put.status_code == 200, put.text
+        assert live.call("GET", f"/kv/link/{i}").json()["uuid"] == put.json()["uuid"]
+        ops = [{"op": "put", "key": f"link/b{i}", "data": i}, {"op": "delete", "key": f"link/{i}"}]
+        batch = live.call("POST", "/kv/_batch", json={"ops": ops})
+        assert batch.status_code == 200, batch.text
+        assert batch.json()["results"][1] == {"key": f"link/{i}", "deleted": True}
+        assert live.call("GET", f"/kv/link/{i}").status_code == 404
+        gone = live.call("DELETE", f"/kv/link/b{i}")
+        assert gone.status_code == 204, gone.text
+        again = live.call("DELETE", f"/kv/link/b{i}")
+        assert again.status_code == 404 and again.json()["key"] == f"link/b{i}", again.text
+        by_workers += sum("kvs-worker" in r.headers for r in (put, batch, gone, again))
+    assert by_workers >= 20, by_workers  # 80 writes over 3 processes
+    moved = metric(live, "kvs_write_link_frames_total") - before
+    assert moved == by_workers, (moved, by_workers)
+    entries = live.call("GET", "/api/audit", params={"limit": 100000}).json()["entries"]
+    mine = [(e["action"], e["target"], e["detail"]) for e in entries if "link/" in e["target"]]
+    expected = []
+    for i in range(20):
+        expected += [("put", f"link/{i}", ""), ("put", f"link/b{i}", "batch")]
+        expected += [("delete", f"link/{i}", "batch"), ("delete", f"link/b{i}", "")]
+    assert mine == expected
+    assert live.call("GET", "/api/audit/verify").json()["ok"] is True
 
 
 def test_if_match_conflicts_still_409(live: Live) -> None:
