@@ -151,11 +151,14 @@ class Cluster:
         out: Callable[[str], None] = print,
         env: dict[str, str] | None = None,
         auth: bool = False,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.directory = directory.resolve()
         # New clusters only (an existing directory keeps its configs). With auth, node 1
-        # creates the root token on its first start: data/node1/root.token.
+        # creates the root token on its first start: data/node1/root.token. `settings`:
+        # more config keys for every node, as YAML text (`http_workers: "2"`).
         self.auth = auth
+        self.settings = dict(settings or {})
         self.out = out
         self.env = dict(env or {})  # extra environment for the nodes this object starts
         # Processes this object started: polled (and so reaped) instead of probed by pid, so a
@@ -233,6 +236,8 @@ class Cluster:
             seeds = "[]" if spec is specs[0] else f'["{seed}"]'
             text = set_key(text, "seed_nodes", seeds)
             text = set_key(text, "auth_enabled", "true" if self.auth else "false")
+            for key, value in self.settings.items():
+                text = set_key(text, key, value)
             write_private(spec.config, text)
             load_config(spec.config)  # a config the node would refuse is our bug: fail here
         write_private(

@@ -35,12 +35,19 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = CONVERGE_TIM
 
 class LiveCluster:
     def __init__(
-        self, directory: Path, names: tuple[str, ...] = NAMES, *, auth: bool = False
+        self,
+        directory: Path,
+        names: tuple[str, ...] = NAMES,
+        *,
+        auth: bool = False,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.directory = directory
         self.names = names
         self.lines: list[str] = []
-        self.cluster = launcher.Cluster(directory, out=self.lines.append, auth=auth)
+        self.cluster = launcher.Cluster(
+            directory, out=self.lines.append, auth=auth, settings=settings
+        )
         self.specs: dict[str, Any] = {}
 
     def start(self) -> None:
