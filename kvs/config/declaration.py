@@ -211,8 +211,9 @@ class Config:
         1,
         r.WORKERS,
         "HTTP processes serving the port (`SO_REUSEPORT`): 1 is the node alone; with more, the"
-        " node supervises worker processes that answer reads from the shared LMDB store and"
-        " pass everything else to the node (see [Operations](operations.md#http-workers)).",
+        " node supervises worker processes that answer reads from the shared LMDB store,"
+        " send key writes to the node's writer as store ops, and pass everything else to the"
+        " node (see [Operations](operations.md#http-workers)).",
         example="auto",
     )
     watch_buffer: int = setting(
