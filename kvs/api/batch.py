@@ -16,7 +16,7 @@ from kvs.api.bodies import iter_batch_ops
 from kvs.api.errors import ApiError, raw_json_response
 from kvs.api.requests import parse_ttl, read_body
 from kvs.auth.permissions import DELETE_SCOPE, WRITE_SCOPE, Principal
-from kvs.model import InvalidKey, canonical_json, validate_key
+from kvs.model import InvalidKey, canonical_json, json_number_shapes, validate_key
 from kvs.store import Delete, Put, Written
 
 if TYPE_CHECKING:
@@ -46,12 +46,14 @@ async def batch(node: NodeView) -> Response:
     if not {WRITE_SCOPE, DELETE_SCOPE} & principal.scopes:
         guard.require_scope(node, principal, WRITE_SCOPE)  # 401/403 before reading the body
     config = node.config
-    # The body is held by the iterator alone, which lets it go once it has the text.
-    ops = iter_batch_ops(
-        await read_body(batch_body_limit(config)), MAX_BATCH_OPS, max_op_chars(config)
-    )
-    now = node.clock.wall_ms()
-    store_ops = [_store_op(config, index, op, now) async for index, op in ops]
+    body = await read_body(batch_body_limit(config))
+    # One scan of the body's text says whether any value may hold a float: most bulk
+    # writes hold none, and then no value's JSON is scanned again (see canonical_json).
+    shapes = json_number_shapes(body)
+    ops = iter_batch_ops(body, MAX_BATCH_OPS, max_op_chars(config), shapes=shapes)
+    del body  # held by the iterator alone, which lets it go once it has the text
+    now, may_hold_floats = node.clock.wall_ms(), shapes[0]
+    store_ops = [_store_op(config, index, op, now, may_hold_floats) async for index, op in ops]
     if node.auth.enabled:
         store_ops = [_authorize(node, index, op, principal) for index, op in enumerate(store_ops)]
     outcomes = await node.client_write(store_ops, principal.user, "batch") if store_ops else []
@@ -82,8 +84,11 @@ def _authorize(node: NodeView, index: int, op: Put | Delete, principal: Principa
     return Put(op.key, op.value, op.expires_at, None, owner, group)
 
 
-def _store_op(config: Config, index: int, op: Any, now: int) -> Put | Delete:
-    """One op of the body as a store op, or a 400/413 naming its index."""
+def _store_op(
+    config: Config, index: int, op: Any, now: int, may_hold_floats: bool = True
+) -> Put | Delete:
+    """One op of the body as a store op, or a 400/413 naming its index. `may_hold_floats`
+    False: the body holds no float, so neither does this op's value."""
     if not isinstance(op, dict):
         raise ApiError(400, f"op {index}: must be an object", index=index)
     kind = op.get("op")
@@ -106,7 +111,7 @@ def _store_op(config: Config, index: int, op: Any, now: int) -> Put | Delete:
         raise ApiError(400, f"op {index}: op must be 'put' or 'delete', got {kind!r}", index=index)
     if "data" not in op:
         raise ApiError(400, f"op {index}: put needs a data field", index=index)
-    value = canonical_json(op["data"])
+    value = canonical_json(op["data"], may_hold_floats=may_hold_floats)
     if len(value) > config.max_json_size:
         raise ApiError(
             413,
