@@ -29,7 +29,7 @@ from kvs.server import ApiServer
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--keys", type=int, default=50_000, help="keys per round (default 50,000)")
+    p.add_argument("--keys", type=int, default=20_000, help="keys per round (default 20,000)")
     p.add_argument("--rounds", type=int, default=5, help="measured rounds; the median is shown")
     p.add_argument("--token", action="store_true", help="auth on, the root token on each call")
     p.add_argument("--profile", metavar="FILE", help="also write a cProfile of one round")
