@@ -845,7 +845,8 @@ def _add_http_args(p: argparse.ArgumentParser) -> None:
         type=_csv_ints,
         default=[2, 4],
         metavar="N,N",
-        help="also measure KVS with these http_workers counts (default 2,4; '' for none)",
+        help="also measure KVS with these http_workers counts (default 2,4; '' for none; 1 is the"
+        " `kvs` target itself)",
     )
     p.add_argument(
         "--chart",
