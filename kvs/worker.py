@@ -11,6 +11,7 @@ socket. It stops on SIGTERM (finishing what it answers), and when its node
 dies.
 """
 
+# ruff: noqa: E402 - the httpx line below must run before the imports that load httpx
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,11 @@ import random
 import signal
 import sys
 import uuid
+
+# httpx imports its command-line client, and with it click, rich and pygments, whenever
+# those are installed (a development venv has them): ~3 MB of every worker's memory for a
+# command it never runs. A None entry makes that one import fail; httpx then defines a stub.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import trio
 

@@ -2,12 +2,15 @@
 """Benchmarks for the KVS node: a runner that prints a report, not a test.
 
     python scripts/bench.py setup          # apt-get install wrk etcd-server serf (once, as root)
+                                           # and pip install the `bench` extra (matplotlib)
     python scripts/bench.py http           # HTTP throughput/latency vs bare Hypercorn and etcd
+    python scripts/bench.py http --workers 1,2,4 --chart docs/http-scaling.png   # + the curve
     python scripts/bench.py gossip         # membership: simulator figures, then real serf vs KVS
     python scripts/bench.py replication    # replication lag, anti-entropy cost, bootstrap
     python scripts/bench.py backup         # backup of a 1M-key store: time, size, PUTs during it
     python scripts/bench.py load           # `kvs load` of 100,000 keys vs `_batch` alone
     python scripts/bench.py batch-cost     # CPU µs per key of `_batch`, in process
+    python scripts/bench.py memory         # idle RSS/PSS/USS of a node and each HTTP worker
 
 `http` measures, in one run and on this machine, a bare Hypercorn-on-Trio app (the
 ceiling of the stack the node is built on), a real KVS node (`python -m kvs CONFIG`) and,
@@ -30,6 +33,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -53,6 +57,14 @@ from bench_support import batch_cost, metrics_cost
 from bench_support.auth_inprocess import auth_cpu_lines
 from bench_support.backup import add_arguments as _add_backup_args
 from bench_support.backup import cmd_backup
+from bench_support.chart import (
+    ChartError,
+    cmd_chart,
+    draw_scaling_chart,
+    require_matplotlib,
+    run_subtitle,
+)
+from bench_support.chart import add_arguments as _add_chart_args
 from bench_support.cli_load import add_arguments as _add_load_args
 from bench_support.cli_load import cmd_load
 from bench_support.gossip_report import GossipReport
@@ -67,10 +79,11 @@ from bench_support.load import (
     run_python,
     run_wrk,
 )
+from bench_support.memory import add_arguments as _add_memory_args
+from bench_support.memory import cmd_memory, proc_memory, tree_memory
 from bench_support.procs import (
     LOOPBACK,
     BenchError,
-    child_pids,
     cpu_mark,
     foreign_cpu,
     machine_busy,
@@ -118,8 +131,15 @@ def cmd_http(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.chart:
+        try:
+            require_matplotlib()
+        except ChartError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     if args.no_etcd:
         args.skip.append("etcd")
+    args.workers = sorted({n for n in args.workers if n > 1})  # 1 process: the `kvs` target
     if args.auth:  # KVS anonymous against KVS with a token on every request, nothing else
         args.skip += ["bare-hypercorn", "etcd", "loadgen-ceiling"]
         args.workers = []
@@ -166,6 +186,8 @@ def cmd_http(args: argparse.Namespace) -> int:
                 f"other processes used {share:.0%} of the machine during the run: figures are low"
                 " and noisy; rerun on a quiet machine (see --wait-quiet)"
             )
+    if args.chart:
+        failed |= _guarded(report, "chart", lambda: _draw_chart(report, Path(args.chart)))
     print(render(report))
     if args.json:
         dump = json.dumps(report_json(report), indent=2)
@@ -174,6 +196,17 @@ def cmd_http(args: argparse.Namespace) -> int:
         else:
             Path(args.json).write_text(dump + "\n")
     return 1 if failed else 0
+
+
+def _draw_chart(report: HttpReport, path: Path) -> None:
+    """The scaling chart (bench_support/chart.py) of this run's medians."""
+    try:
+        rps = {name: {op: report.rps(name, op) for op in OPS} for name in report.rows}
+        summary = draw_scaling_chart(rps, path, run_subtitle(report.settings, report.machine))
+    except ChartError as exc:
+        raise BenchError(str(exc)) from None
+    _log(summary)
+    report.notes.append(f"scaling chart: {path}")
 
 
 def _check_quiet(report: HttpReport, wait: float) -> None:
@@ -339,10 +372,10 @@ def start_targets(
             target = servers.enter_context(start())
             time.sleep(IDLE_SECONDS)
             report.idle_rss_mb[target.name] = rss_mb(target.proc.pid)
-            workers = child_pids(target.proc.pid) if target.name.startswith("kvs") else []
-            if workers:
-                each = ", ".join(f"{rss_mb(pid):.1f}" for pid in workers)
-                report.notes.append(f"{target.name}: idle RSS of each HTTP worker: {each} MB")
+            if target.name.startswith("kvs"):
+                report.idle_memory[target.name] = tree_memory(target.proc.pid)
+            else:
+                report.idle_memory[target.name] = [proc_memory(target.proc.pid, "server")]
             target.prepare()
             targets.append(target)
             rss = report.idle_rss_mb[target.name]
@@ -651,7 +684,13 @@ def _add_gossip_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    """Install the benchmark's external tools; kept out of tests so they never install things."""
+    """Install the benchmark's external tools; kept out of tests so they never install things.
+
+    First the `bench` extra of pyproject.toml (matplotlib, for --chart) into the Python that
+    runs this script (the checkout's venv), when one of them is missing; then the Debian
+    packages (root)."""
+    if _install_bench_extra() != 0:
+        return 1
     if os.geteuid() != 0:
         print("setup needs root (apt-get install); run it as root or with sudo", file=sys.stderr)
         return 2
@@ -661,6 +700,24 @@ def cmd_setup(args: argparse.Namespace) -> int:
         if subprocess.run(argv, env=env, check=False, timeout=1800).returncode != 0:
             return 1
     return 0
+
+
+def _install_bench_extra() -> int:
+    """pip install the `bench` optional dependencies that do not import yet (each imports
+    under its distribution's name: pyproject.toml says so where it lists them)."""
+    import importlib.util
+    import tomllib
+
+    with (REPO / "pyproject.toml").open("rb") as f:
+        wanted = tomllib.load(f)["project"]["optional-dependencies"]["bench"]
+    missing = [
+        req for req in wanted if importlib.util.find_spec(re.split(r"[<>=!~ \[;]", req)[0]) is None
+    ]
+    if not missing:
+        return 0
+    argv = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *missing]
+    print("+", shlex.join(argv), flush=True)
+    return subprocess.run(argv, check=False, timeout=1800).returncode
 
 
 def cmd_bare(args: argparse.Namespace) -> int:
@@ -789,7 +846,14 @@ def _add_http_args(p: argparse.ArgumentParser) -> None:
         type=_csv_ints,
         default=[2, 4],
         metavar="N,N",
-        help="also measure KVS with these http_workers counts (default 2,4; '' for none)",
+        help="also measure KVS with these http_workers counts (default 2,4; '' for none; 1 is the"
+        " `kvs` target itself)",
+    )
+    p.add_argument(
+        "--chart",
+        metavar="PATH",
+        help="draw req/s by HTTP processes (--workers), GET and PUT, with etcd's figures,"
+        " into a PNG (needs matplotlib: `bench.py setup`)",
     )
     p.add_argument(
         "--auth",
@@ -863,6 +927,16 @@ COMMANDS: dict[str, Command] = {
         "kvs load of 100,000 keys vs the _batch endpoint's own rate (target >= 0.8x)",
         _add_load_args,
         cmd_load,
+    ),
+    "memory": Command(
+        "idle RSS, PSS and USS of a node and of each of its HTTP workers (no load)",
+        _add_memory_args,
+        cmd_memory,
+    ),
+    "chart": Command(
+        "draw the HTTP scaling chart (PNG) of a report saved by `http --json PATH`",
+        _add_chart_args,
+        cmd_chart,
     ),
     "setup": Command(
         "install wrk, etcd-server and serf with apt-get (root)", _add_setup_args, cmd_setup

@@ -112,12 +112,12 @@ def http_seed_resolver(
     `cluster_secret()` is the keyring at the time of asking (it may be reloaded). A seed
     without a scheme is asked over `default_scheme`; https seeds are checked with `tls`
     (default: the system's CA store)."""
-    import httpx
-
     clock = wall_ms or (lambda: time.time_ns() // 1_000_000)
     verify: ssl.SSLContext | bool = tls if tls is not None else True
 
     async def resolve(seed: str) -> Address:
+        import httpx  # here: a node that never asks a seed never loads it (~4 MB)
+
         headers = {}
         value = auth_header_value(cluster_secret(), clock())
         if value is not None:

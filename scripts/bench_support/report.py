@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_support.load import LoadResult
+from bench_support.memory import ProcMemory, memory_lines
 
 TARGET_RSS_MB = 60.0
 TARGET_STARTUP_S = 1.0
@@ -64,7 +65,9 @@ class HttpReport:
     settings: dict[str, Any]
     rows: dict[str, Row] = field(default_factory=dict)
     bulk: list[Bulk] = field(default_factory=list)
-    idle_rss_mb: dict[str, float] = field(default_factory=dict)
+    idle_rss_mb: dict[str, float] = field(default_factory=dict)  # the first process's
+    # target -> each of its processes (node, then its HTTP workers), idle, before any load
+    idle_memory: dict[str, list[ProcMemory]] = field(default_factory=dict)
     loaded_rss_mb: dict[str, float] = field(default_factory=dict)
     startup_s: list[float] = field(default_factory=list)
     generator_ceiling: LoadResult | None = None
@@ -256,6 +259,9 @@ def render(report: HttpReport) -> str:
         f" | {_verdict(startup, TARGET_STARTUP_S, at_most=True)} |"
     )
 
+    if report.idle_memory:
+        out += ["", "Idle memory of each process, 1 s after ready (see bench_support/memory.py):"]
+        out += ["", *memory_lines(report.idle_memory)]
     out += ["", *_generator_lines(report)]
     if report.notes:
         out += ["", "Notes:", *(f"- {n}" for n in report.notes)]
