@@ -48,6 +48,13 @@ class HybridLogicalClock:
             self._last += 1
         return self._last
 
+    def reserve(self, n: int) -> int:
+        """The first of `n` fresh readings `first .. first + n - 1`: what `now()` called `n`
+        times within one millisecond gives, for one clock reading (a write transaction's ops)."""
+        first = self.now()
+        self._last += n - 1
+        return first
+
     def observe(self, remote: int) -> int:
         """Advance past a reading received from elsewhere; returns its lead over our wall clock (ms).
         A reading past MAX_HLC is not followed (see there)."""

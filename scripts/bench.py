@@ -9,6 +9,7 @@
     python scripts/bench.py replication    # replication lag, anti-entropy cost, bootstrap
     python scripts/bench.py backup         # backup of a 1M-key store: time, size, PUTs during it
     python scripts/bench.py load           # `kvs load` of 100,000 keys vs `_batch` alone
+    python scripts/bench.py batch-cost     # CPU µs per key of `_batch`, in process
     python scripts/bench.py memory         # idle RSS/PSS/USS of a node and each HTTP worker
 
 `http` measures, in one run and on this machine, a bare Hypercorn-on-Trio app (the
@@ -52,7 +53,7 @@ import venv_check
 
 venv_check.ensure("bench.py", "httpx", "trio", "lmdb")
 
-from bench_support import metrics_cost
+from bench_support import batch_cost, metrics_cost
 from bench_support.auth_inprocess import auth_cpu_lines
 from bench_support.backup import add_arguments as _add_backup_args
 from bench_support.backup import cmd_backup
@@ -911,6 +912,11 @@ COMMANDS: dict[str, Command] = {
         "CPU cost of request metrics on the single-key fast path (in process)",
         metrics_cost.add_args,
         metrics_cost.run,
+    ),
+    "batch-cost": Command(
+        "CPU time per key of POST /kv/_batch (in process, 1,000-key bodies)",
+        batch_cost.add_args,
+        batch_cost.run,
     ),
     "backup": Command(
         "backup of a 1M-key store: time, file vs LMDB size, PUT throughput during vs before",

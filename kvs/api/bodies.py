@@ -159,19 +159,25 @@ class _Reader:
 
 
 async def iter_batch_ops(
-    body: bytes | bytearray, max_ops: int, max_op_chars: int, *, whole_up_to: int | None = None
+    body: bytes | bytearray,
+    max_ops: int,
+    max_op_chars: int,
+    *,
+    whole_up_to: int | None = None,
+    shapes: tuple[bool, bool] | None = None,
 ) -> AsyncIterator[tuple[int, Any]]:
     """Yield `(index, op)` for each element of the body's `ops` array, parsed one at a time.
 
     An op's JSON text may be at most `max_op_chars` long (413 past it, before it is parsed
     whole). The body is `{"ops": [...]}` and nothing else: another field is a 400 (a field
     of any size would otherwise have to be parsed to be skipped), and so is `ops` twice.
-    A body up to `whole_up_to` characters (default `max_op_chars`) is parsed whole."""
+    A body up to `whole_up_to` characters (default `max_op_chars`) is parsed whole; `shapes`
+    is `json_number_shapes(body)`, for a caller that has it already."""
     whole = max_op_chars if whole_up_to is None else whole_up_to
     if len(body) <= whole and body.count(b'"ops"') <= 1:
         # As short as one op may be: parsed whole (the same refusals, 5x faster). Naming ops
         # twice needs the key twice, which sends a body down the op-by-op path to be refused.
-        document = parse_json_document(body)
+        document = parse_json_document(body, shapes)
         if isinstance(document, dict) and document.keys() - {"ops"}:
             other = next(name for name in document if name != "ops")
             raise ApiError(400, f"unknown field {other[:64]!r}: {SHAPE}")

@@ -61,6 +61,21 @@ async def test_order_within_a_batch_decides_put_then_delete_and_delete_then_put(
     assert await get_value(client, "y") == 2
 
 
+async def test_values_are_stored_as_the_standard_library_writes_them(client, node):
+    """With a float anywhere in the body each value is checked for floats (orjson spells
+    `1e-07` as `1e-7`); without one, none is: both store the stdlib's bytes."""
+    floats = {"f": 1e-07, "g": [2.5, 1e22], "s": "1e5 9.0"}
+    plain = {"n": 10**18, "s": "user-1e@x.com 9.0", "t": [True, None], "u": "é"}
+    for ops in (
+        [{"op": "put", "key": "f", "data": floats}, {"op": "put", "key": "p", "data": plain}],
+        [{"op": "put", "key": "p", "data": plain}],
+    ):
+        await expect_json(await batch(client, ops))
+        for op in ops:
+            expected = json.dumps(op["data"], separators=(",", ":"), ensure_ascii=False)
+            assert node.store.get(op["key"]).value == expected.encode()
+
+
 async def test_duplicate_keys_last_write_wins(client):
     response = await batch(
         client,

@@ -72,6 +72,39 @@ async def test_batch_ops_are_checked_per_key(start_node):
     assert (await client.get("/kv/free", headers=actors["owner"].headers)).status_code == 404
 
 
+async def test_batch_checks_each_key_against_its_own_record_or_nearest_ancestor(start_node):
+    """Many new keys under one ancestor (read once per batch) and keys of every other kind:
+    each op gets the rule a single write would, and a new key is the caller's."""
+    client, actors = await _setup(start_node, 0xF01)  # p/k: the owner all, others read
+    owner, stranger = actors["owner"], actors["others"]
+
+    async def post(actor, ops):
+        body = json.dumps({"ops": ops}).encode()
+        return await client.post("/kv/_batch", data=body, headers=actor.headers)
+
+    children = [{"op": "put", "key": f"p/k/c{i}/leaf", "data": i} for i in range(5)]
+    mine = children + [
+        {"op": "put", "key": "p/k", "data": 0},  # Write on p/k
+        {"op": "delete", "key": "p/k/absent"},
+        {"op": "put", "key": "top", "data": 1},  # no ancestor: free to create
+    ]
+    assert (await post(owner, mine)).status_code == 200
+    for key in ("p/k/c0/leaf", "p/k/c4/leaf", "top"):
+        meta = await client.get(f"/kv/{key}/metadata", headers=owner.headers)
+        assert (await meta.get_json())["owner_uuid"] == owner.uuid
+    # The stranger may create outside p/k, not under it (op 2: its nearest ancestor is
+    # p/k/c1/leaf, the owner's, not p/k), and may not write p/k itself.
+    free = {"op": "put", "key": "elsewhere", "data": 1}
+    for ops, refused in (
+        ([free, free, {"op": "put", "key": "p/k/c1/leaf/x", "data": 1}], 2),
+        ([free, {"op": "put", "key": "p/k", "data": 1}], 1),
+        ([{"op": "delete", "key": "top"}], 0),
+    ):
+        body = await expect_error(await post(stranger, ops), 403)
+        assert body["index"] == refused
+    assert (await client.get("/kv/elsewhere", headers=owner.headers)).status_code == 404
+
+
 def test_exactly_one_nibble_applies_as_in_unix():
     owner = Principal("u1", frozenset({"g"}), "g", frozenset(), "t", 0)
     member = Principal("u2", frozenset({"g"}), "g", frozenset(), "t", 0)

@@ -31,6 +31,18 @@ def test_same_millisecond_increments_the_logical_counter() -> None:
     assert all(hlc_ms(r) == T0 for r in readings)
 
 
+def test_reserve_gives_what_as_many_readings_in_one_millisecond_would() -> None:
+    wall = ManualWallClock(T0)
+    clock, twin = HybridLogicalClock(wall), HybridLogicalClock(wall)
+    clock.now(), twin.now()
+    first = clock.reserve(4)
+    assert [first + i for i in range(4)] == [twin.now() for _ in range(4)]
+    assert clock.last == twin.last == first + 3
+    assert clock.now() == first + 4
+    wall.advance(1)
+    assert clock.reserve(1) == hlc_pack(T0 + 1000)
+
+
 def test_wall_clock_going_backwards_never_yields_a_smaller_reading() -> None:
     wall = ManualWallClock(T0)
     clock = HybridLogicalClock(wall)

@@ -202,6 +202,24 @@ async def test_outcomes_of_a_multi_op_write_are_in_order(store: Store) -> None:
     assert outcomes[0].record.version.hlc < outcomes[2].record.version.hlc
 
 
+async def test_ops_of_one_write_take_consecutive_hlcs_after_every_earlier_one(
+    store: Store,
+) -> None:
+    before = await put(store, "first")
+    ahead = remote("theirs", b"9", hlc_pack(T0 + 5_000), 1, "u-remote")
+    outcomes = await store.write([Put("a", b"1"), Merge(ahead), Delete("a"), Put("b", b"2")])
+    assert [type(o) for o in outcomes] == [Written, Written, Written, Written]
+    mine = [o.record.version for i, o in enumerate(outcomes) if i != 1]  # type: ignore[union-attr]
+    first = mine[0].hlc
+    assert first > before.version.hlc
+    assert [v.hlc for v in mine] == [first, first + 1, first + 2]
+    assert len({v.uuid for v in mine}) == 3
+    assert outcomes[1].record.version == ahead.version  # type: ignore[union-attr]
+    # The merged version moved the clock: the next write comes after it.
+    after = await put(store, "later")
+    assert after.version.hlc > ahead.version.hlc
+
+
 # --- delete and compare-and-set -----------------------------------------------------------------
 
 
