@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import logging
 import os
 import pickle
@@ -42,6 +41,7 @@ from kvs.auth.service import AuthService, IssuedToken
 from kvs.backup_service import BackupService, BackupSettings
 from kvs.clock import HybridLogicalClock, system_wall_ms
 from kvs.config import Config, project
+from kvs.memory import tune_gc
 from kvs.server import WORKERS_SOCKET, http_limits, listener_config
 from kvs.store import Delete, Outcome, Put, StoreSettings
 from kvs.store.follower import BEACON_FILE, Beacon, FollowerStore
@@ -212,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     root.setLevel(getattr(logging, config.log_level.upper()))
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.umask(0o077)
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    tune_gc()
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(serve_worker, config, args.index)
     return 0

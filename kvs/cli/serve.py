@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import gc
 import logging
 import os
 import resource
@@ -23,6 +22,7 @@ import trio
 from kvs import config as config_mod
 from kvs.config import DEFAULT_CONFIG_NAME, Config, ConfigError
 from kvs.logs import setup_logging
+from kvs.memory import tune_gc
 from kvs.store import StoreError
 
 EXIT_OK = 0
@@ -87,18 +87,6 @@ def _find_config_error(exc: BaseException) -> ConfigError | None:
     return None
 
 
-def _tune_gc() -> None:
-    """Garbage collection for a server process (the process's, so set here, not by Node).
-
-    Every request and every key of a bulk write allocates dozens of short-lived objects,
-    nearly all freed by reference counting; with the default thresholds the cyclic
-    collector still ran every 700 allocations and walked everything start-up had loaded.
-    Freezing what exists now and collecting the young generation every 50,000 allocations
-    took 15-20 % off the CPU of a bulk write (measured in process)."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-
-
 def _raise_file_limit() -> int:
     """Raise this process's open-file limit to its hard limit; return the limit in force.
 
@@ -122,7 +110,7 @@ async def _serve(config: Config) -> None:
         node.store = node.open_store()
     except StoreError as exc:
         raise ConfigError("data_dir", str(exc), config.source) from None
-    _tune_gc()
+    tune_gc()
     _raise_file_limit()  # before the API sizes its connection cap by it
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:

@@ -24,6 +24,7 @@ import trio
 
 from bench_support.targets import KVS_BATCH_MAX, doc, kvs_batch_body
 from kvs.config import Config
+from kvs.memory import tune_gc
 from kvs.node import Node
 from kvs.server import ApiServer
 
@@ -113,6 +114,7 @@ async def _measure(args: argparse.Namespace) -> list[float]:
             await nursery.start(lambda task_status: node.run(http=False, task_status=task_status))
             token = node.root_token_path.read_text().strip() if args.token else None
             caller = _Caller(node.api.app.asgi_app, token)
+            tune_gc()  # as `kvs serve` does once the node is up
             await caller.round(_bodies("warm", min(args.keys, 5 * KVS_BATCH_MAX)))
             per_key = []
             for r in range(args.rounds):
