@@ -6,13 +6,16 @@ Arrivals are performed by the clock itself, so a datagram or a stream chunk wake
 receiver in the very next batch: no delivery task to wake first, no re-arming of its
 timer each time something is sent, no empty batch for the jump. (`trio.testing.MockClock`
 with `autojump_threshold=0` costs one empty run-loop batch per jump, and a task-driven wire
-two more task steps per arrival: together most of a simulated second's scheduling.)
+two more task steps per arrival: together 40 % of the run loop's batches in the swarm's
+reference scenario.)
 
 Trio asks a clock `deadline_to_sleep_time` only when no task is runnable (the run loop in
 `trio._core._run.unrolled_run`, checked against Trio 0.35): that is where time jumps and
 where arrivals are handed over. They only wake tasks (channel sends, parking lots), which
 is allowed outside a task. `wait_all_tasks_blocked` does not work under this clock (it
-would never see the run idle); nothing in the simulator uses it.
+would never see the run idle); nothing in the simulator uses it. Real I/O (a worker thread,
+a pipe: a snapshot's copy) is not waited for before a jump, as with MockClock's autojump:
+a run that does any is not exact under either.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["SimClock", "Wire"]
+__all__ = ["Arrivals", "SimClock"]
 
 
-class Wire(Protocol):
+class Arrivals(Protocol):
     """What the clock drives: timed work that needs no task (`SimNetwork`)."""
 
     def next_arrival(self) -> float:
@@ -42,7 +45,7 @@ class SimClock(trio.abc.Clock):
 
     def __init__(self) -> None:
         self.now = 0.0
-        self.wire: Wire | None = None
+        self.wire: Arrivals | None = None
 
     def start_clock(self) -> None:
         pass
