@@ -417,7 +417,8 @@ def _seconds(default: float, seconds: float | None) -> float:
 async def _acquire(lock: trio.StrictFIFOLock) -> None:
     """`lock`, with a schedule point only when it must wait: the stream operation that
     follows is the frame's schedule point (an uncontended lock cost a task switch per
-    frame). Still a cancel point, as `Lock.acquire` is."""
+    frame; a frame already buffered is returned without one). Still a cancel point, as
+    `Lock.acquire` is."""
     await trio.lowlevel.checkpoint_if_cancelled()
     try:
         lock.acquire_nowait()
