@@ -177,7 +177,7 @@ class FrameStream:
         ring, purpose_b, nonce = keyring_keys(keys), check_purpose(purpose), _check_nonce(nonce)
         key = ring[0] if ring else None
         fs = cls(stream, is_client=True, max_frame=max_frame, timeout=timeout)
-        with _deadline(fs.timeout):
+        with _handshake_deadline(fs.timeout):
             our_id = key_id(key) if key is not None else None
             await fs._send_plain([_HELLO, VERSION, purpose, nonce, our_id, None])
             server_nonce, server_proof = _read_hello(
@@ -210,7 +210,7 @@ class FrameStream:
         one key or a keyring: the client's choice among them is accepted."""
         ring, purpose_b, nonce = keyring_keys(keys), check_purpose(purpose), _check_nonce(nonce)
         fs = cls(stream, is_client=False, max_frame=max_frame, timeout=timeout)
-        with _deadline(fs.timeout):
+        with _handshake_deadline(fs.timeout):
             hello = await fs._receive_plain()
             # Reply before judging version/purpose/keying, so the client learns the same
             # reason; a stranger (bad magic or shape) gets nothing.
@@ -262,7 +262,8 @@ class FrameStream:
         tag_bytes = AEAD_TAG_BYTES if self._aead is not None else 0
         if len(payload) + tag_bytes > self.max_frame:
             raise ValueError(f"frame of {len(payload)} bytes exceeds max_frame {self.max_frame}")
-        async with self._send_lock:
+        await _acquire(self._send_lock)
+        try:
             if self._send_failed is not None:
                 raise WireError(self._send_failed)
             header = _LENGTH.pack(len(payload) + tag_bytes)
@@ -276,12 +277,17 @@ class FrameStream:
             # write leaves part of a frame behind): only success clears this.
             self._send_failed = "closed"
             try:
-                with _deadline(self.timeout if timeout is None else timeout):
+                deadline = trio.current_time() + _seconds(self.timeout, timeout)
+                with trio.CancelScope(deadline=deadline) as scope:
                     await self._write(data)
+                if scope.cancelled_caught:
+                    raise WireError("timeout")
             except WireError as exc:
                 self._send_failed = exc.reason
                 raise
             self._send_failed = None
+        finally:
+            self._send_lock.release()
 
     async def receive(self, *, timeout: float | None = None, idle: float | None = None) -> Any:
         """The next frame's value; see the class docstring for EOF and errors.
@@ -291,29 +297,14 @@ class FrameStream:
         `timeout` starts at the frame's first byte: a long-lived connection may stay quiet,
         but a peer that begins a frame and dribbles it (slow loris) is cut off after
         `timeout` with "timeout"."""
-        async with self._recv_lock:
+        await _acquire(self._recv_lock)
+        try:
             if self._recv_failed is not None:
                 raise WireError(self._recv_failed)
             if self._eof:
                 raise trio.EndOfChannel
             try:
-                if idle is not None:
-                    # Waiting for a frame to begin is bounded by `idle` alone; once its first
-                    # byte is here, the frame must be complete within the frame timeout.
-                    with _deadline(idle, "idle"):
-                        await self._fill(1)
-                with _deadline(self.timeout if timeout is None else timeout):
-                    body = await self._read_frame(self.max_frame)
-                if self._aead is not None:
-                    if len(body) < AEAD_TAG_BYTES:
-                        raise WireError("short")
-                    nonce = _frame_nonce(self._recv_dir, self._recv_seq)
-                    opened = self._aead.open(nonce, body, b"")
-                    if opened is None:  # forged, replayed, reordered or reflected
-                        raise WireError("auth")
-                    body = opened
-                    self._recv_seq += 1
-                return unpack(body, len(body))
+                return self._open(await self._receive_body(timeout, idle))
             except WireError as exc:
                 if exc.reason not in ("timeout", "idle"):  # nothing consumed: a retry is safe
                     self._recv_failed = exc.reason
@@ -321,6 +312,37 @@ class FrameStream:
             except trio.EndOfChannel:
                 self._eof = True
                 raise
+        finally:
+            self._recv_lock.release()
+
+    async def _receive_body(self, timeout: float | None, idle: float | None) -> bytes:
+        """The next frame's body, read within its deadlines: one cancel scope, whose
+        deadline moves from `idle` to the frame timeout once the frame begins."""
+        frame_timeout = _seconds(self.timeout, timeout)
+        first = frame_timeout if idle is None else _seconds(self.timeout, idle)
+        reason = "timeout"
+        with trio.CancelScope(deadline=trio.current_time() + first) as scope:
+            if idle is not None:
+                # Waiting for a frame to begin is bounded by `idle` alone; once its first
+                # byte is here, the frame must be complete within the frame timeout.
+                reason = "idle"
+                await self._fill(1)
+                reason = "timeout"
+                scope.deadline = trio.current_time() + frame_timeout
+            return await self._read_frame(self.max_frame)
+        raise WireError(reason)
+
+    def _open(self, body: bytes) -> Any:
+        if self._aead is not None:
+            if len(body) < AEAD_TAG_BYTES:
+                raise WireError("short")
+            nonce = _frame_nonce(self._recv_dir, self._recv_seq)
+            opened = self._aead.open(nonce, body, b"")
+            if opened is None:  # forged, replayed, reordered or reflected
+                raise WireError("auth")
+            body = opened
+            self._recv_seq += 1
+        return unpack(body, len(body))
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -374,15 +396,34 @@ class FrameStream:
 
 
 @contextmanager
-def _deadline(seconds: float, reason: str = "timeout") -> Iterator[None]:
-    """`trio.fail_after` that reports a stalled peer as WireError(reason)."""
-    if math.isnan(seconds) or seconds <= 0:
-        raise ValueError("timeout must be positive")
+def _handshake_deadline(seconds: float) -> Iterator[None]:
+    """`trio.fail_after` that reports a stalled peer as WireError("timeout")."""
     try:
         with trio.fail_after(seconds):
             yield
     except trio.TooSlowError:
-        raise WireError(reason) from None
+        raise WireError("timeout") from None
+
+
+def _seconds(default: float, seconds: float | None) -> float:
+    """`seconds`, else `default`: a timeout, which must be positive."""
+    if seconds is None:
+        return default
+    if math.isnan(seconds) or seconds <= 0:
+        raise ValueError("timeout must be positive")
+    return seconds
+
+
+async def _acquire(lock: trio.StrictFIFOLock) -> None:
+    """`lock`, with a schedule point only when it must wait: the stream operation that
+    follows is the frame's schedule point (an uncontended lock cost a task switch per
+    frame; a frame already buffered is returned without one). Still a cancel point, as
+    `Lock.acquire` is."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
 
 
 def _parse_hello(obj: Any, purpose: str) -> tuple[bytes, bytes | None, str | None]:

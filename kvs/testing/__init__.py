@@ -9,6 +9,8 @@ what it needs as arguments (`Node(transport=...)`), and tests pass these in.
 The deterministic simulator:
 - `network`: many hosts on one simulated wire (latency, loss, partitions, crashes);
 - `sockets`: what a simulated host binds (`SimTransport`, datagram endpoints, streams);
+- `simclock`: simulated time (`SimClock`), which jumps to the next deadline or arrival and
+  performs the network's arrivals;
 - `harness`: `run_simulation`, a seed in and the same run out, with limits in simulated
   and in real time;
 - `cluster`: whole KVS nodes on the simulated network (`SimCluster`);

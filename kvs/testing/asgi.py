@@ -1,5 +1,5 @@
 """Real HTTP requests through a node's ASGI app, in process: no socket, no thread, so they
-run on the simulator's MockClock and replay exactly.
+run on the simulator's clock and replay exactly.
 
 Rule: this file speaks ASGI and nothing else -- it builds the `scope`, feeds the body through
 `receive` and collects what the app `send`s. It knows no endpoint and judges no answer.

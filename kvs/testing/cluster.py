@@ -1,7 +1,7 @@
 """Whole KVS nodes on the simulated network: the deterministic cluster harness.
 
 Each node is the production `Node` with its parts swapped for simulated ones -- the
-transport comes from `SimNetwork`, the wall clock from Trio's MockClock (plus a per-node
+transport comes from `SimNetwork`, the wall clock from the simulated clock (plus a per-node
 skew), randomness from the network's seeded generator, and LMDB writes run inline (a worker
 thread would let mock time jump). HTTP is not bound; tests drive the API's app (`node.api.app`) in process.
 

@@ -1,8 +1,8 @@
 """The one place that makes a simulation replay exactly: a seed in, the same run out.
 
 Three things must be pinned for a seed to replay: the network's faults (`SimNetwork` draws
-them from a `random.Random(seed)`), time (`MockClock(autojump_threshold=0)`: time moves only
-when every task waits, straight to the next deadline), and Trio's scheduler, which on purpose
+them from a `random.Random(seed)`), time (`SimClock`: time moves only when every task waits,
+straight to the next deadline or arrival), and Trio's scheduler, which on purpose
 runs each batch of runnable tasks in a random order. Trio has a private switch for the last one
 (used for Hypothesis; see python-trio/trio#2675): with `_ALLOW_DETERMINISTIC_SCHEDULING` set,
 each batch is sorted by task creation order and then shuffled with the module RNG `_r`, so
@@ -37,10 +37,10 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import trio
-import trio.testing
 from trio._core import _run as trio_run_internals
 
 from kvs.testing.network import SimNetwork
+from kvs.testing.simclock import SimClock
 
 __all__ = [
     "SEED_ENV",
@@ -67,16 +67,6 @@ STALL_LIMIT = 30.0
 of work at one instant (thousands of writes in one call) takes a few seconds at most."""
 WATCHDOG_GRACE = 10.0
 """Real seconds the cancelled run has to end before the timeout is raised into its thread."""
-
-
-def _sim_clock() -> trio.testing.MockClock:
-    """MockClock at rate 0 (time moves only by jumps), read without asking the real clock:
-    Trio and the nodes read the time tens of thousands of times a simulated minute. (The
-    class is final; the instance's reading is replaced. Nothing here changes its rate.)"""
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    assert clock.rate == 0
-    clock.current_time = lambda: clock._virtual_base  # type: ignore[method-assign]
-    return clock
 
 
 class SimulationTimeout(Exception):
@@ -151,8 +141,7 @@ def run_simulation(
     """
     sched: int | str = f"kvs-sim-scheduler/{seed}" if scheduler_seed is None else scheduler_seed
     with reported_seed(seed), deterministic_scheduler(sched):
-        # Seed first, then make the clock: Trio clocks may draw their offset from `_r`.
-        clock = _sim_clock()
+        clock = SimClock()
         net = SimNetwork(random.Random(seed), **network)
         watchdog = _Watchdog(seed, wall_limit, stall_limit, clock)
 
@@ -199,7 +188,7 @@ class _Watchdog:
         seed: int,
         limit: float | None,
         stall_limit: float | None = None,
-        clock: trio.testing.MockClock | None = None,
+        clock: SimClock | None = None,
     ) -> None:
         self.seed = seed
         self.limit = limit

@@ -2,12 +2,13 @@
 
 Membership and sync only ever see a `Transport`; here every node gets a `SimTransport` onto one
 shared `SimNetwork`, which injects latency, jitter (hence reordering), loss, duplication,
-partitions and host crashes. Run it under `trio.testing.MockClock(autojump_threshold=0)` and
-with Trio's scheduler pinned (`kvs.testing.harness.run_simulation` does both): then a seed
+partitions and host crashes. Run it under a `SimClock` (`kvs.testing.simclock`) and with
+Trio's scheduler pinned (`kvs.testing.harness.run_simulation` does both): then a seed
 replays exactly, and a simulated minute costs milliseconds.
 
-Delivery is done by one task owned by the network (`run`, or `async with net.running()`): a
-heap of (arrival time, sequence number, action). The sequence number breaks ties, so equal
+Delivery needs no task: traffic waits in a heap of (arrival time, sequence number, action),
+and the run's `SimClock` performs what is due when it moves time forward (`async with
+net.running()` attaches the network to it). The sequence number breaks ties, so equal
 arrival times deliver in send order and nothing depends on memory addresses or hashes.
 
 What a host binds (its transport, datagram endpoints, stream ends) is in
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from kvs.net.transport import Address
+from kvs.testing.simclock import SimClock
 from kvs.testing.sockets import (
     LOOPBACK_HOSTS,
     Connection,
@@ -127,7 +129,6 @@ class SimNetwork:
         self._connections: dict[int, Connection] = {}
         self._ids = itertools.count()
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
-        self._wakeup = trio.Event()
         self._running = False
         self._stopped = False
         self._stream_faults = (0.0, 0.0)  # (reset, corrupt) per stream chunk
@@ -142,42 +143,39 @@ class SimNetwork:
 
     # --- running the wire ---------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Deliver scheduled traffic until cancelled. Start it with `nursery.start(net.run)`."""
-        if self._running:
-            raise RuntimeError("this SimNetwork is already running")
-        self._running = True
-        try:
-            task_status.started()
-            while True:
-                now = trio.current_time()
-                while self._queue and self._queue[0][0] <= now:
-                    _, _, action = heapq.heappop(self._queue)
-                    action()
-                self._wakeup = trio.Event()
-                with trio.move_on_at(self._queue[0][0] if self._queue else math.inf):
-                    await self._wakeup.wait()
-        finally:
-            self._running = False
-            self._stopped = True
-
     @asynccontextmanager
     async def running(self) -> AsyncIterator[SimNetwork]:
-        """`async with net.running():` — the wire runs for the body, and stops after it."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.run)
-            try:
-                yield self
-            finally:
-                nursery.cancel_scope.cancel()
+        """`async with net.running():` — the wire runs for the body, and stops after it. The
+        run's clock must be a `SimClock` (`run_simulation` makes one): it performs arrivals."""
+        clock = trio.lowlevel.current_clock()
+        if not isinstance(clock, SimClock):
+            raise RuntimeError("SimNetwork runs under a SimClock: use run_simulation")
+        if self._running or clock.wire is not None:
+            raise RuntimeError("this SimNetwork, or another, is already running")
+        self._running = True
+        clock.wire = self
+        try:
+            yield self
+        finally:
+            clock.wire = None
+            self._running = False
+            self._stopped = True
+            self._queue.clear()
+
+    def next_arrival(self) -> float:
+        return self._queue[0][0] if self._queue else math.inf
+
+    def deliver_due(self, now: float) -> None:
+        """Called by the `SimClock` when no task can run."""
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            heapq.heappop(queue)[2]()
 
     def _schedule(self, at: float, action: Callable[[], None]) -> None:
         if not self._running:
             if self._stopped:
                 return  # the simulation is over; late traffic goes nowhere
             raise RuntimeError("SimNetwork is not running: use `async with net.running()`")
-        if not self._queue or at < self._queue[0][0]:
-            self._wakeup.set()
         heapq.heappush(self._queue, (at, next(self._ids), action))
 
     def fork_rng(self) -> random.Random:
