@@ -283,7 +283,7 @@ class WriteLinkServer(Collector):
             async with stream:
                 while (request := await frames.receive()) is not None:
                     self.counters["frames"] += 1
-                    await stream.send_all(await self._answer(request))
+                    await stream.send_all(await self.answer(request))
         except BadFrame as exc:
             self.counters["refused_frames"] += 1
             self._limiter.log(logging.WARNING, "bad", "refused a write-link frame: %s", exc)
@@ -293,7 +293,8 @@ class WriteLinkServer(Collector):
             self.counters["errors"] += 1
             log.exception("write link: error on a worker's connection")
 
-    async def _answer(self, request: Any) -> bytes:
+    async def answer(self, request: Any) -> bytes:
+        """One decoded request's answer frame (BadFrame for a request of the wrong shape)."""
         ops, user, detail = decode_write(request, self.node.config.max_json_size)
         try:
             require_writable(self.node)
@@ -347,14 +348,16 @@ def _op(item: Any, max_value: int) -> Put | Delete:
     kind = item[0]
     if kind == PUT and len(item) == 7:
         _, key, value, expires_at, if_match, owner, group = item
-        if not (isinstance(value, bytes) and 0 < len(value) <= max_value):
+        if type(value) is not bytes or not 0 < len(value) <= max_value:
             raise BadFrame("a put's value is not bytes of an allowed size")
-        if expires_at is not None and not (
-            type(expires_at) is int and 0 < expires_at < MAX_EXPIRES_AT
+        if expires_at is not None and (
+            type(expires_at) is not int or not 0 < expires_at < MAX_EXPIRES_AT
         ):
             raise BadFrame("a put's expires_at is out of range")
-        if not (if_match is None or _name(if_match)) or not (_name(owner) and _name(group)):
-            raise BadFrame("a put's if_match, owner or group is not a short string")
+        if type(owner) is not str or type(group) is not str or len(owner) + len(group) > MAX_NAME:
+            raise BadFrame("a put's owner or group is not a short string")
+        if if_match is not None and not _name(if_match):
+            raise BadFrame("a put's if_match is not a short string")
         return Put(_key(key), value, expires_at, if_match, owner, group)
     if kind == DELETE and len(item) == 3 and isinstance(item[2], bool):
         return Delete(_key(item[1]), must_exist=item[2])

@@ -19,14 +19,18 @@ import tempfile
 import time
 from typing import Any
 
+import msgpack
 import orjson
 import trio
 
 from bench_support.targets import KVS_BATCH_MAX, doc, kvs_batch_body
+from kvs.api.writelink import WriteLinkServer, encode_write
 from kvs.config import Config
 from kvs.memory import tune_gc
+from kvs.model import canonical_json
 from kvs.node import Node
 from kvs.server import ApiServer
+from kvs.store import Put
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +38,39 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=5, help="measured rounds; the median is shown")
     p.add_argument("--token", action="store_true", help="auth on, the root token on each call")
     p.add_argument("--profile", metavar="FILE", help="also write a cProfile of one round")
+    p.add_argument(
+        "--link",
+        action="store_true",
+        help="the node's share when an HTTP worker parsed the batch: its write-link frames",
+    )
+
+
+def _frames(tag: str, keys: int) -> list[bytes]:
+    """The write-link frames an HTTP worker sends for `_bodies(tag, keys)` (same documents)."""
+    frames = []
+    for lo in range(0, keys, KVS_BATCH_MAX):
+        ops = [
+            Put(f"bench/{tag}/{i}", canonical_json(doc(i)))
+            for i in range(lo, min(lo + KVS_BATCH_MAX, keys))
+        ]
+        frames.append(encode_write(ops, "", "batch")[4:])  # without its length prefix
+    return frames
+
+
+class _LinkCaller:
+    """The node's side of the write link: decodes a worker's frame, writes its ops, encodes
+    the answer (the socket's own cost, one send and one receive per 1,000 keys, left out)."""
+
+    def __init__(self, server: WriteLinkServer) -> None:
+        self.server = server
+
+    async def round(self, frames: list[bytes]) -> float:
+        started = time.process_time()
+        for frame in frames:
+            answer = await self.server.answer(msgpack.unpackb(frame, raw=False))
+            if answer[4] != 0x92 or answer[5] != 0:  # [OK, outcomes]
+                raise RuntimeError(f"the write link refused: {answer[:300]!r}")
+        return time.process_time() - started
 
 
 def _bodies(tag: str, keys: int) -> list[bytes]:
@@ -113,15 +150,18 @@ async def _measure(args: argparse.Namespace) -> list[float]:
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: node.run(http=False, task_status=task_status))
             token = node.root_token_path.read_text().strip() if args.token else None
-            caller = _Caller(node.api.app.asgi_app, token)
+            caller: _Caller | _LinkCaller = _Caller(node.api.app.asgi_app, token)
+            make = _bodies
+            if args.link:
+                caller, make = _LinkCaller(WriteLinkServer(node)), _frames
             tune_gc()  # as `kvs serve` does once the node is up
-            await caller.round(_bodies("warm", min(args.keys, 5 * KVS_BATCH_MAX)))
+            await caller.round(make("warm", min(args.keys, 5 * KVS_BATCH_MAX)))
             per_key = []
             for r in range(args.rounds):
-                bodies = _bodies(f"r{r}", args.keys)
+                bodies = make(f"r{r}", args.keys)
                 per_key.append(await caller.round(bodies) / args.keys * 1e6)
             if args.profile:
-                bodies = _bodies("profile", args.keys)
+                bodies = make("profile", args.keys)
                 profiler = cProfile.Profile()
                 profiler.enable()
                 await caller.round(bodies)
@@ -135,8 +175,10 @@ def run(args: argparse.Namespace) -> int:
     per_key = trio.run(_measure, args)
     auth = "auth on, root token" if args.token else "auth off"
     rounds = ", ".join(f"{us:.1f}" for us in per_key)
+    what = "the node's side of POST /kv/_batch through an HTTP worker (its write-link frames)"
     print(
-        f"POST /kv/_batch in process ({auth}, durability os, {KVS_BATCH_MAX:,}-key bodies): "
+        f"{what if args.link else 'POST /kv/_batch in process'}"
+        f" ({auth}, durability os, {KVS_BATCH_MAX:,}-key bodies): "
         f"{statistics.median(per_key):.1f} µs of CPU per key "
         f"(median of {args.rounds} rounds x {args.keys:,} keys: {rounds})"
     )
