@@ -24,7 +24,7 @@ from bench_support.memory import ProcMemory, memory_lines
 
 TARGET_RSS_MB = 60.0
 TARGET_STARTUP_S = 1.0
-TARGET_BULK_KEYS_S = 100_000.0
+TARGET_BULK_VS_ETCD = 1.0  # kvs bulk keys/s over etcd's, in the same run (issue 18)
 TARGETS = ("bare-hypercorn", "kvs", "etcd")
 
 
@@ -233,13 +233,19 @@ def render(report: HttpReport) -> str:
         "| metric | value | target | verdict |",
         "| --- | ---: | ---: | --- |",
     ]
+    etcd_bulk = bulk.get("etcd")
     for b in report.bulk:
-        is_kvs = b.target == "kvs"
+        # Issue 18: a ratio to etcd's txn keys/s in the same run (this machine's etcd moves
+        # between 20k and 65k keys/s from run to run, so no absolute figure is a target).
+        is_kvs = b.target.startswith("kvs") and etcd_bulk is not None
         failed = f"; {b.failed_ops} ops FAILED" if b.failed_ops else ""
+        ratio = b.median / etcd_bulk if is_kvs and etcd_bulk else None
+        shown = f"{b.median:,.0f}" + (f" ({ratio:.2f}x etcd)" if ratio is not None else "")
+        target = f"≥ {TARGET_BULK_VS_ETCD:.1f}x etcd" if is_kvs else ""
+        verdict = _verdict(ratio, TARGET_BULK_VS_ETCD, at_most=False) if is_kvs else ""
         out.append(
             f"| {b.target} bulk keys/s, durable ({b.how}; median of {len(b.runs)}{failed})"
-            f" | {b.median:,.0f} | {f'≥ {TARGET_BULK_KEYS_S:,.0f}' if is_kvs else ''}"
-            f" | {_verdict(b.median, TARGET_BULK_KEYS_S, at_most=False) if is_kvs else ''} |"
+            f" | {shown} | {target} | {verdict} |"
         )
     kvs_rss = report.idle_rss_mb.get("kvs")
     out.append(
