@@ -6,17 +6,13 @@ run to run; process CPU time per request, measured here, varies by a few percent
 
 from __future__ import annotations
 
-import random
 import statistics
-import tempfile
 import time
 from typing import Any
 
 import trio
 
-from kvs.config import Config
-from kvs.node import Node
-from kvs.server import ApiServer
+from bench_support.inprocess import inprocess_node
 
 WORKERS = 16
 PER_WORKER = 1000
@@ -25,58 +21,46 @@ BODY = b'{"colour": "red", "pairs": 3}'
 
 async def _measure(auth: bool) -> dict[str, float]:
     """CPU microseconds per PUT (new keys) and per GET (those keys), 16 concurrent callers."""
-    with tempfile.TemporaryDirectory(prefix="kvs-auth-bench-") as data_dir:
-        config = Config(
-            node_id="bench",
-            data_dir=data_dir,
-            cluster_secret="x" * 43,
-            durability="os",
-            clustering_enabled=False,
-            auth_enabled=auth,
-        )
-        node = Node(config, rng=random.Random(1), api=ApiServer())
+    async with inprocess_node("kvs-auth-bench-", auth=auth) as node:
         out: dict[str, float] = {}
-        async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: node.run(http=False, task_status=task_status))
-            headers = [(b"content-length", str(len(BODY)).encode())]
-            if auth:
-                token = node.root_token_path.read_text().strip()
-                headers.append((b"authorization", b"Bearer " + token.encode()))
+        headers = [(b"content-length", str(len(BODY)).encode())]
+        if auth:
+            token = node.root_token_path.read_text().strip()
+            headers.append((b"authorization", b"Bearer " + token.encode()))
 
-            async def call(method: str, path: str) -> None:
-                scope: dict[str, Any] = {
-                    "type": "http",
-                    "method": method,
-                    "path": path,
-                    "query_string": b"",
-                    "headers": headers,
-                    "client": ("127.0.0.1", 1),
-                }
-                statuses: list[int] = []
+        async def call(method: str, path: str) -> None:
+            scope: dict[str, Any] = {
+                "type": "http",
+                "method": method,
+                "path": path,
+                "query_string": b"",
+                "headers": headers,
+                "client": ("127.0.0.1", 1),
+            }
+            statuses: list[int] = []
 
-                async def receive() -> dict[str, Any]:
-                    return {"type": "http.request", "body": BODY}
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": BODY}
 
-                async def send(message: dict[str, Any]) -> None:
-                    if message["type"] == "http.response.start":
-                        statuses.append(message["status"])
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
 
-                await node.api.app.asgi_app(scope, receive, send)
-                if statuses != [200]:
-                    raise RuntimeError(f"{method} {path} answered {statuses}")
+            await node.api.app.asgi_app(scope, receive, send)
+            if statuses != [200]:
+                raise RuntimeError(f"{method} {path} answered {statuses}")
 
-            for method in ("PUT", "GET"):
+        for method in ("PUT", "GET"):
 
-                async def worker(w: int, method: str = method) -> None:
-                    for i in range(PER_WORKER):
-                        await call(method, f"/kv/bench/w{w}/k{i}")
+            async def worker(w: int, method: str = method) -> None:
+                for i in range(PER_WORKER):
+                    await call(method, f"/kv/bench/w{w}/k{i}")
 
-                started = time.process_time()
-                async with trio.open_nursery() as workers:
-                    for w in range(WORKERS):
-                        workers.start_soon(worker, w)
-                out[method] = (time.process_time() - started) / (WORKERS * PER_WORKER) * 1e6
-            nursery.cancel_scope.cancel()
+            started = time.process_time()
+            async with trio.open_nursery() as workers:
+                for w in range(WORKERS):
+                    workers.start_soon(worker, w)
+            out[method] = (time.process_time() - started) / (WORKERS * PER_WORKER) * 1e6
         return out
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import random
 import statistics
-import tempfile
 import time
 from typing import Any
 
@@ -23,13 +21,11 @@ import msgpack
 import orjson
 import trio
 
+from bench_support.inprocess import inprocess_node
 from bench_support.targets import KVS_BATCH_MAX, doc, kvs_batch_body
 from kvs.api.writelink import WriteLinkServer, encode_write
-from kvs.config import Config
 from kvs.memory import tune_gc
 from kvs.model import canonical_json
-from kvs.node import Node
-from kvs.server import ApiServer
 from kvs.store import Put
 
 
@@ -137,37 +133,25 @@ class _Caller:
 
 async def _measure(args: argparse.Namespace) -> list[float]:
     """µs of CPU per key, one figure per measured round."""
-    with tempfile.TemporaryDirectory(prefix="kvs-batch-cost-") as data_dir:
-        config = Config(
-            node_id="bench",
-            data_dir=data_dir,
-            cluster_secret="x" * 43,
-            durability="os",
-            clustering_enabled=False,
-            auth_enabled=args.token,
-        )
-        node = Node(config, rng=random.Random(1), api=ApiServer())
-        async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: node.run(http=False, task_status=task_status))
-            token = node.root_token_path.read_text().strip() if args.token else None
-            caller: _Caller | _LinkCaller = _Caller(node.api.app.asgi_app, token)
-            make = _bodies
-            if args.link:
-                caller, make = _LinkCaller(WriteLinkServer(node)), _frames
-            tune_gc()  # as `kvs serve` does once the node is up
-            await caller.round(make("warm", min(args.keys, 5 * KVS_BATCH_MAX)))
-            per_key = []
-            for r in range(args.rounds):
-                bodies = make(f"r{r}", args.keys)
-                per_key.append(await caller.round(bodies) / args.keys * 1e6)
-            if args.profile:
-                bodies = make("profile", args.keys)
-                profiler = cProfile.Profile()
-                profiler.enable()
-                await caller.round(bodies)
-                profiler.disable()
-                profiler.dump_stats(args.profile)
-            nursery.cancel_scope.cancel()
+    async with inprocess_node("kvs-batch-cost-", auth=args.token) as node:
+        token = node.root_token_path.read_text().strip() if args.token else None
+        caller: _Caller | _LinkCaller = _Caller(node.api.app.asgi_app, token)
+        make = _bodies
+        if args.link:
+            caller, make = _LinkCaller(WriteLinkServer(node)), _frames
+        tune_gc()  # as `kvs serve` does once the node is up
+        await caller.round(make("warm", min(args.keys, 5 * KVS_BATCH_MAX)))
+        per_key = []
+        for r in range(args.rounds):
+            bodies = make(f"r{r}", args.keys)
+            per_key.append(await caller.round(bodies) / args.keys * 1e6)
+        if args.profile:
+            bodies = make("profile", args.keys)
+            profiler = cProfile.Profile()
+            profiler.enable()
+            await caller.round(bodies)
+            profiler.disable()
+            profiler.dump_stats(args.profile)
         return per_key
 
 

@@ -12,17 +12,13 @@ median of R interleaved runs; the difference is the cost per request.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
-import tempfile
 import time
 from typing import Any
 
 import trio
 
-from kvs.config import Config
-from kvs.node import Node
-from kvs.server import ApiServer
+from bench_support.inprocess import inprocess_node
 from kvs.store import Put
 
 
@@ -59,32 +55,20 @@ async def _drive(app: Any, n: int) -> float:
 
 
 async def _measure(args: argparse.Namespace) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Config(
-            node_id="bench",
-            data_dir=tmp,
-            cluster_secret="bench",
-            durability="os",
-            clustering_enabled=False,
-            auth_enabled=False,
-        )
-        node = Node(config, rng=random.Random(1), api=ApiServer())
-        async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: node.run(http=False, task_status=task_status))
-            await node.store.write([Put("bench/key", b'{"a": 1, "b": "some text"}')])
-            full = node.api.app.asgi_app  # MetricsMiddleware(WatchRoutes(KeyRoutes(quart)))
-            variants = {
-                "fast path only": full.app.app,
-                "+ watch router": full.app,
-                "+ metrics": full,
-            }
-            times: dict[str, list[float]] = {name: [] for name in variants}
-            for app in variants.values():  # warm-up
-                await _drive(app, 1000)
-            for _ in range(args.runs):
-                for name, app in variants.items():
-                    times[name].append(await _drive(app, args.requests))
-            node.request_shutdown()
+    async with inprocess_node("kvs-metrics-cost-") as node:
+        await node.store.write([Put("bench/key", b'{"a": 1, "b": "some text"}')])
+        full = node.api.app.asgi_app  # MetricsMiddleware(WatchRoutes(KeyRoutes(quart)))
+        variants = {
+            "fast path only": full.app.app,
+            "+ watch router": full.app,
+            "+ metrics": full,
+        }
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for app in variants.values():  # warm-up
+            await _drive(app, 1000)
+        for _ in range(args.runs):
+            for name, app in variants.items():
+                times[name].append(await _drive(app, args.requests))
         return {name: statistics.median(t) / args.requests * 1e6 for name, t in times.items()}
 
 
