@@ -19,13 +19,18 @@ from tests.support.procs import (
 )
 
 
-def test_node_serves_https_with_the_configured_certificate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_node_serves_https_with_the_configured_certificate(tmp_path: Path, workers: int) -> None:
+    """With `http_workers: 2` the worker serves the same certificate on the same port, and
+    answers reads and writes (through the write link) over TLS like the node."""
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "node.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "node.key"))
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    config = init_config(tmp_path, tls_cert_file="node.pem", tls_key_file="node.key")
+    config = init_config(
+        tmp_path, tls_cert_file="node.pem", tls_key_file="node.key", http_workers=workers
+    )
     port = int(config_value(config, "port"))
     node = KvsProcess([str(config)], cwd=tmp_path, port=port, log_dir=tmp_path / "logs")
     try:
@@ -44,6 +49,16 @@ def test_node_serves_https_with_the_configured_certificate(tmp_path: Path) -> No
                 time.sleep(0.05)
             assert client.put(f"{url}/kv/tls/doc", content=b'{"a": 1}').status_code == 200
             assert client.get(f"{url}/kv/tls/doc").json()["data"] == {"a": 1}
+        served: set[str] = set()
+        for i in range(60):  # a new connection each time: the kernel picks the process
+            if served == {"node", "1"} or (workers == 1 and i >= 5):
+                break
+            with httpx.Client(verify=context, trust_env=False, timeout=5) as client:
+                put = client.put(f"{url}/kv/tls/{i}", content=b'{"i": 1}')
+                assert put.status_code == 200, put.text
+                served.add(put.headers.get("kvs-worker", "node"))
+                assert client.get(f"{url}/kv/tls/{i}").json()["uuid"] == put.json()["uuid"]
+        assert served == ({"node", "1"} if workers == 2 else {"node"}), served
         # HTTP/2 is not offered: a client asking for h2 by ALPN is given HTTP/1.1
         alpn = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
         alpn.set_alpn_protocols(["h2", "http/1.1"])
