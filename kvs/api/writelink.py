@@ -83,6 +83,10 @@ class BadFrame(Exception):
     """A frame that is not a worker's write: refused and counted, its connection closed."""
 
 
+class StreamCut(BadFrame):
+    """The stream ended inside a frame: the other process went away (killed, say)."""
+
+
 def max_frame(config: Config) -> int:
     """The largest frame either side accepts: a whole `_batch` with room for its values
     re-encoded (canonical JSON can be longer than the client's text: `1e9` is `1000000000.0`)."""
@@ -123,7 +127,7 @@ class _Frames:
             if not chunk:
                 if eof_ok and not self._buffer:
                     return False
-                raise BadFrame("the stream ended inside a frame")
+                raise StreamCut("the stream ended inside a frame")
             self._buffer += chunk
         return True
 
@@ -284,6 +288,8 @@ class WriteLinkServer(Collector):
                 while (request := await frames.receive()) is not None:
                     self.counters["frames"] += 1
                     await stream.send_all(await self.answer(request))
+        except StreamCut:
+            pass  # the worker went away mid-request (killed): nothing was written
         except BadFrame as exc:
             self.counters["refused_frames"] += 1
             self._limiter.log(logging.WARNING, "bad", "refused a write-link frame: %s", exc)
