@@ -152,6 +152,16 @@ def decode_answer(answer: Any, ops: list[Put | Delete]) -> list[Outcome]:
     kind, *rest = answer
     if kind == REFUSED:
         status, message, extra, headers = rest
+        if not (
+            type(status) is int
+            and 400 <= status <= 599
+            and isinstance(message, str)
+            and isinstance(extra, dict)
+            and all(isinstance(k, str) for k in extra)
+            and isinstance(headers, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+        ):
+            raise ValueError("a refusal of the wrong shape")
         raise ApiError(status, message, headers, **extra)
     (wire,) = rest
     if len(wire) != len(ops):

@@ -201,3 +201,50 @@ def test_decode_write_refuses_every_shape_but_its_own() -> None:
             candidate = [LINK_VERSION, "u", "", [anything(1) for _ in range(rng.randrange(3))]]
         with contextlib.suppress(BadFrame):
             decode_write(candidate, 100)
+
+
+async def test_a_malformed_answer_is_a_503_not_a_crash(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A worker whose node answers nonsense (a bug there, or something else on the socket)
+    answers its client 503 and drops that connection; the next call opens a fresh one."""
+    path = str(tmp_path / "fake.sock")
+    answers = [
+        b"\x00\x00\x00\x01\xc1",  # not msgpack
+        b"\x00\x00\x00\x02\x92\x00",  # [OK] with no outcomes
+        msgpack.packb([0, [[9]]]),  # an unknown outcome
+        msgpack.packb([0, [[0, 1]]]),  # a WRITTEN too short
+        msgpack.packb([0, [[0], [0]]]),  # two outcomes for one op
+        msgpack.packb([1, 503]),  # a refusal too short
+        msgpack.packb([1, 200, "fine", {}, {}]),  # a "refusal" that is no error
+        msgpack.packb([1, 503, "m", {}, [1, 2]]),  # headers that are not a map
+        msgpack.packb([1, 503, "m", {"a": 1}, {"Retry-After": 1}]),  # a header that is no text
+        msgpack.packb("ok"),
+        b"\xff\xff\xff\xff",  # a length over the limit
+    ]
+    connections = 0
+
+    async def fake_node(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        answer = answers[connections - 1]
+        framed = (
+            answer if answer[:1] in (b"\x00", b"\xff") else len(answer).to_bytes(4, "big") + answer
+        )
+        async with stream:
+            await stream.receive_some(65536)
+            await stream.send_all(framed)
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.receive_some(65536)  # until the worker hangs up
+
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(path)
+    sock.listen(8)
+    nursery.start_soon(trio.serve_listeners, fake_node, [trio.SocketListener(sock)])
+    link = WriteLink(path, make_config(tmp_path))
+    for _ in answers:
+        with pytest.raises(ApiError) as refused:
+            await link.client_write([Put("k", b"1")], "")
+        assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+        assert link._idle == []
+    assert connections == len(answers) and link.counters["failed"] == len(answers)
