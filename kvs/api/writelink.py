@@ -157,7 +157,9 @@ def decode_answer(answer: Any, ops: list[Put | Delete]) -> list[Outcome]:
             and 400 <= status <= 599
             and isinstance(message, str)
             and isinstance(extra, dict)
-            and all(isinstance(k, str) for k in extra)
+            and all(
+                isinstance(k, str) and isinstance(v, str | int | None) for k, v in extra.items()
+            )
             and isinstance(headers, dict)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
         ):

@@ -217,6 +217,7 @@ async def test_a_malformed_answer_is_a_503_not_a_crash(
         msgpack.packb([0, [[0], [0]]]),  # two outcomes for one op
         msgpack.packb([1, 503]),  # a refusal too short
         msgpack.packb([1, 200, "fine", {}, {}]),  # a "refusal" that is no error
+        msgpack.packb([1, 503, "m", {"key": b"\xff"}, {}]),  # a detail JSON cannot carry
         msgpack.packb([1, 503, "m", {}, [1, 2]]),  # headers that are not a map
         msgpack.packb([1, 503, "m", {"a": 1}, {"Retry-After": 1}]),  # a header that is no text
         msgpack.packb("ok"),
