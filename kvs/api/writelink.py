@@ -10,7 +10,11 @@ one place -- and answers with the outcomes. So a worker's write costs the node a
 a transaction instead of a whole HTTP request.
 
 Frames: a 4-byte big-endian length, then msgpack. One request at a time per connection; a
-worker keeps a pool of connections.
+worker keeps a pool of connections. Why not the project's `FrameStream` (kvs/net/frames.py),
+which frames the same way: its handshake, locks and per-frame deadlines are for peers on a
+network, and cost a write ~100 µs more per round trip here (measured, both ends in one
+process: 246 against 147 µs), on the path of every write a worker answers; this link's
+other end is a process of the same user on the same host.
 
     request  [LINK_VERSION, user, detail, [op, ...]]
              op: [PUT, key, value, expires_at, if_match, owner, group] | [DELETE, key, must_exist]
