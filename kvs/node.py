@@ -332,7 +332,7 @@ class Node:
         """A client's puts and deletes, in one transaction; then each that took effect is
         audited (with the log on) as `put` or `delete` by `user`. The one way the API
         writes keys, in this process or from an HTTP worker (kvs/api/writelink.py)."""
-        outcomes = await self.store.write(list(ops))
+        outcomes = await self.store.write(ops)
         if self.audit is not None:
             for op, outcome in zip(ops, outcomes, strict=True):
                 if isinstance(outcome, Written):

@@ -220,10 +220,14 @@ class WriteLink:
             outcomes = decode_answer(answer, ops)
             kept = True
             return outcomes
-        except (OSError, BadFrame, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._failed(exc)
-            raise ApiError(503, _NOT_ANSWERING, {"Retry-After": "1"}) from None
-        except (ValueError, TypeError) as exc:  # an answer of the wrong shape
+        except (
+            OSError,
+            BadFrame,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            ValueError,  # an answer of the wrong shape (so is a TypeError)
+            TypeError,
+        ) as exc:
             self._failed(exc)
             raise ApiError(503, _NOT_ANSWERING, {"Retry-After": "1"}) from None
         finally:

@@ -302,10 +302,8 @@ def summary_fields(of: Record | Summary) -> list[Any]:
 
 def pack_summary(record: Record, pack: Callable[[Any], bytes] = msgpack.packb) -> bytes:
     """The bucket index's value for `record`. `pack` may be a reused Packer's (the bytes are
-    the same). `summary_fields`, inlined: every write packs one."""
-    v = record.version
-    return pack([record.key, v.hlc, v.origin_joined, v.origin, v.uuid, record.value is None,
-                 record.expires_at])  # fmt: skip
+    the same)."""
+    return pack(summary_fields(record))
 
 
 def unpack_summary(raw: bytes) -> Summary:
